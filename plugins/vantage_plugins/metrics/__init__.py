@@ -1,0 +1,8 @@
+"""Built-in metrics."""
+
+from vantage_core import hookimpl
+
+
+@hookimpl
+def register_metrics(register):
+    pass

@@ -1,0 +1,56 @@
+"""The ``vantage`` command.
+
+Subcommands live in their own modules and are imported only when invoked, so that
+``vantage plugins`` starts fast and a broken subsystem cannot break the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+import vantage_core
+from vantage_core.errors import VantageError
+
+# name -> "module:attribute" of a click command or group
+COMMANDS = {
+    "plugins": "vantage_core.cli.basics:plugins",
+    "config": "vantage_core.cli.basics:config",
+    "doctor": "vantage_core.cli.basics:doctor",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(vantage_core.__version__, prog_name="vantage")
+def cli() -> None:
+    """Vantage: Mixture-of-Experts text-to-SQL research, built from plugins."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="vantage", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except VantageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,62 @@
+"""``vantage plugins``, ``vantage config validate|show`` and ``vantage doctor``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from vantage_core.cli.options import config_options, load_from_options
+
+
+@click.command()
+@click.option("--kind", help="Only this kind (router, expert, dataset, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(kind: str | None, as_json: bool) -> None:
+    """List every registered plugin: name, kind, distribution and version."""
+    from vantage_core.plugins import registry
+
+    entries = registry().entries(kind)
+    rows = [{"kind": e.kind, "name": e.name, "distribution": e.distribution, "version": e.version,
+             "plugin": e.plugin, "description": e.description} for e in entries]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    headers = ["kind", "name", "distribution", "version", "description"]
+    widths = {h: max([len(h)] + [len(str(r[h])) for r in rows]) for h in headers[:-1]}
+    click.echo("  ".join(h.upper().ljust(widths.get(h, 0)) for h in headers).rstrip())
+    for r in rows:
+        click.echo("  ".join(str(r[h]).ljust(widths.get(h, 0)) for h in headers).rstrip())
+
+
+@click.group()
+def config() -> None:
+    """Check and print configs."""
+
+
+@config.command()
+@config_options
+def validate(**options) -> None:
+    """Load a config with its overrides and check every field and plugin, without running anything."""
+    cfg = load_from_options(options)
+    n = sum(1 for _ in __import__("vantage_core.config", fromlist=["x"]).iter_plugin_specs(cfg))
+    click.echo(f"{options['config'] or '(defaults)'}: valid ({n} plugin specs checked)")
+
+
+@config.command()
+@config_options
+def show(**options) -> None:
+    """Print the resolved config (defaults filled in, overrides applied) as YAML."""
+    from vantage_core.config import dump_config
+
+    click.echo(dump_config(load_from_options(options)), nl=False)
+
+
+@click.command()
+@click.option("--size", default=1024, show_default=True, help="Matrix size for the sgemm check.")
+def doctor(size: int) -> None:
+    """Check the installation: MLX, its device, the BLAS in use and its sgemm rate."""
+    from vantage_core import doctor as d
+
+    for line in d.report(size):
+        click.echo(line)

@@ -1,0 +1,436 @@
+"""YAML in, typed config objects out.
+
+A config holds names and parameters only: each ``{name: ..., other keys}`` mapping selects a
+registered plugin and gives its parameters. Errors name the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vantage_core.errors import ConfigError
+
+Lines = dict[tuple, int]  # path of keys/indices -> 1-based line in the source file
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PluginSpec(BaseModel):
+    """``{name: <registered name>, <param>: <value>, ...}``"""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_bare_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class DataSource(PluginSpec):
+    """A dataset adapter with the split to read and its share of a training mixture."""
+
+    split: str | None = None  # None: the slot's own split (train / validation / test)
+    weight: float = Field(1.0, gt=0)
+    limit: int | None = None  # keep the first N examples (for quick runs)
+
+
+class RunConfig(Section):
+    name: str = "run"
+    dir: str | None = None  # default: runs/<name>
+    seed: int = 0
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir or os.path.join("runs", self.name))
+
+
+class ModelConfig(Section):
+    vocab_size: int | None = None  # None: taken from the trained tokenizer
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: as many as n_heads (no grouped-query attention)
+    head_dim: int | None = None  # None: d_model // n_heads
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    num_experts: int = 8
+    expert_hidden: int = 512
+    moe_every: int = 1  # an MoE block in every n-th layer, a dense SwiGLU elsewhere
+    dense_hidden: int | None = None  # hidden size of the dense layers; None: expert_hidden * k
+    cross_attention_every: int = 4  # schema cross-attention in every n-th layer; 0: never
+    tie_embeddings: bool = True
+    dtype: str = "float32"  # float32 on the CPU; bfloat16 where the device has fast bf16
+    router: PluginSpec = PluginSpec(name="topk")
+    expert: PluginSpec = PluginSpec(name="swiglu")
+    schema_encoder: PluginSpec = PluginSpec(name="transformer")
+
+
+class SerializationConfig(Section):
+    cell_values: int = 0  # cell values shown per column (read from the database)
+    max_schema_tokens: int = 384  # beyond this, the least relevant tables and columns are cut
+    max_question_tokens: int = 64
+    max_sql_tokens: int = 160
+
+
+class DataConfig(Section):
+    train: list[DataSource] = [DataSource(name="synthetic")]
+    validation: list[DataSource] = []
+    test: list[DataSource] = []
+    tokenizer: PluginSpec = PluginSpec(name="sentencepiece", vocab_size=2048)
+    serialization: SerializationConfig = SerializationConfig()
+    cache_dir: str | None = None  # None: ~/.cache/vantage
+
+
+class TrainConfig(Section):
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_examples: int = 200  # validation examples decoded at each evaluation
+    select_metric: str = "execution"  # the best checkpoint is kept by this validation metric
+    save_every: int = 250
+    log_every: int = 1
+    compile: bool = True
+    loggers: list[PluginSpec] = [PluginSpec(name="jsonl")]
+
+
+class EvaluateConfig(Section):
+    metrics: list[PluginSpec] = [PluginSpec(name="execution"), PluginSpec(name="exact_match")]
+    workers: int = 1
+    timeout_s: float = 5.0  # per query
+    max_rows: int = 10000
+
+
+class InferenceConfig(Section):
+    decoding: str = "greedy"  # greedy | beam | sample
+    beam_size: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 160
+    constraint: PluginSpec | None = None
+    execution_guided: bool = False
+
+
+class Config(Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    inference: InferenceConfig = InferenceConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# Where each plugin spec lives in a config: (path pattern, plugin kind); "*" is any list index.
+PLUGIN_FIELDS: list[tuple[tuple, str]] = [
+    (("model", "router"), "router"),
+    (("model", "expert"), "expert"),
+    (("model", "schema_encoder"), "schema_encoder"),
+    (("data", "train", "*"), "dataset"),
+    (("data", "validation", "*"), "dataset"),
+    (("data", "test", "*"), "dataset"),
+    (("data", "tokenizer"), "tokenizer"),
+    (("train", "loggers", "*"), "logger"),
+    (("evaluate", "metrics", "*"), "metric"),
+    (("inference", "constraint"), "constraint"),
+]
+NOT_PLUGIN_PARAMS = {"name", "split", "weight", "limit"}
+
+
+# ---------------------------------------------------------------------------- YAML with lines
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _read_yaml(text: str, source: str) -> tuple[Any, Lines]:
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if node is None:
+        return {}, {}
+    lines: Lines = {}
+    return _construct(node, (), lines, source), lines
+
+
+def _construct(node: yaml.Node, path: tuple, lines: Lines, source: str) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = _Loader(" ").construct_object(key_node) if not isinstance(key_node, yaml.ScalarNode) \
+                else yaml.safe_load(key_node.value) if key_node.tag != "tag:yaml.org,2002:str" else key_node.value
+            if key in out:
+                raise ConfigError(f"{source}:{key_node.start_mark.line + 1}: {_dotted(path + (key,))}: "
+                                  f"duplicate key (first at line {lines[path + (key,)]})")
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = _construct(value_node, path + (key,), lines, source)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v, path + (i,), lines, source) for i, v in enumerate(node.value)]
+    return _Loader(" ").construct_object(node, deep=True)
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+class Located:
+    """A raw config mapping with the line of each field, for error messages."""
+
+    def __init__(self, data: dict, lines: Lines, source: str, overrides: dict[tuple, str] | None = None):
+        self.data, self.lines, self.source = data, lines, source
+        self.overrides = overrides or {}  # path -> the --set text that set it
+
+    def where(self, path: tuple) -> str:
+        for i in range(len(path), -1, -1):
+            prefix = tuple(path[:i])
+            if prefix in self.overrides:
+                return f"--set {self.overrides[prefix]}"
+            if prefix in self.lines and i > 0:
+                return f"{self.source}:{self.lines[prefix]}"
+        return self.source
+
+    def error(self, path: tuple, message: str) -> ConfigError:
+        return ConfigError(f"{self.where(path)}: {_dotted(path)}: {message}")
+
+
+# ---------------------------------------------------------------------------- overrides
+
+def parse_override(text: str) -> tuple[tuple, Any]:
+    """``model.router.k=1`` -> (("model", "router", "k"), 1); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text}: expected KEY=VALUE, for example model.router.k=1")
+    path = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text}: the value is not valid YAML: {exc}") from None
+    return path, parsed
+
+
+def apply_override(data: dict, path: tuple, value: Any, text: str) -> None:
+    node: Any = data
+    for i, key in enumerate(path[:-1]):
+        if isinstance(node, list):
+            if not isinstance(key, int) or key >= len(node):
+                raise ConfigError(f"--set {text}: {_dotted(path[:i + 1])}: no list item {key} "
+                                  f"(the list has {len(node)})")
+            node = node[key]
+        else:
+            if not isinstance(node.get(key, {}), (dict, list)):
+                node[key] = {}
+            node = node.setdefault(key, {})
+    last = path[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last >= len(node):
+            raise ConfigError(f"--set {text}: no list item {last} (the list has {len(node)})")
+        node[last] = value
+    else:
+        node[last] = value
+
+
+# ---------------------------------------------------------------------------- loading
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = (),
+                registry: Any = None, *, base: dict | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides, validate types and plugin names/parameters.
+
+    ``registry`` (a :class:`vantage_core.plugins.Registry`) checks every plugin name and
+    parameter; pass ``False`` to skip that check.
+    """
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from None
+        data, lines = _read_yaml(text, str(path))
+        source = str(path)
+    else:
+        data, lines, source = copy.deepcopy(base or {}), {}, "(defaults)"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the config must be a mapping of sections "
+                          f"({', '.join(Config.model_fields)}), not {type(data).__name__}")
+    located = Located(data, lines, source)
+    cfg = _validate(located)
+    if overrides:
+        # Overrides apply to the validated config, so that `--set model.router.k=1` keeps the
+        # file's (or the default's) router name.
+        located.data = cfg.to_dict()
+        for text in overrides:
+            key, value = parse_override(text)
+            apply_override(located.data, key, value, text)
+            located.overrides[key] = text
+        cfg = _validate(located)
+    if registry is not False:
+        from vantage_core.plugins import registry as default_registry
+        check_plugins(cfg, located, registry or default_registry())
+    return cfg
+
+
+def _validate(located: Located) -> Config:
+    try:
+        return Config.model_validate(located.data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("function-before",)))
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                section = _section_model(loc[:-1])
+                valid = ", ".join(section.model_fields) if section else ""
+                msg = f"unknown field {loc[-1]!r}" + (f"; valid fields: {valid}" if valid else "")
+            problems.append(str(located.error(loc, msg)))
+        raise ConfigError("\n".join(problems)) from None
+
+
+def _section_model(path: tuple) -> type[BaseModel] | None:
+    model: Any = Config
+    for key in path:
+        if isinstance(key, int):
+            continue
+        field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        for candidate in (ann, *getattr(ann, "__args__", ())):
+            inner = getattr(candidate, "__args__", None)
+            candidate = inner[0] if inner else candidate
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
+        else:
+            return None
+    return model
+
+
+def iter_plugin_specs(cfg: Config) -> Iterator[tuple[tuple, str, PluginSpec]]:
+    """Every plugin spec in ``cfg`` as (path, kind, spec)."""
+    for pattern, kind in PLUGIN_FIELDS:
+        node: Any = cfg
+        for key in pattern[:-1] if pattern[-1] == "*" else pattern:
+            node = getattr(node, key)
+        if pattern[-1] == "*":
+            for i, spec in enumerate(node):
+                yield pattern[:-1] + (i,), kind, spec
+        elif node is not None:
+            yield pattern, kind, node
+
+
+def check_plugins(cfg: Config, located: Located, registry: Any) -> None:
+    from vantage_core.errors import PluginError
+
+    problems = []
+    for path, kind, spec in iter_plugin_specs(cfg):
+        try:
+            registry.get(kind, spec.name)
+        except PluginError as exc:
+            problems.append(str(located.error(path + ("name",), str(exc))))
+            continue
+        params = {k: v for k, v in spec.params.items() if k not in NOT_PLUGIN_PARAMS}
+        for key, problem in zip(params, registry.check_params(kind, spec.name, params)):
+            problems.append(str(located.error(path + (key,), problem)))
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def plugin_params(spec: PluginSpec) -> dict[str, Any]:
+    """The parameters a plugin factory receives (the core's own keys removed)."""
+    return {k: v for k, v in spec.params.items() if k not in NOT_PLUGIN_PARAMS}
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------- sweeps
+
+class SweepRun(BaseModel):
+    name: str
+    overrides: list[str]
+
+
+def expand_sweep(path: str | os.PathLike) -> tuple[Path, str, list[SweepRun]]:
+    """Read a sweep file and expand it into runs.
+
+    The file names a ``base`` config (relative to itself), fixed overrides in ``set``, a ``grid``
+    of ``dotted.key: [values]`` expanded as a cartesian product, and/or a list of ``runs`` (each
+    a mapping of overrides, with an optional ``name``); runs x grid gives the full set.
+    """
+    path = Path(path)
+    try:
+        data, lines = _read_yaml(path.read_text(), str(path))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the sweep file: {exc.strerror or exc}") from None
+    located = Located(data if isinstance(data, dict) else {}, lines, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: a sweep file is a mapping with base, name, set, grid and runs")
+    allowed = {"base", "name", "set", "grid", "runs"}
+    for key in data:
+        if key not in allowed:
+            raise located.error((key,), f"unknown field {key!r}; valid fields: {', '.join(sorted(allowed))}")
+    if "base" not in data:
+        raise located.error((), "missing field 'base' (the config the sweep starts from)")
+    base = (path.parent / str(data["base"])).resolve()
+    fixed = [_override_text(k, v) for k, v in (data.get("set") or {}).items()]
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise located.error(("grid",), "grid maps dotted keys to non-empty lists of values")
+    explicit = data.get("runs") or [{}]
+    if not isinstance(explicit, list):
+        raise located.error(("runs",), "runs is a list of mappings of overrides")
+    runs = []
+    for i, entry in enumerate(explicit):
+        if not isinstance(entry, dict):
+            raise located.error(("runs", i), "each run is a mapping of dotted keys to values")
+        entry = dict(entry)
+        label = entry.pop("name", None)
+        for combo in itertools.product(*grid.values()) if grid else [()]:
+            chosen = dict(zip(grid, combo))
+            parts = [label] if label else [f"{k.split('.')[-2] if k.endswith('.name') else k.split('.')[-1]}={_short(v)}"
+                                            for k, v in entry.items()]
+            parts += [f"{k.split('.')[-2] if k.endswith('.name') else k.split('.')[-1]}={_short(v)}" for k, v in chosen.items()]
+            name = ",".join(p for p in parts if p) or f"run{len(runs)}"
+            overrides = fixed + [_override_text(k, v) for k, v in {**entry, **chosen}.items()]
+            runs.append(SweepRun(name=name, overrides=overrides))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise located.error(("runs",), f"two runs would share a name: {sorted(n for n in names if names.count(n) > 1)[0]!r}; give them names")
+    return base, str(data.get("name") or path.stem), runs
+
+
+def _override_text(key: str, value: Any) -> str:
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+
+def _short(value: Any) -> str:
+    return str(value).replace(" ", "")
