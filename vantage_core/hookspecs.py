@@ -62,7 +62,8 @@ def register_experts(register: Register) -> None:
 def register_schema_encoders(register: Register) -> None:
     """Register schema encoders: the states the decoder cross-attends to.
 
-    ``factory(d_model: int, vocab_size: int, **params)`` returns an ``mlx.nn.Module``
+    ``factory(d_model: int, tokenizer, **params)`` (``tokenizer``: the decoder's
+    :class:`vantage_core.data.tokenizer.Tokenizer`, for encoders that share it) returns an ``mlx.nn.Module``
     implementing :class:`vantage_core.model.schema.SchemaEncoder`.
     """
 

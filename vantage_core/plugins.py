@@ -25,7 +25,7 @@ ENABLE_PLUGINS_ENV = "VANTAGE_PLUGINS"  # comma-separated entry-point names load
 KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "router": ("register_routers", ("d_model", "num_experts")),
     "expert": ("register_experts", ("d_model", "hidden", "num_experts")),
-    "schema_encoder": ("register_schema_encoders", ("d_model", "vocab_size")),
+    "schema_encoder": ("register_schema_encoders", ("d_model", "tokenizer")),
     "dataset": ("register_datasets", ()),
     "metric": ("register_metrics", ()),
     "tokenizer": ("register_tokenizers", ()),

@@ -1,0 +1,1 @@
+"""Everything between a dataset on disk and a batch of token ids."""

@@ -1,0 +1,97 @@
+"""The example type every dataset adapter produces, and the adapter protocol."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class Column:
+    name: str  # as in the database
+    type: str = "text"  # text | number | time | boolean | others (Spider's coarse types)
+    natural_name: str | None = None  # "student id" for student_id, when the dataset gives one
+
+
+@dataclass
+class Table:
+    name: str
+    columns: list[Column]
+    natural_name: str | None = None
+    primary_keys: list[str] = field(default_factory=list)  # column names
+
+
+@dataclass
+class ForeignKey:
+    table: str
+    column: str
+    ref_table: str
+    ref_column: str
+
+
+@dataclass
+class Schema:
+    db_id: str
+    tables: list[Table]
+    foreign_keys: list[ForeignKey] = field(default_factory=list)
+
+    def table(self, name: str) -> Table | None:
+        low = name.lower()
+        return next((t for t in self.tables if t.name.lower() == low), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Schema":
+        return cls(
+            db_id=d["db_id"],
+            tables=[Table(t["name"], [Column(**c) for c in t["columns"]], t.get("natural_name"),
+                          list(t.get("primary_keys", []))) for t in d["tables"]],
+            foreign_keys=[ForeignKey(**fk) for fk in d.get("foreign_keys", [])],
+        )
+
+
+@dataclass
+class Example:
+    question: str
+    sql: str  # the gold query
+    db_id: str
+    schema: Schema
+    db_paths: list[str]  # SQLite file(s) to execute on; several for test-suite evaluation
+    source: str = ""  # the adapter's registered name
+    extras: dict[str, Any] = field(default_factory=dict)  # evidence, difficulty, domain, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Example":
+        d = dict(d)
+        d["schema"] = Schema.from_dict(d["schema"])
+        return cls(**d)
+
+
+@dataclass
+class LoadReport:
+    """What a load gave: the examples, and how many rows were skipped and why."""
+
+    examples: list[Example]
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    details: list[str] = field(default_factory=list)  # one line per skipped row: file:line: reason
+
+    def summary(self, name: str, split: str) -> str:
+        total = len(self.examples) + sum(self.skipped.values())
+        why = "; ".join(f"{n} {reason}" for reason, n in self.skipped.most_common()) or "none"
+        return f"{name}/{split}: {len(self.examples)} loaded of {total}, skipped: {why}"
+
+
+class DatasetAdapter(Protocol):
+    """What a registered dataset factory returns."""
+
+    splits: tuple[str, ...]
+
+    def load(self, split: str) -> LoadReport:
+        """Read one split; raise :class:`vantage_core.errors.DataError` naming the file (and line)
+        when the release itself is unreadable."""
