@@ -403,8 +403,11 @@ def expand_sweep(path: str | os.PathLike) -> tuple[Path, str, list[SweepRun]]:
     base = (path.parent / str(data["base"])).resolve()
     fixed = [_override_text(k, v) for k, v in (data.get("set") or {}).items()]
     grid = data.get("grid") or {}
-    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+    if not isinstance(grid, dict):
         raise located.error(("grid",), "grid maps dotted keys to non-empty lists of values")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise located.error(("grid", key), f"grid maps dotted keys to non-empty lists of values, not {values!r}")
     explicit = data.get("runs") or [{}]
     if not isinstance(explicit, list):
         raise located.error(("runs",), "runs is a list of mappings of overrides")

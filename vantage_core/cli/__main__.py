@@ -1,0 +1,3 @@
+from vantage_core.cli import main
+
+main()
