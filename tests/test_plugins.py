@@ -146,3 +146,36 @@ def test_autoload_switch_keeps_only_builtins(example_plugin_installed):
     # An explicitly named plugin loads even with autoload off.
     named = _run(code, {"VANTAGE_DISABLE_PLUGIN_AUTOLOAD": "1", "VANTAGE_PLUGINS": "vantage_example"})
     assert named.stdout.split()[0] == "True"
+
+
+def test_example_plugin_components_work(example_plugin_installed, tmp_path):
+    """The example package's router routes inside a real MoE block; its adapter loads and fails cleanly."""
+    import json
+    import sqlite3
+
+    import mlx.core as mx
+
+    from vantage_core.errors import DataError
+    from vantage_core.model.moe import MoEBlock
+    from vantage_core.plugins import registry
+
+    router = registry().build("router", "random", 16, 4, k=2)
+    experts = registry().build("expert", "swiglu", 16, 32, 4)
+    y, routing = MoEBlock(router, experts)(mx.random.normal((2, 5, 16)))
+    assert y.shape == (2, 5, 16) and routing.indices.shape == (10, 2)
+    assert abs(float(routing.load.sum()) - 1.0) < 1e-6
+
+    db = tmp_path / "shop.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL)")
+    rows = [{"question": "How many items?", "sql": "SELECT count(*) FROM items", "db": "shop.sqlite"},
+            {"question": "Lost", "sql": "SELECT 1", "db": "gone.sqlite"}]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = registry().build("dataset", "jsonl_pairs", path=str(tmp_path)).load("train")
+    assert [e.question for e in report.examples] == ["How many items?"]
+    assert report.examples[0].schema.tables[0].primary_keys == ["id"]
+    assert report.skipped["database missing"] == 1 and "gone.sqlite" in report.details[0]
+
+    (tmp_path / "validation.jsonl").write_text('{"question": "q", "sql": "SELECT 1", "db": "shop.sqlite"}\n{oops\n')
+    with pytest.raises(DataError, match=r"validation.jsonl:2: expected a JSON object"):
+        registry().build("dataset", "jsonl_pairs", path=str(tmp_path)).load("validation")

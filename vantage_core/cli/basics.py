@@ -18,7 +18,7 @@ def plugins(kind: str | None, as_json: bool) -> None:
 
     entries = registry().entries(kind)
     rows = [{"kind": e.kind, "name": e.name, "distribution": e.distribution, "version": e.version,
-             "plugin": e.plugin, "description": e.description} for e in entries]
+             "plugin": e.plugin, "description": e.description.replace("``", "")} for e in entries]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -26,7 +26,12 @@ def plugins(kind: str | None, as_json: bool) -> None:
     widths = {h: max([len(h)] + [len(str(r[h])) for r in rows]) for h in headers[:-1]}
     click.echo("  ".join(h.upper().ljust(widths.get(h, 0)) for h in headers).rstrip())
     for r in rows:
+        r = {**r, "description": _clip(r["description"], 60)}
         click.echo("  ".join(str(r[h]).ljust(widths.get(h, 0)) for h in headers).rstrip())
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
 @click.group()
