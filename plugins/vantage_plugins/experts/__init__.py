@@ -1,8 +1,12 @@
-"""Built-in experts."""
+"""Built-in expert banks."""
 
 from vantage_core import hookimpl
 
 
 @hookimpl
 def register_experts(register):
-    pass
+    from vantage_plugins.experts.banks import GeluExperts, SharedSwiGLUExperts, SwiGLUExperts
+
+    register("swiglu", SwiGLUExperts)
+    register("gelu", GeluExperts)
+    register("shared_swiglu", SharedSwiGLUExperts)

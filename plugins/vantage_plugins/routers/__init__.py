@@ -5,4 +5,8 @@ from vantage_core import hookimpl
 
 @hookimpl
 def register_routers(register):
-    pass
+    from vantage_plugins.routers.gates import AuxFreeRouter, SwitchRouter, TopKRouter
+
+    register("topk", TopKRouter)
+    register("switch", SwitchRouter)
+    register("aux_free", AuxFreeRouter)

@@ -1,8 +1,13 @@
-"""Built-in schema_encoders."""
+"""Built-in schema encoders."""
 
 from vantage_core import hookimpl
 
 
 @hookimpl
 def register_schema_encoders(register):
-    pass
+    from vantage_plugins.schema_encoders.minilm import MiniLMSchemaEncoder
+    from vantage_plugins.schema_encoders.transformer import NoSchemaEncoder, TransformerSchemaEncoder
+
+    register("transformer", TransformerSchemaEncoder)
+    register("minilm", MiniLMSchemaEncoder)
+    register("none", NoSchemaEncoder)

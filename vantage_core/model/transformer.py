@@ -1,0 +1,252 @@
+"""The decoder: a pre-norm transformer with rotary attention, sparse MoE feed-forward blocks and
+cross-attention to the schema encoder's states every few layers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from vantage_core.model.moe import MoEBlock
+
+
+@dataclass
+class DecoderArgs:
+    """The decoder's shape, resolved from :class:`vantage_core.config.ModelConfig`."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    max_seq_len: int
+    rope_theta: float
+    norm_eps: float
+    moe_every: int  # 0: no MoE layer (a dense model)
+    dense_hidden: int
+    cross_attention_every: int  # 0: no cross-attention
+    tie_embeddings: bool
+
+    def is_moe(self, layer: int) -> bool:
+        return self.moe_every > 0 and (layer + 1) % self.moe_every == 0
+
+    def has_cross(self, layer: int) -> bool:
+        return self.cross_attention_every > 0 and (layer + 1) % self.cross_attention_every == 0
+
+
+class KVCache:
+    """Self-attention keys/values of one layer, grown in steps; plus the schema cross-attention
+    keys/values, computed once per request."""
+
+    step = 256
+
+    def __init__(self):
+        self.keys = self.values = None  # (B, H_kv, capacity, hd)
+        self.offset = 0
+        self.cross_kv: tuple[mx.array, mx.array] | None = None  # (B, H_kv, S, hd) each
+        self.cross_bias: mx.array | None = None  # (B, 1, 1, S) additive
+
+    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        B, H, T, D = k.shape
+        end = self.offset + T
+        if self.keys is None or end > self.keys.shape[2]:
+            grow = ((T + self.step - 1) // self.step) * self.step
+            new_k, new_v = mx.zeros((B, H, grow, D), k.dtype), mx.zeros((B, H, grow, D), v.dtype)
+            if self.keys is None:
+                self.keys, self.values = new_k, new_v
+            else:
+                self.keys = mx.concatenate([self.keys[..., :self.offset, :], new_k], axis=2)
+                self.values = mx.concatenate([self.values[..., :self.offset, :], new_v], axis=2)
+        self.keys[..., self.offset:end, :] = k
+        self.values[..., self.offset:end, :] = v
+        self.offset = end
+        return self.keys[..., :end, :], self.values[..., :end, :]
+
+
+class Attention(nn.Module):
+    """Causal self-attention with rotary positions; grouped-query when n_kv_heads < n_heads."""
+
+    def __init__(self, args: DecoderArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.scale = 1 / math.sqrt(args.head_dim)
+        self.q_proj = nn.Linear(args.d_model, args.n_heads * args.head_dim, bias=False)
+        self.k_proj = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
+        self.v_proj = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.d_model, bias=False)
+        self.rope = nn.RoPE(args.head_dim, base=args.rope_theta)
+
+    def __call__(self, x: mx.array, cache: KVCache | None = None) -> mx.array:
+        B, T, _ = x.shape
+        q = self.q_proj(x).reshape(B, T, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+        k = self.k_proj(x).reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)  # (B, H_kv, T, hd)
+        v = self.v_proj(x).reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        offset = cache.offset if cache is not None else 0
+        q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+        # "causal" aligns the last query with the last key, so it holds with a cache too.
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal" if T > 1 else None)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
+
+
+class CrossAttention(nn.Module):
+    """Attention from the decoder to the schema states (no positions: the encoder has them)."""
+
+    def __init__(self, args: DecoderArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads = args.n_heads, args.n_kv_heads
+        self.scale = 1 / math.sqrt(args.head_dim)
+        self.q_proj = nn.Linear(args.d_model, args.n_heads * args.head_dim, bias=False)
+        self.k_proj = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
+        self.v_proj = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.d_model, bias=False)
+
+    def keys_values(self, states: mx.array) -> tuple[mx.array, mx.array]:
+        """(B, S, d) schema states -> keys and values (B, H_kv, S, hd), reusable across steps."""
+        B, S, _ = states.shape
+        k = self.k_proj(states).reshape(B, S, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        v = self.v_proj(states).reshape(B, S, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        return k, v
+
+    def __call__(self, x: mx.array, kv: tuple[mx.array, mx.array], bias: mx.array | None) -> mx.array:
+        B, T, _ = x.shape
+        q = self.q_proj(x).reshape(B, T, self.n_heads, -1).transpose(0, 2, 1, 3)
+        out = mx.fast.scaled_dot_product_attention(q, *kv, scale=self.scale, mask=bias)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    """The dense feed-forward block of non-MoE layers."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        gate, up = mx.split(self.gate_up(x), 2, axis=-1)
+        return self.down(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, args: DecoderArgs, layer: int, ffn: nn.Module):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(args.d_model, eps=args.norm_eps)
+        self.attn = Attention(args)
+        if args.has_cross(layer):
+            self.cross_norm = nn.RMSNorm(args.d_model, eps=args.norm_eps)
+            self.cross = CrossAttention(args)
+        self.ffn_norm = nn.RMSNorm(args.d_model, eps=args.norm_eps)
+        self.ffn = ffn
+
+    @property
+    def has_cross(self) -> bool:
+        return "cross" in self
+
+    def __call__(self, x: mx.array, cross_kv, cross_bias, cache: KVCache | None):
+        x = x + self.attn(self.attn_norm(x), cache)
+        if cross_kv is not None and self.has_cross:
+            x = x + self.cross(self.cross_norm(x), cross_kv, cross_bias)
+        if isinstance(self.ffn, MoEBlock):
+            y, routing = self.ffn(self.ffn_norm(x))
+            return x + y, routing
+        return x + self.ffn(self.ffn_norm(x)), None
+
+
+class Transformer(nn.Module):
+    """The text-to-SQL decoder with its schema encoder.
+
+    ``model(tokens, schema_states, schema_mask, cache) -> (logits (B, T, V), aux)``.
+    """
+
+    def __init__(self, args: DecoderArgs, make_moe, schema_encoder: nn.Module | None = None):
+        super().__init__()
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.d_model)
+        self.layers = [DecoderLayer(args, i, make_moe() if args.is_moe(i) else SwiGLU(args.d_model, args.dense_hidden))
+                       for i in range(args.n_layers)]
+        self.norm = nn.RMSNorm(args.d_model, eps=args.norm_eps)
+        if not args.tie_embeddings:
+            self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+        self.schema_encoder = schema_encoder if schema_encoder is not None and schema_encoder.provides_states else None
+
+    # ---------------------------------------------------------------- schema
+
+    def encode_schema(self, ids, mask) -> tuple[mx.array | None, mx.array | None]:
+        """Schema token ids and mask (B, S) -> (states (B, S, d), mask (B, S)); (None, None)
+        when the model has no schema encoder."""
+        if self.schema_encoder is None:
+            return None, None
+        ids, mask = mx.array(ids), mx.array(mask).astype(mx.bool_)
+        return self.schema_encoder(ids, mask), mask
+
+    # ---------------------------------------------------------------- decoding
+
+    def make_cache(self) -> list[KVCache]:
+        """A fresh per-layer cache for one batch of requests."""
+        return [KVCache() for _ in self.layers]
+
+    def hidden(self, tokens: mx.array, schema_states=None, schema_mask=None, cache=None):
+        """(B, T) tokens -> (final hidden states (B, T, d), aux); see :meth:`__call__`."""
+        x = self.embed(tokens)  # (B, T, d)
+        cross_kv = cross_bias = None
+        if schema_states is not None and schema_mask is None:
+            schema_mask = mx.ones(schema_states.shape[:2], dtype=mx.bool_)
+        if schema_mask is not None:
+            cross_bias = mx.where(schema_mask[:, None, None, :], 0.0, -1e9).astype(x.dtype)  # (B, 1, 1, S)
+        routings = []
+        for i, layer in enumerate(self.layers):
+            layer_cache = cache[i] if cache is not None else None
+            kv, bias = None, cross_bias
+            if layer.has_cross:
+                if layer_cache is not None and layer_cache.cross_kv is not None:
+                    kv, bias = layer_cache.cross_kv, layer_cache.cross_bias
+                elif schema_states is not None:
+                    kv = layer.cross.keys_values(schema_states)
+                    if layer_cache is not None:  # computed once per request, reused by every step
+                        layer_cache.cross_kv, layer_cache.cross_bias = kv, cross_bias
+            x, routing = layer(x, kv, bias, layer_cache)
+            if routing is not None:
+                routings.append(routing)
+        return self.norm(x), _collect_aux(routings)
+
+    def logits(self, h: mx.array) -> mx.array:
+        """Final hidden states (..., d) -> vocabulary logits (..., V)."""
+        return self.embed.as_linear(h) if self.args.tie_embeddings else self.lm_head(h)
+
+    def __call__(self, tokens: mx.array, schema_states: mx.array | None = None,
+                 schema_mask: mx.array | None = None, cache: list[KVCache] | None = None):
+        """(B, T) int32 tokens -> (logits (B, T, V), aux).
+
+        ``aux``: ``aux_loss`` (every router's weighted auxiliary losses summed), ``balance`` and
+        ``z`` (their parts), ``loads`` (one (E,) array per MoE layer: share of token-slots per
+        expert). With a ``cache``, the
+        schema's cross-attention keys/values are stored on the first call and reused after it,
+        so later steps may pass ``schema_states=None``.
+        """
+        h, aux = self.hidden(tokens, schema_states, schema_mask, cache)
+        return self.logits(h), aux
+
+    def update_routers(self, loads: list[mx.array] | mx.array) -> None:
+        """Feed each MoE layer's observed load to routers that balance outside the gradient
+        (``aux_free``); call after each optimizer step with ``aux["loads"]``."""
+        moe_layers = [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoEBlock)]
+        for block, load in zip(moe_layers, loads):
+            if hasattr(block.router, "update_bias"):
+                block.router.update_bias(load)
+
+
+def _collect_aux(routings) -> dict[str, Any]:
+    zero = mx.array(0.0)
+    balance = sum((r.aux_losses.get("balance", zero) for r in routings), zero)
+    z = sum((r.aux_losses.get("z", zero) for r in routings), zero)
+    other = sum((v for r in routings for name, v in r.aux_losses.items() if name not in ("balance", "z")), zero)
+    return {"aux_loss": balance + z + other, "balance": balance, "z": z,
+            "loads": [r.load for r in routings]}
