@@ -62,6 +62,7 @@ class Example:
     db_paths: list[str]  # SQLite file(s) to execute on; several for test-suite evaluation
     source: str = ""  # the adapter's registered name
     extras: dict[str, Any] = field(default_factory=dict)  # evidence, difficulty, domain, ...
+    id: str = ""  # unique within a load: "<source>/<split>/<index>" unless the release has ids
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +81,11 @@ class LoadReport:
     examples: list[Example]
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     details: list[str] = field(default_factory=list)  # one line per skipped row: file:line: reason
+
+    def skip(self, reason: str, detail: str) -> None:
+        """Count one skipped row under ``reason``; ``detail`` says which (``file:line: ...``)."""
+        self.skipped[reason] += 1
+        self.details.append(detail)
 
     def summary(self, name: str, split: str) -> str:
         total = len(self.examples) + sum(self.skipped.values())

@@ -1,8 +1,21 @@
-"""Built-in datasets."""
+"""Built-in datasets.
+
+Each adapter module imports only the standard library and Vantage's core at its top; the
+``datasets`` library is imported inside the methods that use it.
+"""
 
 from vantage_core import hookimpl
 
 
 @hookimpl
 def register_datasets(register):
-    pass
+    from vantage_plugins.datasets.spider import BirdDataset, SpiderDataset
+    from vantage_plugins.datasets.gretel import GretelDataset
+    from vantage_plugins.datasets.synthetic import SyntheticDataset
+    from vantage_plugins.datasets.wikisql import WikiSQLDataset
+
+    register("spider", SpiderDataset)
+    register("bird", BirdDataset)
+    register("wikisql", WikiSQLDataset)
+    register("gretel", GretelDataset)
+    register("synthetic", SyntheticDataset)

@@ -5,4 +5,7 @@ from vantage_core import hookimpl
 
 @hookimpl
 def register_tokenizers(register):
-    pass
+    # The class imports sentencepiece only when it trains or loads a model.
+    from vantage_core.data.tokenizer import SentencePieceTokenizer
+
+    register("sentencepiece", SentencePieceTokenizer)

@@ -1,0 +1,211 @@
+"""``spider`` and ``bird``: releases with a ``tables.json`` schema file and one SQLite database
+per ``db_id`` under a database folder.
+
+Spider: ``train_spider.json`` (optionally ``train_others.json``) and, when present, the
+official ``dev.json``; databases at ``database/<db_id>/<db_id>.sqlite``. Spider's test-time
+databases never appear in training, so the ``validation`` split holds out whole databases of the
+training file (``holdout_fraction`` of them, chosen by ``seed``), never random questions.
+
+BIRD: ``train/train.json`` + ``train_tables.json`` + ``train_databases/`` and
+``dev/dev.json`` + ``dev_tables.json`` + ``dev_databases/`` (or those files directly in
+``path``); the evidence goes into the input (``extras["evidence"]``), the difficulty into extras.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from vantage_core.data.example import Example, LoadReport, Schema
+from vantage_core.data.files import read_json
+from vantage_core.data.schemas import missing_in_database, schema_from_spider_tables
+from vantage_core.errors import DataError
+
+
+def shared_data_dir() -> Path:
+    """``$VANTAGE_SHARED_DATA``, or ``../shared/data`` beside the repository."""
+    env = os.environ.get("VANTAGE_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+def load_schemas(tables_file: Path) -> dict[str, Schema]:
+    entries = read_json(tables_file)
+    if not isinstance(entries, list):
+        raise DataError(f"{tables_file}: expected a JSON list of databases, got {type(entries).__name__}")
+    schemas = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "db_id" not in entry:
+            raise DataError(f"{tables_file}: item {i}: expected an object with a db_id")
+        schemas[entry["db_id"]] = schema_from_spider_tables(entry, source=str(tables_file))
+    return schemas
+
+
+class SpiderStyleRelease:
+    """Rows of ``{db_id, question, <sql field>}`` checked against the schemas and databases."""
+
+    sql_field = "query"
+    source = "spider"
+
+    def __init__(self, tables_file: Path, db_root: Path):
+        self.tables_file, self.db_root = tables_file, db_root
+        self._schemas: dict[str, Schema] | None = None
+        self._db_problem: dict[str, str | None] = {}
+
+    @property
+    def schemas(self) -> dict[str, Schema]:
+        if self._schemas is None:
+            self._schemas = load_schemas(self.tables_file)
+        return self._schemas
+
+    def db_path(self, db_id: str) -> Path:
+        return self.db_root / db_id / f"{db_id}.sqlite"
+
+    def database_problem(self, db_id: str) -> tuple[str, str] | None:
+        """(reason, detail) when the examples on ``db_id`` cannot be used, else None."""
+        if db_id not in self._db_problem:
+            problem = None
+            path = self.db_path(db_id)
+            if db_id not in self.schemas:
+                problem = (f"database {db_id} not in {self.tables_file.name}",
+                           f"database {db_id!r} has no entry in {self.tables_file}")
+            elif not path.is_file():
+                problem = (f"database {db_id} missing", f"database {db_id!r} not found at {path}")
+            else:
+                missing = missing_in_database(self.schemas[db_id], path)
+                if missing:
+                    problem = (f"schema of {db_id} names columns its database lacks",
+                               f"{self.tables_file}: database {db_id!r}: {', '.join(missing[:5])} not in {path}")
+            self._db_problem[db_id] = problem
+        return self._db_problem[db_id]
+
+    def examples(self, rows: list, file: Path, split: str, keep=None, extras=None) -> LoadReport:
+        report = LoadReport([])
+        if not isinstance(rows, list):
+            raise DataError(f"{file}: expected a JSON list of examples, got {type(rows).__name__}")
+        for i, row in enumerate(rows):
+            where = f"{file.name}: item {i}"
+            if not isinstance(row, dict) or any(k not in row for k in ("db_id", "question", self.sql_field)):
+                have = ", ".join(map(repr, row)) if isinstance(row, dict) else type(row).__name__
+                report.skip("malformed row", f"{where}: needs db_id, question, {self.sql_field}; has {have}")
+                continue
+            db_id = row["db_id"]
+            if keep is not None and db_id not in keep:
+                continue
+            problem = self.database_problem(db_id)
+            if problem:
+                report.skip(problem[0], f"{where}: {problem[1]}")
+                continue
+            ex = Example(row["question"].strip(), " ".join(row[self.sql_field].split()), db_id,
+                         self.schemas[db_id], [str(self.db_path(db_id))], source=self.source,
+                         extras=extras(row) if extras else {},
+                         id=f"{self.source}/{split}/{row.get('question_id', i)}")
+            report.examples.append(ex)
+        return report
+
+
+class SpiderDataset:
+    """Spider 1.0 from its official release folder; validation holds out whole databases."""
+
+    def __init__(self, path: str | None = None, holdout_fraction: float = 0.15, seed: int = 0,
+                 include_others: bool = False):
+        self.path = Path(path) if path else shared_data_dir() / "spider"
+        if not (self.path / "tables.json").is_file():
+            raise DataError(f"spider: no tables.json in {self.path}; set `path:` to the folder of the official "
+                            f"release (train_spider.json, tables.json, database/) or VANTAGE_SHARED_DATA")
+        if not 0 < holdout_fraction < 1:
+            raise DataError(f"spider: holdout_fraction must be in (0, 1), got {holdout_fraction}")
+        self.holdout_fraction, self.seed, self.include_others = holdout_fraction, seed, include_others
+        self.release = SpiderStyleRelease(self.path / "tables.json", self.path / "database")
+        self.splits = ("train", "validation") + (("dev",) if (self.path / "dev.json").is_file() else ())
+        self._train_rows: list | None = None
+
+    def _train_files(self) -> list[Path]:
+        files = [self.path / "train_spider.json"]
+        if self.include_others and (self.path / "train_others.json").is_file():
+            files.append(self.path / "train_others.json")
+        return files
+
+    def held_out_databases(self) -> set[str]:
+        """The databases of the training file that form the validation split."""
+        dbs = sorted({r["db_id"] for f in self._train_files() for r in read_json(f)
+                      if isinstance(r, dict) and "db_id" in r})
+        random.Random(f"spider-holdout:{self.seed}").shuffle(dbs)
+        return set(dbs[:max(1, round(self.holdout_fraction * len(dbs)))])
+
+    def load(self, split: str) -> LoadReport:
+        if split not in self.splits:
+            raise DataError(f"spider has no split {split!r}; splits here: {', '.join(self.splits)}")
+        if split == "dev":
+            return self.release.examples(read_json(self.path / "dev.json"), self.path / "dev.json", split)
+        held = self.held_out_databases()
+        report = LoadReport([])
+        for f in self._train_files():
+            rows = read_json(f)
+            keep = held if split == "validation" else {r.get("db_id") for r in rows if isinstance(r, dict)} - held
+            part = self.release.examples(rows, f, split, keep=keep)
+            report.examples += part.examples
+            report.skipped.update(part.skipped)
+            report.details += part.details
+        return report
+
+    @staticmethod
+    def download(out_dir: str) -> str:
+        """Questions and queries from the hub (``xlangai/spider``); the hub copy has no databases."""
+        from vantage_plugins.datasets.hub import load_from_hub
+
+        ds = load_from_hub("xlangai/spider", "Spider",
+                           "download the release from https://yale-lily.github.io/spider and set "
+                           "`path:` of the spider dataset (or VANTAGE_SHARED_DATA) to its folder")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        import json
+
+        for split, name in (("train", "train_spider.json"), ("validation", "dev.json")):
+            if split in ds:
+                rows = [{"db_id": r["db_id"], "question": r["question"], "query": r["query"]} for r in ds[split]]
+                (out / name).write_text(json.dumps(rows, indent=1))
+        return (f"wrote {out}/train_spider.json and dev.json; the hub copy holds no databases: add tables.json "
+                f"and database/ from the official release")
+
+
+class BirdDataset:
+    """BIRD-SQL from its official release folder; the evidence goes into the input."""
+
+    def __init__(self, path: str | None = None):
+        self.path = Path(path) if path else shared_data_dir() / "bird"
+        self.layout: dict[str, tuple[Path, Path, Path]] = {}
+        for split in ("train", "dev"):
+            for base in (self.path / split, self.path):
+                files = (base / f"{split}.json", base / f"{split}_tables.json", base / f"{split}_databases")
+                if files[0].is_file():
+                    self.layout[split] = files
+                    break
+        if not self.layout:
+            raise DataError(f"bird: no train/train.json or dev/dev.json under {self.path}; set `path:` to the "
+                            f"folder of the official release")
+        self.splits = tuple(self.layout) + (("validation",) if "dev" in self.layout else ())
+
+    def load(self, split: str) -> LoadReport:
+        if split not in self.splits:
+            raise DataError(f"bird has no split {split!r}; splits here: {', '.join(self.splits)}")
+        split_file = "dev" if split == "validation" else split
+        data_file, tables_file, db_root = self.layout[split_file]
+        release = SpiderStyleRelease(tables_file, db_root)
+        release.sql_field, release.source = "SQL", "bird"
+
+        def extras(row: dict[str, Any]) -> dict[str, Any]:
+            return {"evidence": (row.get("evidence") or "").strip(), "difficulty": row.get("difficulty")}
+
+        return release.examples(read_json(data_file), data_file, split, extras=extras)
+
+    @staticmethod
+    def download(out_dir: str) -> str:
+        from vantage_plugins.datasets.hub import load_from_hub
+
+        load_from_hub("birdsql/bird_mini_dev", "BIRD",
+                      "download the release from https://bird-bench.github.io and set `path:` of the bird "
+                      "dataset to its folder")
+        return ("BIRD's databases are not on the hub: download dev.zip/train.zip from https://bird-bench.github.io "
+                f"and unpack them into {out_dir}")
