@@ -85,6 +85,7 @@ class SerializationConfig(Section):
     max_schema_tokens: int = 384  # beyond this, the least relevant tables and columns are cut
     max_question_tokens: int = 64
     max_sql_tokens: int = 160
+    schema_in_prompt: bool = True  # the schema text also goes into the decoder's prompt (after <sep>)
 
 
 class DataConfig(Section):
@@ -128,7 +129,9 @@ class InferenceConfig(Section):
     top_p: float = 1.0
     max_new_tokens: int = 160
     constraint: PluginSpec | None = None
-    execution_guided: bool = False
+    execution_guided: bool = False  # among the candidates, the first that runs without error
+    require_rows: bool = False  # execution-guided: also skip candidates whose result is empty
+    length_penalty: float = 1.0  # beam ranking: log-probability / length**penalty
 
 
 class Config(Section):

@@ -19,6 +19,18 @@ COMMANDS = {
     "plugins": "vantage_core.cli.basics:plugins",
     "config": "vantage_core.cli.basics:config",
     "doctor": "vantage_core.cli.basics:doctor",
+    "evaluate": "vantage_core.cli.evaluate:evaluate",
+    "data": "vantage_core.cli.data:data",
+    "tokenizer": "vantage_core.cli.data:tokenizer",
+    "params": "vantage_core.cli.model:params",
+    "train": "vantage_core.cli.train:train",
+    "plot": "vantage_core.cli.train:plot",
+    "sweep": "vantage_core.cli.train:sweep",
+    "quickstart": "vantage_core.cli.train:quickstart",
+    "generate": "vantage_core.cli.infer:generate",
+    "serve": "vantage_core.cli.infer:serve",
+    "export": "vantage_core.cli.infer:export",
+    "analyze": "vantage_core.cli.analyze:analyze",
 }
 
 
