@@ -5,4 +5,6 @@ from vantage_core import hookimpl
 
 @hookimpl
 def register_constraints(register):
-    pass
+    from vantage_plugins.constraints.sql_schema import SQLSchemaConstraint
+
+    register("sql_schema", SQLSchemaConstraint)

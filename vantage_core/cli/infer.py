@@ -1,0 +1,138 @@
+"""``vantage generate``, ``vantage serve`` and ``vantage export``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+DECODING = click.Choice(["greedy", "beam", "sample"])
+
+
+def _inference_overrides(decoding, beam_size, constraint, execution_guided, max_new_tokens, temperature, top_p) -> dict:
+    out = {"decoding": decoding, "beam_size": beam_size, "max_new_tokens": max_new_tokens,
+           "temperature": temperature, "top_p": top_p}
+    if constraint is not None:
+        out["constraint"] = "none" if constraint == "none" else {"name": constraint}
+    if execution_guided is not None:
+        out["execution_guided"] = execution_guided
+    return out
+
+
+def decoding_options(func):
+    for opt in reversed([
+        click.option("--decoding", type=DECODING, default=None, help="Default: the model's config (inference.decoding)."),
+        click.option("--beam-size", type=click.IntRange(1, 64), default=None),
+        click.option("--constraint", default=None, metavar="NAME",
+                     help="A registered constraint (sql_schema), or 'none'."),
+        click.option("--execution-guided/--no-execution-guided", default=None,
+                     help="Pick the first candidate that runs without error."),
+        click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=None),
+        click.option("--temperature", type=click.FloatRange(0, 10), default=None),
+        click.option("--top-p", type=click.FloatRange(0, 1), default=None),
+    ]):
+        func = opt(func)
+    return func
+
+
+def _table(rows: list[list], max_rows: int = 20, width: int = 32) -> str:
+    if not rows:
+        return "(no rows)"
+    cells = [[str(v)[:width] for v in r] for r in rows[:max_rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    if len(rows) > max_rows:
+        lines.append(f"... {len(rows) - max_rows} more rows")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--checkpoint", "-m", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A run directory, a checkpoint folder or a `vantage export` folder.")
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="The SQLite database.")
+@click.argument("question", required=False)
+@click.option("--questions", type=click.Path(exists=True, dir_okay=False),
+              help="A file of questions, one per line (blank lines and #comments skipped).")
+@click.option("--run", "run_sql", is_flag=True, help="Run the SQL read-only and show the rows.")
+@click.option("--candidates", "show_candidates", is_flag=True, help="Show every candidate with its score.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per question.")
+@decoding_options
+def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_json, **decoding) -> None:
+    """Turn a question about a SQLite database into SQL."""
+    from vantage_core.errors import VantageError
+    from vantage_core.inference.engine import load_engine
+
+    asked = [question] if question else []
+    if questions:
+        lines = Path(questions).read_text().splitlines()
+        asked += [q.strip() for q in lines if q.strip() and not q.lstrip().startswith("#")]
+    if not asked:
+        raise click.UsageError("give a QUESTION or --questions FILE")
+    engine = load_engine(checkpoint)
+    opts = engine.options(**_inference_overrides(**decoding))
+    for q in asked:
+        try:
+            g = engine.generate(q, db_path=db, run=run_sql, options=opts)
+        except VantageError as exc:
+            if len(asked) == 1:
+                raise
+            click.echo(f"error: {q!r}: {exc}", err=True)
+            continue
+        if as_json:
+            d = g.to_dict()
+            d.pop("tokens", None)
+            click.echo(json.dumps({"question": q, **d}, default=str))
+            continue
+        if len(asked) > 1:
+            click.echo(f"-- {q}")
+        click.echo(g.sql)
+        if show_candidates:
+            for i, c in enumerate(g.candidates):
+                mark = "*" if i == g.chosen else " "
+                extra = "" if c.ok is None else (" ran" if c.ok else f" error: {c.error}")
+                click.echo(f"  {mark} {c.logprob:9.3f}  {c.sql}{extra}", err=True)
+        if run_sql:
+            click.echo(g.error and f"error: {g.error}" or _table(g.rows or []))
+
+
+@click.command()
+@click.option("--checkpoint", "-m", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--db-dir", type=click.Path(exists=True, file_okay=False), multiple=True,
+              help="Folders of known databases (<db_id>/<db_id>.sqlite or <db_id>.sqlite); repeatable.")
+@click.option("--max-concurrency", default=4, show_default=True, type=click.IntRange(1, 256),
+              help="Requests waiting or running at once; more get 503.")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=float,
+              help="Seconds a request may take, waiting included (504 beyond).")
+def serve(checkpoint, host, port, db_dir, max_concurrency, timeout_s) -> None:
+    """Serve the model over HTTP (OpenAPI document at /docs, playground at /)."""
+    import uvicorn
+
+    from vantage_core.inference.serve import ServeSettings, create_app
+
+    app = create_app(checkpoint, ServeSettings(db_dirs=list(db_dir), max_concurrency=max_concurrency,
+                                               timeout_s=timeout_s))
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@click.command()
+@click.option("--checkpoint", "-m", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--quantize", type=click.Choice(["4", "8"]), default=None, help="Quantize to 4 or 8 bits (MLX).")
+@click.option("--group-size", default=64, show_default=True, type=click.Choice(["32", "64", "128"]))
+@click.option("--overwrite", is_flag=True)
+@decoding_options
+def export(checkpoint, out, quantize, group_size, overwrite, **decoding) -> None:
+    """Write a self-contained model folder (weights, config, tokenizer, plugin list)."""
+    from vantage_core.inference.export import export_model
+
+    inference = {k: v for k, v in _inference_overrides(**decoding).items() if v is not None}
+    if inference.get("constraint") == "none":
+        inference["constraint"] = None
+    rec = export_model(checkpoint, out, bits=int(quantize) if quantize else None, group_size=int(group_size),
+                       overwrite=overwrite, inference=inference or None)
+    q = rec["quantization"]
+    click.echo(f"{out}: {rec['parameter_bytes'] / 1e6:.2f} MB of parameters"
+               + (f" ({q['bits']}-bit, {q['layers']} layers; float: {rec['float_parameter_bytes'] / 1e6:.2f} MB)" if q else ""))

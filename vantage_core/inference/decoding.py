@@ -1,0 +1,254 @@
+"""Greedy search, beam search and sampling on the model's key/value caches.
+
+Every mode prefills the prompt once, then feeds one token per step. The schema states are
+computed once per request by the caller and handed to every call (their cross-attention K/V are
+the model's business, cached with the rest). A logits processor (a decoding constraint) may mask
+the next-token logits of each row given the tokens that row has generated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+LogitsProcessor = Callable[[Sequence[Sequence[int]], mx.array], mx.array]
+
+
+@dataclass
+class Hypothesis:
+    """One decoded output."""
+
+    tokens: list[int]  # generated ids, EOS excluded
+    logprob: float  # sum of the log-probabilities of the generated tokens (EOS included)
+    finished: bool  # ended with EOS (False: cut at max_new_tokens)
+    # per token: per MoE layer {layer, experts, weights} at the position that predicted it
+    routing: list[list[dict]] = field(default_factory=list)
+
+    def score(self, length_penalty: float = 1.0) -> float:
+        """Log-probability normalized by length**penalty (beam ranking)."""
+        return self.logprob / max(1, len(self.tokens) + self.finished) ** length_penalty
+
+
+@dataclass
+class SchemaContext:
+    """The encoded schema a decoder cross-attends to: ``states`` (1, S, d), ``mask`` (1, S)."""
+
+    states: mx.array | None = None
+    mask: mx.array | None = None
+
+    def repeat(self, n: int) -> "SchemaContext":
+        if self.states is None or n == self.states.shape[0]:
+            return self
+        rep = lambda a: None if a is None else mx.repeat(a[:1], n, axis=0)  # noqa: E731
+        return SchemaContext(rep(self.states), rep(self.mask))
+
+
+# ---------------------------------------------------------------------------- model plumbing
+
+def _forward(model: Any, tokens: mx.array, schema: SchemaContext, cache: Any) -> tuple[mx.array, Any]:
+    """Last-position logits (B, V) and the model's aux for ``tokens`` (B, T)."""
+    logits, aux = model(tokens, schema_states=schema.states, schema_mask=schema.mask, cache=cache)
+    return logits[:, -1, :].astype(mx.float32), aux
+
+
+def routing_of(aux: Any, batch: int) -> list[list[dict]] | None:
+    """Per row: per MoE layer ``{"experts": [...], "weights": [...]}`` of the last position.
+
+    Reads the ``Routing`` objects the model returns in its aux (``aux["routing"]``, a list per
+    layer, or a list of them); None where the model reports none.
+    """
+    layers = None
+    if isinstance(aux, dict):
+        layers = aux.get("routing") or aux.get("routings")
+    elif isinstance(aux, (list, tuple)):
+        layers = aux
+    if not layers:
+        return None
+    rows: list[list[dict]] = [[] for _ in range(batch)]
+    for layer, r in enumerate(layers):
+        if r is None or not hasattr(r, "indices"):
+            continue
+        idx = np.array(r.indices).reshape(batch, -1, r.indices.shape[-1])[:, -1]  # (B, k)
+        w = np.array(r.weights.astype(mx.float32)).reshape(batch, -1, r.weights.shape[-1])[:, -1]
+        for b in range(batch):
+            rows[b].append({"layer": layer, "experts": idx[b].tolist(),
+                            "weights": [round(float(x), 4) for x in w[b]]})
+    return rows
+
+
+def reorder_cache(cache: Any, index: mx.array) -> Any:
+    """Select batch rows ``index`` of every array in a cache (a beam's parents).
+
+    Walks lists, tuples, dicts and objects' attributes; arrays are indexed on axis 0 (the batch
+    axis of mlx-lm's and Vantage's caches). Works in place on objects, returns the new value.
+    """
+    if isinstance(cache, mx.array):
+        return cache[index] if cache.ndim > 0 else cache
+    if isinstance(cache, list):
+        for i, c in enumerate(cache):
+            cache[i] = reorder_cache(c, index)
+        return cache
+    if isinstance(cache, tuple):
+        return tuple(reorder_cache(c, index) for c in cache)
+    if isinstance(cache, dict):
+        for k in list(cache):
+            cache[k] = reorder_cache(cache[k], index)
+        return cache
+    if hasattr(cache, "__dict__"):
+        for k, v in list(vars(cache).items()):
+            if isinstance(v, (mx.array, list, tuple, dict)) or hasattr(v, "__dict__") and not callable(v):
+                setattr(cache, k, reorder_cache(v, index))
+        return cache
+    return cache
+
+
+def _make_cache(model: Any) -> Any:
+    return model.make_cache() if hasattr(model, "make_cache") else None
+
+
+def _log_softmax(logits: mx.array) -> mx.array:
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------- greedy and sampling
+
+def greedy(model: Any, prompt: Sequence[int], *, eos_id: int, max_new_tokens: int = 160,
+           schema: SchemaContext | None = None, processor: LogitsProcessor | None = None,
+           temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Hypothesis:
+    """Decode one output token by token; ``temperature > 0`` samples (nucleus ``top_p``)."""
+    schema = schema or SchemaContext()
+    key = mx.random.key(seed if seed is not None else 0)
+    cache = _make_cache(model)
+    tokens: list[int] = []
+    routing: list[list[dict]] = []
+    logprob, finished = 0.0, False
+    logits, aux = _forward(model, mx.array([list(prompt)], dtype=mx.int32), schema, cache)
+    for _ in range(max_new_tokens):
+        r = routing_of(aux, 1)
+        if processor is not None:
+            logits = processor([tokens], logits)
+        logp = _log_softmax(logits)[0]  # (V,)
+        if temperature > 0:
+            key, sub = mx.random.split(key)
+            tok = int(_sample_top_p(logp / temperature, top_p, sub))
+        else:
+            tok = int(mx.argmax(logp))
+        logprob += float(logp[tok])
+        if tok == eos_id:
+            finished = True
+            break
+        tokens.append(tok)
+        if r is not None:
+            routing.append(r[0])
+        logits, aux = _forward(model, mx.array([[tok]], dtype=mx.int32), schema, cache)
+    return Hypothesis(tokens, logprob, finished, routing)
+
+
+def _sample_top_p(scaled_logp: mx.array, top_p: float, key: mx.array) -> mx.array:
+    """Sample from the smallest set of tokens whose probability reaches ``top_p``."""
+    if top_p < 1.0:
+        probs = mx.softmax(scaled_logp, axis=-1)
+        sorted_p = mx.sort(probs)[::-1]
+        n_keep = int(mx.sum((mx.cumsum(sorted_p) - sorted_p) < top_p))  # >= 1: the top token stays
+        scaled_logp = mx.where(probs >= sorted_p[n_keep - 1], scaled_logp, -float("inf"))
+    return mx.random.categorical(scaled_logp, key=key)
+
+
+def sample(model: Any, prompt: Sequence[int], *, eos_id: int, num_samples: int = 1,
+           temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, **kwargs: Any) -> list[Hypothesis]:
+    """``num_samples`` independent samples (temperature, nucleus), most probable first."""
+    temperature = max(float(temperature), 1e-4)
+    hyps = [greedy(model, prompt, eos_id=eos_id, temperature=temperature, top_p=top_p,
+                   seed=seed + i, **kwargs) for i in range(num_samples)]
+    return sorted(hyps, key=lambda h: -h.score())
+
+
+# ---------------------------------------------------------------------------- beam search
+
+def beam_search(model: Any, prompt: Sequence[int], *, eos_id: int, beam_size: int = 4,
+                max_new_tokens: int = 160, schema: SchemaContext | None = None,
+                processor: LogitsProcessor | None = None, length_penalty: float = 1.0) -> list[Hypothesis]:
+    """Keep the ``beam_size`` best partial outputs; return the finished ones, best first.
+
+    The live beams run as one batch: after each step the cache rows are reordered to the
+    surviving beams' parents. A beam ends at EOS; search stops when no live beam can beat the
+    worst kept finished one (scores are length-normalized with ``length_penalty``).
+    """
+    schema = schema or SchemaContext()
+    cache = _make_cache(model)
+    logits, aux = _forward(model, mx.array([list(prompt)], dtype=mx.int32), schema, cache)
+    beams: list[Hypothesis] = [Hypothesis([], 0.0, False)]
+    finished: list[Hypothesis] = []
+    expanded = False
+    for step in range(max_new_tokens):
+        pending = routing_of(aux, len(beams))
+        if processor is not None:
+            logits = processor([b.tokens for b in beams], logits)
+        logp = np.array(_log_softmax(logits))  # (B, V)
+        totals = logp + np.array([b.logprob for b in beams])[:, None]
+        flat = totals.reshape(-1)
+        n_take = min(flat.size, 2 * beam_size)
+        best = np.argpartition(-flat, n_take - 1)[:n_take]
+        best = best[np.argsort(-flat[best])]
+        V = logp.shape[1]
+        parents, next_tokens, survivors = [], [], []
+        for j in best:
+            if not np.isfinite(flat[j]):
+                break
+            parent, tok = divmod(int(j), V)
+            src = beams[parent]
+            if tok == eos_id:
+                finished.append(Hypothesis(list(src.tokens), float(flat[j]), True, list(src.routing)))
+            else:
+                survivors.append(Hypothesis(src.tokens + [tok], float(flat[j]), False,
+                                            src.routing + [pending[parent]] if pending else []))
+                parents.append(parent)
+                next_tokens.append(tok)
+            if len(survivors) == beam_size:
+                break
+        finished = sorted(finished, key=lambda h: -h.score(length_penalty))[:beam_size]
+        if not survivors:
+            break
+        if len(finished) >= beam_size and \
+                max(h.score(length_penalty) for h in survivors) < finished[-1].score(length_penalty):
+            break  # the usual heuristic: no live beam currently beats the worst kept one
+        if step == max_new_tokens - 1:
+            beams = survivors
+            break
+        index = mx.array(parents, dtype=mx.int32)
+        if not expanded or parents != list(range(len(beams))):
+            cache = reorder_cache(cache, index)
+        expanded = True
+        schema_b = schema.repeat(len(survivors))
+        logits, aux = _forward(model, mx.array(next_tokens, dtype=mx.int32)[:, None], schema_b, cache)
+        beams = survivors
+    # Beams cut at max_new_tokens still count, after every finished one.
+    unfinished = [b for b in beams if not b.finished and b.tokens and
+                  all(b.tokens != f.tokens for f in finished)]
+    out = finished + sorted(unfinished, key=lambda h: -h.score(length_penalty))
+    return out[:beam_size] if out else [Hypothesis([], 0.0, False)]
+
+
+# ---------------------------------------------------------------------------- one entry point
+
+def decode(model: Any, prompt: Sequence[int], *, eos_id: int, mode: str = "greedy", beam_size: int = 4,
+           temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 160,
+           schema: SchemaContext | None = None, processor: LogitsProcessor | None = None,
+           seed: int = 0, length_penalty: float = 1.0) -> list[Hypothesis]:
+    """Candidates for one prompt, best first: greedy gives one, beam ``beam_size``, sample
+    ``beam_size`` samples."""
+    common = dict(eos_id=eos_id, max_new_tokens=max_new_tokens, schema=schema, processor=processor)
+    if mode == "greedy":
+        return [greedy(model, prompt, **common)]
+    if mode == "beam":
+        return beam_search(model, prompt, beam_size=beam_size, length_penalty=length_penalty, **common)
+    if mode == "sample":
+        return sample(model, prompt, num_samples=beam_size, temperature=temperature, top_p=top_p,
+                      seed=seed, **common)
+    from vantage_core.errors import ConfigError
+
+    raise ConfigError(f"unknown decoding mode {mode!r}; valid: greedy, beam, sample")
