@@ -66,6 +66,16 @@ def _param(text: str) -> tuple[str, object]:
     return key.strip(), yaml.safe_load(value)
 
 
+def _dataset_params_from(config, dataset: str) -> dict:
+    """The parameters the run's config gave ``dataset`` (so a synthetic test split is the same one)."""
+    from vantage_core.config import plugin_params
+
+    for source in [*config.data.test, *config.data.validation, *config.data.train]:
+        if source.name == dataset:
+            return plugin_params(source)
+    return {}
+
+
 def build_metrics(specs, timeout_s: float, max_rows: int) -> list:
     """Metric objects from config specs; executing metrics get the config's time and row limits
     unless their spec sets them."""
@@ -84,8 +94,10 @@ def build_metrics(specs, timeout_s: float, max_rows: int) -> list:
 
 
 @click.command()
-@click.option("--predictions", "-p", "predictions_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--predictions", "-p", "predictions_path", type=click.Path(dir_okay=False), default=None,
               help="Predictions: one SQL per line (Spider), BIRD's JSON, or JSON lines.")
+@click.option("--checkpoint", "checkpoint", type=click.Path(file_okay=False), default=None,
+              help="Generate the predictions with this run, checkpoint or export folder instead.")
 @click.option("--dataset", "-d", required=True, help="Registered dataset name (see `vantage plugins --kind dataset`).")
 @click.option("--split", default="dev", show_default=True, help="Split of the dataset.")
 @click.option("--dataset-param", "dataset_params", multiple=True, metavar="KEY=VALUE",
@@ -97,7 +109,8 @@ def build_metrics(specs, timeout_s: float, max_rows: int) -> list:
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: <run dir>/eval-<dataset>-<split>).")
 @config_options
-def evaluate(predictions_path, dataset, split, dataset_params, metric_names, limit, workers, out_dir, **options) -> None:
+def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metric_names, limit, workers, out_dir,
+             **options) -> None:
     """Score a predictions file against a dataset split and write the results.
 
     Writes the predictions in the official formats, per-example results (results.jsonl), a
@@ -107,18 +120,40 @@ def evaluate(predictions_path, dataset, split, dataset_params, metric_names, lim
     from vantage_core.evaluate.runner import evaluate_predictions
     from vantage_core.plugins import registry
 
+    if (predictions_path is None) == (checkpoint is None):
+        raise click.UsageError("give exactly one of --predictions FILE and --checkpoint DIR")
+    engine = None
+    if checkpoint is not None:
+        from vantage_core.inference.engine import load_engine
+
+        engine = load_engine(checkpoint)
+        if not options.get("config"):
+            # The run's own config: its metrics, and the parameters it gave this dataset.
+            options = {**options, "config": str(Path(engine.info["folder"]) / "config.yaml")}
     cfg = load_from_options(options)
-    adapter = registry().build("dataset", dataset, **dict(_param(p) for p in dataset_params))
+    params = dict(_param(p) for p in dataset_params)
+    if not params and engine is not None:
+        params = _dataset_params_from(engine.config, dataset)
+    adapter = registry().build("dataset", dataset, **params)
     report = adapter.load(split)
     click.echo(report.summary(dataset, split), err=True)
     examples = report.examples[:limit] if limit else report.examples
-    predictions = read_predictions(predictions_path)
+    if engine is not None:
+        from vantage_core.inference.engine import predict_examples
+
+        predictions = predict_examples(engine, examples)
+        predictions_path = f"{checkpoint}/predictions"
+    else:
+        predictions = read_predictions(predictions_path)
     if limit:
         predictions = predictions[:limit]
     if len(predictions) != len(examples):
         raise DataError(f"{predictions_path}: {len(predictions)} predictions for {len(examples)} examples of "
                         f"{dataset}/{split}; give one prediction per example, in order")
     specs = [PluginSpec(name=n) for n in metric_names] if metric_names else cfg.evaluate.metrics
+    if not specs:
+        raise click.UsageError("no metric to compute: the config's evaluate.metrics is empty; "
+                               f"name one with --metric ({', '.join(registry().names('metric'))})")
     metrics = build_metrics(specs, cfg.evaluate.timeout_s, cfg.evaluate.max_rows)
     out = Path(out_dir) if out_dir else cfg.run.path / f"eval-{dataset}-{split}"
     result = evaluate_predictions(examples, predictions, metrics, out, workers=workers or cfg.evaluate.workers,
