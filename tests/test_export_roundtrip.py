@@ -59,3 +59,26 @@ def test_export_refuses_to_overwrite(paths):
     with pytest.raises(VantageError, match="already exists"):
         export_model(model, root / "once")
     export_model(model, root / "once", overwrite=True)
+
+
+@pytest.mark.parametrize("name", ["swiglu", "gelu", "shared_swiglu"])
+def test_expert_banks_quantize_and_stay_close(name):
+    """nn.quantize reaches the expert banks (the bulk of an MoE's weights), not only nn.Linear."""
+    import mlx.core as mx
+
+    from vantage_core.inference.engine import quantize_model
+    from vantage_core.plugins import registry
+
+    mx.random.seed(0)
+    bank = registry().build("expert", name, 64, 128, 4)
+    x = mx.random.normal((10, 64))
+    counts = [3, 0, 5, 2]
+    before, size = bank(x, counts), bank.routed_size()
+    holder = type("Holder", (__import__("mlx.nn").nn.Module,), {})()
+    holder.bank = bank
+    assert quantize_model(holder, bits=8, group_size=32) == 1
+    assert isinstance(bank.w_in[0], dict) and bank.bits == 8
+    assert bank.routed_size() == size  # counts the float parameters the quantized ones stand for
+    after = bank(x, counts)
+    assert after.shape == before.shape
+    assert float(mx.abs(after - before).max()) < 0.02 * float(mx.abs(before).max())

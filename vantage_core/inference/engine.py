@@ -124,8 +124,9 @@ def quantize_model(model: Any, bits: int, group_size: int = 64) -> int:
         nonlocal count
         if not hasattr(module, "to_quantized") or ".router" in f".{path}":
             return False
-        weight = getattr(module, "weight", None)
-        if weight is None or weight.shape[-1] % group_size:
+        widths = module.quantizable_widths() if hasattr(module, "quantizable_widths") else \
+            [module.weight.shape[-1]] if getattr(module, "weight", None) is not None else []
+        if not widths or any(w % group_size for w in widths):
             return False
         count += 1
         return True

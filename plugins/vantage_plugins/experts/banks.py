@@ -28,7 +28,57 @@ def _blocks(x: mx.array, counts: Sequence[int]) -> list[tuple[int, mx.array]]:
     return [(e, p) for e, (p, c) in enumerate(zip(parts, counts)) if c > 0]
 
 
-class SwiGLUExperts(nn.Module):
+def _quantize(w: mx.array, group_size: int, bits: int) -> dict[str, mx.array]:
+    """(in, out) weight -> MLX's quantized (out, in) layout, groups along the input width."""
+    q, scales, biases = mx.quantize(w.T, group_size=group_size, bits=bits)
+    return {"weight": q, "scales": scales, "biases": biases}
+
+
+class QuantizableBank(nn.Module):
+    """Weight lists that ``mlx.nn.quantize`` can turn into MLX's quantized format (inference)."""
+
+    group_size: int | None = None
+    bits: int | None = None
+
+    def mm(self, x: mx.array, w) -> mx.array:
+        """``x @ w`` for a float (in, out) weight or a quantized one."""
+        if isinstance(w, dict):
+            return mx.quantized_matmul(x, w["weight"], w["scales"], w["biases"], transpose=True,
+                                       group_size=self.group_size, bits=self.bits)
+        return x @ w
+
+    def size_of(self, w) -> int:
+        """Parameter count of a weight; for a quantized one, of the float weight it stands for."""
+        if isinstance(w, dict):  # (out, in * bits / 32) uint32
+            return w["weight"].shape[0] * w["weight"].shape[1] * 32 // self.bits
+        return w.size
+
+    def quantizable_widths(self) -> list[int]:
+        """The input widths of every weight (each must be a multiple of the group size)."""
+        return [w.shape[0] for name, w in self._float_weights()]
+
+    def _float_weights(self):
+        for name, value in self.items():
+            for w in value if isinstance(value, list) else [value]:
+                if isinstance(w, mx.array) and w.ndim == 2:
+                    yield name, w
+
+    def to_quantized(self, group_size: int = 64, bits: int = 4, mode: str = "affine",
+                     **_: object) -> "QuantizableBank":
+        """Quantize every expert weight in place (affine mode, MLX's default)."""
+        if mode != "affine":
+            raise ValueError(f"expert banks quantize in 'affine' mode only, not {mode!r}")
+        for name, value in list(self.items()):
+            if isinstance(value, list):
+                self[name] = [_quantize(w, group_size, bits) for w in value]
+            elif isinstance(value, mx.array) and value.ndim == 2:
+                self[name] = _quantize(value, group_size, bits)
+        self.group_size, self.bits = group_size, bits
+        self.freeze()
+        return self
+
+
+class SwiGLUExperts(QuantizableBank):
     """SwiGLU experts: ``down(silu(x W_gate) * x W_up)``, gate and up fused in one matmul."""
 
     def __init__(self, d_model: int, hidden: int, num_experts: int):
@@ -38,8 +88,8 @@ class SwiGLUExperts(nn.Module):
         self.w_out = [_uniform((hidden, d_model), hidden) for _ in range(num_experts)]
 
     def expert(self, e: int, x: mx.array) -> mx.array:
-        gate, up = mx.split(x @ self.w_in[e], 2, axis=-1)  # (M_e, h) each
-        return (nn.silu(gate) * up) @ self.w_out[e]
+        gate, up = mx.split(self.mm(x, self.w_in[e]), 2, axis=-1)  # (M_e, h) each
+        return self.mm(nn.silu(gate) * up, self.w_out[e])
 
     def __call__(self, x: mx.array, counts: Sequence[int]) -> mx.array:
         outs = [self.expert(e, block) for e, block in _blocks(x, counts)]
@@ -49,7 +99,7 @@ class SwiGLUExperts(nn.Module):
         return None
 
     def routed_size(self) -> int:
-        return sum(w.size for w in self.w_in) + sum(w.size for w in self.w_out)
+        return sum(self.size_of(w) for w in self.w_in) + sum(self.size_of(w) for w in self.w_out)
 
 
 class GeluExperts(SwiGLUExperts):
@@ -62,7 +112,7 @@ class GeluExperts(SwiGLUExperts):
         self.w_out = [_uniform((hidden, d_model), hidden) for _ in range(num_experts)]
 
     def expert(self, e: int, x: mx.array) -> mx.array:
-        return nn.gelu_approx(x @ self.w_in[e]) @ self.w_out[e]
+        return self.mm(nn.gelu_approx(self.mm(x, self.w_in[e])), self.w_out[e])
 
 
 class SharedSwiGLUExperts(SwiGLUExperts):
@@ -77,5 +127,6 @@ class SharedSwiGLUExperts(SwiGLUExperts):
         self.shared_out = _uniform((width, d_model), width)
 
     def shared(self, x: mx.array) -> mx.array:
-        gate, up = mx.split(x @ self.shared_in, 2, axis=-1)
-        return (nn.silu(gate) * up) @ self.shared_out
+        gate, up = mx.split(self.mm(x, self.shared_in), 2, axis=-1)
+        return self.mm(nn.silu(gate) * up, self.shared_out)
+
