@@ -165,3 +165,17 @@ def test_mixture_follows_weights_and_records_sources(data_cfg, tokenizer, synthe
     order = p.source_index[np.concatenate(it.epoch_batches(0))]
     assert abs((order == 1).mean() - 0.25) < 0.05
     assert p.record()["sources"][1]["loaded"] == 20
+
+
+def test_sentencepiece_learns_sql_keywords_as_pieces():
+    """A keyword seen thousands of times is one piece, not one piece per letter."""
+    from vantage_core.data.tokenizer import SentencePieceTokenizer
+    from vantage_core.plugins import registry
+
+    report = registry().build("dataset", "synthetic", n_databases=12, examples_per_db=20).load("train")
+    corpus = [t for e in report.examples for t in (e.question, e.sql)]
+    tok = SentencePieceTokenizer(vocab_size=600).train(corpus)
+    sql = "SELECT name FROM t WHERE x = 1 ORDER BY y DESC"
+    ids = tok.encode(sql)
+    assert tok.decode(ids) == sql
+    assert len(ids) <= 16, [tok._sp.id_to_piece(i) for i in ids]
