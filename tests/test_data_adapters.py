@@ -135,17 +135,13 @@ def test_gretel_reads_the_hub_parquet_layout(tmp_path):
     assert len(report.examples) == 2 and sum(report.skipped.values()) == 2
 
 
-def test_download_fails_fast_offline(monkeypatch, tmp_path):
-    import time
-
+def test_download_fails_offline_with_a_way_forward(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
     from vantage_core.cli import cli
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.time()
     result = CliRunner().invoke(cli, ["data", "download", "spider", "--out", str(tmp_path)])
-    assert time.time() - start < 5
     assert isinstance(result.exception, DataError) and "no network" in str(result.exception)
     assert "path:" in str(result.exception)
 

@@ -19,7 +19,10 @@ from vantage_core.data.example import Schema
 class LogitsProcessor(Protocol):
     def __call__(self, generated: Sequence[Sequence[int]], logits: mx.array) -> mx.array:
         """``logits`` (B, V) for the next token of each row; returns them with the forbidden
-        tokens at ``-inf``. ``generated[b]`` holds row b's generated ids (prompt excluded)."""
+        tokens at ``-inf``. ``generated[b]`` holds row b's generated ids (prompt excluded).
+
+        A processor may also have ``finalize(ids) -> ids | None``: decoding passes it every
+        output and keeps what it returns (a valid prefix), or marks the output unfinished on None."""
 
 
 class Constraint(Protocol):

@@ -145,7 +145,22 @@ def greedy(model: Any, prompt: Sequence[int], *, eos_id: int, max_new_tokens: in
         if r is not None:
             routing.append(r[0])
         logits, aux = _forward(model, mx.array([[tok]], dtype=mx.int32), schema, cache)
-    return Hypothesis(tokens, logprob, finished, routing)
+    return _finalized(Hypothesis(tokens, logprob, finished, routing), processor)
+
+
+def _finalized(h: Hypothesis, processor: LogitsProcessor | None) -> Hypothesis:
+    """Cut an output back to what the constraint accepts as a whole query, where it has a say.
+
+    An output with no valid prefix at all stays as it is, marked unfinished."""
+    finalize = getattr(processor, "finalize", None)
+    if finalize is None:
+        return h
+    tokens = finalize(h.tokens)
+    if tokens is None:
+        return Hypothesis(h.tokens, h.logprob, False, h.routing)
+    if tokens == h.tokens:
+        return h
+    return Hypothesis(tokens, h.logprob, True, h.routing[: len(tokens)])
 
 
 def _sample_top_p(scaled_logp: mx.array, top_p: float, key: mx.array) -> mx.array:
@@ -230,7 +245,8 @@ def beam_search(model: Any, prompt: Sequence[int], *, eos_id: int, beam_size: in
     unfinished = [b for b in beams if not b.finished and b.tokens and
                   all(b.tokens != f.tokens for f in finished)]
     out = finished + sorted(unfinished, key=lambda h: -h.score(length_penalty))
-    return out[:beam_size] if out else [Hypothesis([], 0.0, False)]
+    out = [_finalized(h, processor) for h in out[:beam_size]]
+    return out if out else [Hypothesis([], 0.0, False)]
 
 
 # ---------------------------------------------------------------------------- one entry point

@@ -407,6 +407,20 @@ class SQLSchemaProcessor:
             mask[self.eos_id] = True
         return mask
 
+    def finalize(self, ids: Sequence[int]) -> list[int] | None:
+        """The longest prefix of ``ids`` that is a whole query SQLite accepts on the schema, or
+        None when there is none.
+
+        Decoding calls this on every output: one cut at ``max_new_tokens``, or stopped where no
+        token could continue, is cut back to its last valid query, so that what the constraint
+        lets through parses and names only schema items.
+        """
+        for end in range(len(ids), 0, -1):
+            prefix = list(ids[:end])
+            if self.is_complete(prefix) and self._prepares(prefix):
+                return prefix
+        return None
+
     def _prepares(self, ids: Sequence[int]) -> bool:
         from vantage_core.inference.constraints import sqlite_prepare_error
 
