@@ -1,0 +1,66 @@
+"""Training tokens/s of a tiny config with 1 process and with 2 processes (MLX ring backend on
+loopback), same global batch.
+
+    python benchmarks/train_throughput.py [--config configs/quickstart.yaml] [--steps 40]
+
+Each setting runs ``vantage train`` into a temporary run directory and reads the median of the
+per-step tokens/s over the second half of training from its summary.json (tokens are the
+non-padding input tokens of the global batch). With 2 processes on one machine each rank gets
+half the cores: ``--threads-per-rank`` sets OPENBLAS_NUM_THREADS for them (default: cores / 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(n_procs: int, config: str, steps: int, out: Path, threads: int | None, extra: list[str]) -> dict:
+    sets = [f"train.steps={steps}", "train.eval_every=0", "train.save_every=0", "data.validation=[]",
+            f"run.dir={out}", *extra]
+    cmd = ["vantage", "train", "--config", config, "--no-progress", "--overwrite"]
+    for s in sets:
+        cmd += ["--set", s]
+    env = dict(os.environ)
+    if n_procs > 1:
+        cmd = ["mlx.launch", "-n", str(n_procs), "--backend", "ring"] + cmd
+        if threads:
+            env["OPENBLAS_NUM_THREADS"] = str(threads)
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    summary = json.loads((out / "summary.json").read_text())
+    return {"processes": n_procs, "tokens_per_s": summary["tokens_per_s"], "wall_s": wall,
+            "train_wall_s": summary["wall_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--threads-per-rank", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    ap.add_argument("--set", dest="extra", action="append", default=[])
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, 2):
+            rows.append(run(n, args.config, args.steps, Path(tmp) / f"p{n}", args.threads_per_rank, args.extra))
+            print(json.dumps(rows[-1]), flush=True)
+    base = rows[0]["tokens_per_s"]
+    print(f"\n| processes | tokens/s | vs 1 process |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['processes']} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.2f}x |")
+    print(f"\n{os.cpu_count()} cores; config {Path(args.config).name}, {args.steps} steps, "
+          f"python {sys.version.split()[0]}")
+
+
+if __name__ == "__main__":
+    main()

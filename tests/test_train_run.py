@@ -1,0 +1,163 @@
+"""``vantage train`` end to end on a tiny config: the run directory, resume equivalence through
+the real data pipeline, Ctrl-C, NaN handling, refusing to overwrite, plots and the sweep table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vantage_core  # noqa: F401
+import mlx.core as mx
+
+from vantage_core.config import load_config
+from vantage_core.errors import VantageError
+from vantage_core.train import checkpoint as ckpt
+from vantage_core.train.run import train
+from vantage_core.train.telemetry import read_metrics
+from vantage_core.train.trainer import Trainer, TrainingDiverged
+
+TINY = Path(__file__).parent / "fixtures" / "train_tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # one data cache for the whole session: the synthetic databases are generated once
+    monkeypatch.setenv("VANTAGE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def tiny(run_dir, *sets):
+    return load_config(TINY, [f"run.dir={run_dir}", *sets])
+
+
+def losses(run_dir):
+    return [r["loss"] for r in read_metrics(run_dir) if r["kind"] == "train"]
+
+
+def test_a_run_directory_holds_everything(tmp_path):
+    summary = train(tiny(tmp_path / "run"), progress=False, echo=lambda m: None)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "plugins.json", "data.json", "metrics.jsonl", "summary.json", "report.md",
+                 "tokenizer/tokenizer.model", "checkpoints/last/model.safetensors",
+                 "checkpoints/best/model.safetensors", "plots/loss.png", "plots/expert_load.png", "plots/eval.png"):
+        assert (run / name).exists(), name
+    records = read_metrics(run)
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_records] == list(range(1, 7))
+    first = train_records[0]
+    for key in ("loss", "ce", "balance", "z", "lr", "tokens_per_s", "grad_norm", "expert_load"):
+        assert key in first, key
+    assert len(first["expert_load"]) == 2 and sum(first["expert_load"][0]) == pytest.approx(1.0, abs=1e-4)
+    assert first["balance"] > 0  # the balancing loss is on by default and logged
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 6] and "execution" in evals[0]
+    assert ckpt.load_trainer_state(run / "checkpoints" / "last")["step"] == 6
+    assert summary["steps"] == 6 and "execution" in summary["validation"]
+    plugins = json.loads((run / "plugins.json").read_text())
+    assert {"name": "topk", "kind": "router", "distribution": "vantage", "version": "0.1.0"} in plugins
+
+
+def test_an_existing_run_is_never_overwritten_silently(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("keep me")
+    with pytest.raises(VantageError, match="already exists; pass --resume .* or --overwrite"):
+        train(tiny(tmp_path / "run"), progress=False, echo=lambda m: None)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(VantageError, match="nothing to resume"):
+        train(tiny(tmp_path / "run"), resume=True, progress=False, echo=lambda m: None)
+
+
+def interrupt_after(monkeypatch, step):
+    """Deliver a real SIGINT (Ctrl-C) to this process right after optimizer step ``step``."""
+    real = Trainer.train_step
+
+    def train_step(self, micro):
+        record = real(self, micro)
+        if self.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return record
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def test_ctrl_c_saves_and_resume_gives_the_same_losses(tmp_path, monkeypatch):
+    sets = ["train.steps=12", "train.eval_every=0", "train.save_every=0", "data.validation=[]"]
+    train(tiny(tmp_path / "straight", *sets), progress=False, echo=lambda m: None)
+    straight = losses(tmp_path / "straight")
+    assert len(straight) == 12
+
+    with monkeypatch.context() as m:
+        interrupt_after(m, 5)
+        result = train(tiny(tmp_path / "split", *sets), progress=False, echo=lambda m: None)
+    assert result["stopped"] == "interrupted" and result["step"] == 5
+    assert ckpt.load_trainer_state(tmp_path / "split" / "checkpoints" / "last")["step"] == 5
+    train(tiny(tmp_path / "split", *sets), resume=True, progress=False, echo=lambda m: None)
+    assert losses(tmp_path / "split") == straight  # bitwise
+
+
+def test_resume_refuses_a_different_experiment(tmp_path, monkeypatch):
+    sets = ["train.steps=4", "train.eval_every=0", "data.validation=[]"]
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        train(tiny(tmp_path / "run", *sets), progress=False, echo=lambda m: None)
+    with pytest.raises(VantageError, match=r"model.d_model: 32 -> 48"):
+        train(tiny(tmp_path / "run", *sets, "model.d_model=48"), resume=True, progress=False, echo=lambda m: None)
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import vantage_core.model as model_pkg
+
+    real_loss, calls = model_pkg.loss, {"n": 0}
+
+    def poisoned(model, batch):
+        calls["n"] += 1
+        total, metrics = real_loss(model, batch)
+        return (total * mx.nan if calls["n"] >= 5 else total), metrics
+
+    monkeypatch.setattr(model_pkg, "loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"step 5: the loss is nan.*last good checkpoint is .*last \(step 4\)"):
+        train(tiny(tmp_path / "run", "train.eval_every=0", "data.validation=[]", "train.compile=false"),
+              progress=False, echo=lambda m: None)
+    state = ckpt.load_trainer_state(tmp_path / "run" / "checkpoints" / "last")
+    assert state["step"] == 4
+    weights = mx.load(str(tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"))
+    assert all(bool(mx.isfinite(v).all()) for v in weights.values())
+
+
+def test_plot_command(tmp_path):
+    from click.testing import CliRunner
+    from vantage_core.cli import cli
+
+    train(tiny(tmp_path / "run", "train.eval_every=0", "data.validation=[]"), progress=False, echo=lambda m: None)
+    for p in (tmp_path / "run" / "plots").iterdir():
+        p.unlink()
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (tmp_path / "run" / "plots").iterdir()} == {"loss.png", "expert_load.png"}
+    assert (tmp_path / "run" / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_writes_one_comparison_table(tmp_path):
+    from vantage_core.train.sweep import run_sweep
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {TINY}\nname: routers\nset: {{train.steps: 3, train.eval_every: 0, "
+                     f"train.eval_examples: 3}}\nruns:\n  - {{name: topk, model.router: {{name: topk}}}}\n"
+                     f"  - {{name: switch, model.router: {{name: switch}}}}\n"
+                     f"  - {{name: aux_free, model.router: {{name: aux_free}}}}\n")
+    result = run_sweep(sweep, out_dir=tmp_path / "out", progress=False, echo=lambda m: None)
+    table = result["markdown"].read_text()
+    assert table.splitlines()[0].startswith("| run | validation execution |")
+    assert [r["run"] for r in result["rows"]] == ["topk", "switch", "aux_free"]
+    for row in result["rows"]:
+        assert 0 <= row["accuracy"] <= 1 and row["tokens_per_s"] > 0 and 0 < row["load_balance"] <= 1
+    csv_lines = result["csv"].read_text().splitlines()
+    assert csv_lines[0].startswith("run,accuracy,best,final_ce,tokens_per_s,load_balance") and len(csv_lines) == 4
+    assert result["figure"].read_bytes()[:4] == b"\x89PNG"
+    # a second invocation reuses the finished runs instead of training them again
+    again = run_sweep(sweep, out_dir=tmp_path / "out", progress=False, echo=lambda m: None)
+    assert again["rows"] == result["rows"]

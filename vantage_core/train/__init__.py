@@ -1,0 +1,1 @@
+"""Training: the trainer, checkpoints, telemetry, plots, data parallelism and ablation sweeps."""

@@ -1,0 +1,85 @@
+"""Validation during training: greedy-decode held-out examples and score them with the
+configured metric plugins."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
+import mlx.core as mx
+
+
+def schema_context(model: Any, encoder_text: str):
+    """The encoded schema of one request, for :mod:`vantage_core.inference.decoding`."""
+    from vantage_core.inference.decoding import SchemaContext
+
+    encoder = getattr(model, "schema_encoder", None)
+    if encoder is None:
+        return SchemaContext()
+    ids, mask = encoder.tokenize([encoder_text])
+    states, smask = model.encode_schema(ids, mask)
+    return SchemaContext(states, smask)
+
+
+def predict(model: Any, tokenizer: Any, prepared: Any, limit: int | None = None,
+            max_new_tokens: int = 160, progress: bool = False) -> list[dict]:
+    """Greedy SQL for the first ``limit`` examples of a prepared split.
+
+    Returns per example ``{"id", "sql", "tokens", "seconds"}``.
+    """
+    from vantage_core.inference.decoding import greedy
+
+    n = len(prepared) if limit is None else min(limit, len(prepared))
+    was_training = model.training
+    model.eval()
+    out = []
+    rows = range(n)
+    if progress:
+        from tqdm.auto import tqdm
+
+        rows = tqdm(rows, desc="decoding", unit="query", leave=False, dynamic_ncols=True)
+    try:
+        for i in rows:
+            t = time.perf_counter()
+            prompt = prepared.tokens[i][:int(prepared.sql_start[i]) + 1].tolist()  # up to <sql>
+            hyp = greedy(model, prompt, eos_id=tokenizer.eos_id, max_new_tokens=max_new_tokens,
+                         schema=schema_context(model, prepared.encoder_texts[i]))
+            out.append({"id": prepared.ids[i], "sql": tokenizer.decode(hyp.tokens).strip(),
+                        "tokens": len(hyp.tokens), "seconds": time.perf_counter() - t})
+    finally:
+        if was_training:
+            model.train()
+    return out
+
+
+def score(examples: list, predictions: list[str], metric_specs: list, *, out_dir: str | Path | None,
+          workers: int = 1, timeout_s: float = 5.0, max_rows: int = 10000) -> dict[str, float]:
+    """Each configured metric's summary over ``predictions`` (aligned with ``examples``).
+
+    Uses the evaluation package's ``evaluate_predictions`` (which applies its own time and row
+    limits; ``timeout_s``/``max_rows`` are accepted for when it takes them); returns
+    ``{metric: value}``.
+    """
+    from vantage_core.evaluate.runner import evaluate_predictions
+
+    result = evaluate_predictions(examples, predictions, metric_specs, out_dir=out_dir, workers=workers,
+                                  split="validation")
+    return summarize(result)
+
+
+def summarize(result: Any) -> dict[str, float]:
+    """The headline number of each metric from ``evaluate_predictions``'s result
+    (``{"summary": {metric: {metric: value, "n": ..., ...}}}``)."""
+    summary = result.get("summary", result) if isinstance(result, dict) else result
+    out = {}
+    for name, value in dict(summary).items():
+        if isinstance(value, (int, float)):
+            out[name] = float(value)
+        elif isinstance(value, dict):
+            for key in ("accuracy", "score", "mean", name, "all"):
+                if isinstance(value.get(key), (int, float)):
+                    out[name] = float(value[key])
+                    break
+    return out

@@ -1,0 +1,370 @@
+"""``vantage train``: from a config to a run directory.
+
+A run directory holds everything needed to look at the run later::
+
+    config.yaml        the resolved config
+    plugins.json       every registered plugin: name, kind, distribution, version
+    data.json          what each data source gave (loaded, skipped, dropped)
+    tokenizer/         the decoder's tokenizer
+    metrics.jsonl      one record per step (and per evaluation)
+    checkpoints/last/  the latest checkpoint; checkpoints/best/ the best by validation metric
+    eval/              the predictions of the last evaluation
+    plots/             loss.png, expert_load.png, eval.png
+    summary.json       headline figures; report.md a readable summary
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from vantage_core.config import Config, dump_config
+from vantage_core.errors import ConfigError, VantageError
+from vantage_core.train import checkpoint as ckpt
+from vantage_core.train.distributed import World, init_world
+from vantage_core.train.telemetry import Telemetry, trim_metrics
+from vantage_core.train.trainer import StopFlag, Trainer, TrainingDiverged
+
+# Fields a resumed run may change (how long, how often, where to log): anything else would make
+# the resumed run a different experiment.
+RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_examples", "train.save_every",
+                     "train.log_every", "train.loggers", "train.compile", "evaluate.")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, world: World) -> Path:
+    """Check the run directory against --resume/--overwrite; on resume, check the config matches."""
+    run_dir = cfg.run.path
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if resume:
+        saved = run_dir / "config.yaml"
+        if not saved.exists():
+            raise VantageError(f"{run_dir}: nothing to resume (no config.yaml); start it without --resume")
+        from vantage_core.config import load_config
+
+        old = _flat(load_config(saved, registry=False).to_dict())
+        new = _flat(cfg.to_dict())
+        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+                   and not any(k == p or (p.endswith(".") and k.startswith(p)) or k.startswith(p + ".")
+                               for p in RESUMABLE_CHANGES)]
+        if changed:
+            raise ConfigError(f"{saved}: --resume with a different config: " +
+                              "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8]) +
+                              f". Only {', '.join(RESUMABLE_CHANGES)} may change on resume; start a new "
+                              f"run (another run.name) instead")
+        ckpt.resolve_checkpoint(run_dir / "checkpoints" / "last")
+        return run_dir
+    if exists and not overwrite:
+        raise VantageError(f"{run_dir} already exists; pass --resume to continue that run or "
+                           f"--overwrite to replace it (or set run.name / run.dir)")
+    if world.is_main:
+        if exists:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    world.barrier()
+    return run_dir
+
+
+def _main_first(world: World, fn: Callable[[], Any]) -> Any:
+    """Rank 0 runs ``fn`` first (it fills the caches), then the others."""
+    result = fn() if world.is_main else None
+    world.barrier()
+    if not world.is_main:
+        result = fn()
+    world.barrier()
+    return result
+
+
+class ModelBatches:
+    """Global training batches, each split across ranks, resumable at any batch.
+
+    Every rank walks the same stream of global batches (same seed) and keeps its rows
+    (``rows[rank::size]``): the global batch does not depend on the number of processes.
+    """
+
+    def __init__(self, prepared: Any, batch_size: int, seed: int, world: World, pad_id: int):
+        from vantage_core.data.batching import TrainBatches
+
+        if batch_size % world.size:
+            raise ConfigError(f"train.batch_size: {batch_size} must be a multiple of the number of "
+                              f"processes ({world.size})")
+        self.batches = TrainBatches(prepared, batch_size, seed=seed, rank=0, world_size=1, pad_id=pad_id)
+        self.prepared, self.world, self.pad_id = prepared, world, pad_id
+
+    def stream(self, start: int = 0):
+        from vantage_core.data.batching import make_batch
+
+        epoch, skipped = 0, 0
+        while True:
+            rows_of_epoch = self.batches.epoch_batches(epoch)
+            if skipped + len(rows_of_epoch) <= start:  # a resumed run skips whole epochs cheaply
+                skipped += len(rows_of_epoch)
+                epoch += 1
+                continue
+            for rows in rows_of_epoch[max(0, start - skipped):]:
+                yield make_batch(self.prepared, rows[self.world.rank::self.world.size], self.pad_id)
+            skipped += len(rows_of_epoch)
+            start = skipped
+            epoch += 1
+
+
+def model_arrays(model: Any, batch: dict) -> dict:
+    """A numpy batch to the arrays the model's loss reads (the schema text tokenized by the
+    model's schema encoder)."""
+    arrays = {k: mx.array(batch[k]) for k in ("tokens", "targets", "loss_mask", "padding_mask")}
+    encoder = getattr(model, "schema_encoder", None)
+    if encoder is not None:
+        ids, mask = encoder.tokenize(list(batch["encoder_texts"]))
+        arrays["schema_ids"], arrays["schema_mask"] = mx.array(ids), mx.array(mask)
+    return arrays
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    total = sum(v.size for _, v in tree_flatten(model.parameters()))
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    return total, trainable
+
+
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          echo: Callable[[str], None] = print, world: World | None = None) -> dict:
+    """Train the model ``cfg`` describes; return the run's summary (also in summary.json)."""
+    from vantage_core.data.pipeline import load_split, prepare_split, tokenizer_corpus
+    from vantage_core.data.tokenizer import load_tokenizer
+    from vantage_core.model import build_model, loss as model_loss
+    from vantage_core.plugins import registry as default_registry
+
+    world = world or init_world()
+    say = echo if world.is_main else (lambda *_: None)
+    registry = default_registry()
+    run_dir = prepare_run_dir(cfg, resume, overwrite, world)
+    t_start = time.perf_counter()
+    mx.random.seed(cfg.run.seed)
+    if world.is_main and not resume:
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        (run_dir / "plugins.json").write_text(json.dumps(ckpt.plugin_list(registry), indent=2))
+    elif world.is_main:
+        (run_dir / "config.yaml").write_text(dump_config(cfg))  # the resumable fields may have changed
+
+    # -- data and tokenizer (rank 0 first: it fills the caches the others then read)
+    tok_dir = run_dir / "tokenizer"
+    train_split = _main_first(world, lambda: load_split(cfg.data, "train", registry, say))
+
+    def get_tokenizer():
+        if (tok_dir / "tokenizer.json").exists():
+            return load_tokenizer(tok_dir, registry)
+        from vantage_core.config import plugin_params
+
+        tok = registry.build("tokenizer", cfg.data.tokenizer.name, **plugin_params(cfg.data.tokenizer))
+        say(f"training the {cfg.data.tokenizer.name} tokenizer on {len(train_split.examples)} examples")
+        return tok.train(list(tokenizer_corpus(train_split, cfg.data.serialization)), tok_dir)
+
+    tokenizer = _main_first(world, get_tokenizer)
+    prepared = _main_first(world, lambda: prepare_split(cfg.data, "train", tokenizer, registry=registry,
+                                                        max_seq_len=cfg.model.max_seq_len, split=train_split))
+    validation = None
+    if cfg.data.validation and world.is_main:
+        validation = prepare_split(cfg.data, "validation", tokenizer, registry=registry, echo=say)
+    if world.is_main:
+        record = {"train": prepared.record(), "validation": validation.record() if validation else None}
+        (run_dir / "data.json").write_text(json.dumps(record, indent=2, default=str))
+    say(f"train: {len(prepared)} examples; validation: {len(validation) if validation else 0}; "
+        f"vocabulary {tokenizer.vocab_size}; {world.size} process(es)")
+
+    # -- model and trainer
+    model = build_model(cfg.model, tokenizer, registry)
+    mx.eval(model.parameters())
+    total, trainable = count_parameters(model)
+    say(f"model: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable)")
+
+    def after_update(m, record):
+        if record.get("expert_load") and hasattr(m, "update_routers"):
+            m.update_routers(mx.array(record["expert_load"]))
+
+    trainer = Trainer(model, model_loss, cfg.train, world, after_update=after_update, seed=cfg.run.seed)
+    best = {"metric": cfg.train.select_metric, "value": None, "step": None}
+    consumed = 0  # global batches drawn
+    if resume:
+        state = trainer.restore(run_dir / "checkpoints" / "last")
+        consumed, best = state["batches"], state.get("best", best)
+        say(f"resuming at step {trainer.step}")
+        if world.is_main:
+            trim_metrics(run_dir, trainer.step)
+    batches = ModelBatches(prepared, cfg.train.batch_size, cfg.run.seed, world, tokenizer.pad_id).stream(consumed)
+
+    telemetry = Telemetry(run_dir, cfg.to_dict(), cfg.train.loggers, registry, cfg.train.steps,
+                          trainer.step, enabled=world.is_main, progress=progress)
+
+    def trainer_state():
+        return {"step": trainer.step, "batches": consumed, "best": best, "seed": cfg.run.seed,
+                "world_size": world.size}
+
+    def save(name: str) -> None:
+        if world.is_main:
+            ckpt.save_checkpoint(run_dir / "checkpoints" / name, model=model, optimizer=trainer.optimizer,
+                                 trainer_state=trainer_state(), config_yaml=dump_config(cfg),
+                                 plugins=ckpt.plugin_list(registry), save_tokenizer=tokenizer.save)
+
+    def evaluate(final: bool = False) -> dict[str, float]:
+        if validation is None or not world.is_main:
+            return {}
+        from vantage_core.train.evaluation import predict, score
+
+        n = len(validation) if final and cfg.train.eval_examples <= 0 else cfg.train.eval_examples
+        t = time.perf_counter()
+        preds = predict(model, tokenizer, validation, limit=n, max_new_tokens=cfg.inference.max_new_tokens,
+                        progress=progress)
+        examples = validation.examples[:len(preds)]
+        scores = score(examples, [p["sql"] for p in preds], cfg.evaluate.metrics, out_dir=run_dir / "eval",
+                       workers=cfg.evaluate.workers, timeout_s=cfg.evaluate.timeout_s,
+                       max_rows=cfg.evaluate.max_rows)
+        (run_dir / "eval").mkdir(exist_ok=True)
+        with open(run_dir / "eval" / "predictions.jsonl", "w") as f:
+            for ex, p in zip(examples, preds):
+                f.write(json.dumps({**p, "question": ex.question, "gold": ex.sql, "db_id": ex.db_id}) + "\n")
+        telemetry.log({"step": trainer.step, "kind": "eval", **scores, "examples": len(preds),
+                       "seconds": time.perf_counter() - t})
+        return scores
+
+    stopped = None
+    last_scores: dict[str, float] = {}
+    t_tokens, t_window = 0, time.perf_counter()
+    try:
+        with StopFlag() as flag:
+            while trainer.step < cfg.train.steps:
+                t0 = time.perf_counter()
+                micro = []
+                for _ in range(cfg.train.grad_accum):
+                    b = next(batches)
+                    consumed += 1
+                    micro.append(model_arrays(model, b))
+                record = trainer.train_step(micro)
+                dt = time.perf_counter() - t0
+                for note in trainer.notes:
+                    telemetry.write(f"note: {note}")
+                trainer.notes.clear()
+                if trainer.step % cfg.train.log_every == 0 or trainer.step == cfg.train.steps:
+                    telemetry.log({"step": trainer.step, "kind": "train", **record,
+                                   "tokens_per_s": record["tokens"] / dt, "step_s": dt})
+                if cfg.train.eval_every and trainer.step % cfg.train.eval_every == 0 \
+                        and trainer.step < cfg.train.steps and validation is not None:
+                    last_scores = evaluate()
+                    value = last_scores.get(cfg.train.select_metric)
+                    if value is not None and (best["value"] is None or value > best["value"]):
+                        best.update(value=value, step=trainer.step)
+                        save("best")
+                if cfg.train.save_every and trainer.step % cfg.train.save_every == 0:
+                    save("last")
+                if flag.stop:
+                    stopped = "interrupted"
+                    break
+    except TrainingDiverged as exc:
+        telemetry.close()
+        last = run_dir / "checkpoints" / "last"
+        kept = f"the last good checkpoint is {last} (step {ckpt.load_trainer_state(last)['step']})" \
+            if (last.exists() or last.with_name("last.old").exists()) else "no checkpoint was written yet"
+        raise TrainingDiverged(f"{exc}; {kept}") from None
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    if stopped:
+        save("last")
+        telemetry.write(f"interrupted at step {trainer.step}: saved {run_dir / 'checkpoints' / 'last'}; "
+                        f"continue with --resume")
+        telemetry.close()
+        return {"stopped": stopped, "step": trainer.step, "run_dir": str(run_dir)}
+
+    save("last")
+    final_scores = {}
+    if validation is not None:
+        final_scores = evaluate(final=True)
+        value = final_scores.get(cfg.train.select_metric)
+        if value is not None and (best["value"] is None or value >= best["value"]):
+            best.update(value=value, step=trainer.step)
+            save("best")
+    telemetry.close()
+    summary = {}
+    if world.is_main:
+        summary = summarize_run(run_dir, cfg, final_scores, best, time.perf_counter() - t_start,
+                                total, trainable, world.size)
+        from vantage_core.train.plot import plot_run
+
+        plot_run(run_dir)
+        write_report(run_dir, cfg, summary)
+    world.barrier()
+    return summary
+
+
+def summarize_run(run_dir: Path, cfg: Config, final_scores: dict, best: dict, wall_s: float,
+                  total_params: int, trainable_params: int, world_size: int) -> dict:
+    from vantage_core.train.plot import load_balance
+    from vantage_core.train.telemetry import read_metrics
+
+    records = [r for r in read_metrics(run_dir) if r.get("kind") == "train"]
+    tail = records[len(records) // 2:] or records  # the steady second half: compile/warm-up excluded
+    loads = [r["expert_load"] for r in tail if r.get("expert_load")]
+    summary = {
+        "run": cfg.run.name, "steps": records[-1]["step"] if records else 0,
+        "final_loss": records[-1]["loss"] if records else None,
+        "final_ce": records[-1].get("ce") if records else None,
+        "tokens_per_s": float(np.median([r["tokens_per_s"] for r in tail])) if tail else None,
+        "load_balance": float(np.mean([load_balance(l) for l in loads])) if loads else None,
+        "max_expert_share": float(np.max(np.mean(np.asarray(loads), axis=0))) if loads else None,
+        "validation": final_scores, "best": best, "wall_s": wall_s,
+        "parameters": total_params, "trainable_parameters": trainable_params, "processes": world_size,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def write_report(run_dir: Path, cfg: Config, summary: dict, extra: str = "") -> Path:
+    """A Markdown report of the run beside its plots."""
+    lines = [f"# Run `{cfg.run.name}`", "",
+             f"- model: d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, {cfg.model.num_experts} "
+             f"experts, router `{cfg.model.router.name}`, expert `{cfg.model.expert.name}`, schema encoder "
+             f"`{cfg.model.schema_encoder.name}`; {summary['parameters'] / 1e6:.2f}M parameters",
+             f"- training: {summary['steps']} steps, batch {cfg.train.batch_size} x {cfg.train.grad_accum}, "
+             f"lr {cfg.train.lr}, {summary['processes']} process(es), {summary['wall_s']:.0f} s wall",
+             f"- final loss {summary['final_loss']:.4f} (cross-entropy {summary['final_ce']:.4f})"
+             if summary.get("final_loss") is not None else "- no training step ran",
+             f"- throughput {summary['tokens_per_s']:.0f} tokens/s (median of the second half)"
+             if summary.get("tokens_per_s") else "",
+             f"- expert load balance {summary['load_balance']:.3f} (1 = even; mean over layers of "
+             f"(1/E) / busiest expert's share), busiest expert {summary['max_expert_share']:.3f} of tokens"
+             if summary.get("load_balance") is not None else "",
+             ""]
+    if summary.get("validation"):
+        lines += ["## Validation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in summary["validation"].items()]
+        best = summary.get("best") or {}
+        if best.get("value") is not None:
+            lines += ["", f"Best `{best['metric']}` {best['value']:.4f} at step {best['step']} "
+                          f"(`checkpoints/best`)."]
+        lines.append("")
+    lines += ["## Plots", ""]
+    for name in ("loss", "expert_load", "eval"):
+        if (run_dir / "plots" / f"{name}.png").exists():
+            lines.append(f"![{name}](plots/{name}.png)")
+    lines.append("")
+    if extra:
+        lines += [extra, ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(l for l in lines if l is not None) + "\n")
+    return path

@@ -1,0 +1,233 @@
+"""The training step and loop: AdamW with warmup then cosine decay, gradient accumulation and
+clipping, data parallelism, a compiled step, NaN guard, Ctrl-C and periodic checkpoints.
+
+:class:`Trainer` knows nothing of text-to-SQL: it takes a model, a loss function
+``loss_fn(model, arrays) -> (loss, metrics)`` and batches of arrays. :func:`train` in
+:mod:`vantage_core.train.run` assembles those from a config.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from vantage_core.config import TrainConfig
+from vantage_core.errors import VantageError
+from vantage_core.train.distributed import World
+
+
+class TrainingDiverged(VantageError):
+    """The loss became NaN or infinite."""
+
+
+def lr_schedule(cfg: TrainConfig) -> Callable[[mx.array], mx.array]:
+    """Linear warmup from 0 to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    warmup = min(cfg.warmup_steps, cfg.steps)
+    decay = optim.cosine_decay(cfg.lr, max(cfg.steps - warmup, 1), end=cfg.lr * cfg.min_lr_ratio)
+    if warmup == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
+
+
+def build_optimizer(cfg: TrainConfig) -> optim.Optimizer:
+    # beta2 0.95: steadier than 0.999 for short transformer runs with spiky router gradients.
+    return optim.AdamW(learning_rate=lr_schedule(cfg), betas=[0.9, 0.95], eps=1e-8,
+                       weight_decay=cfg.weight_decay)
+
+
+def expert_load_shares(metrics: dict) -> list[list[float]] | None:
+    """Per MoE layer, the share of routed tokens each expert received, from a loss's metrics.
+
+    Accepts ``metrics["expert_load"]`` as a list of per-layer arrays (counts or shares) or an
+    (L, E) array, or per-layer entries ``load/<layer>``.
+    """
+    loads = metrics.get("expert_load")
+    if loads is None:
+        loads = metrics.get("loads")
+    if loads is not None and getattr(loads, "size", 1) == 0:
+        return None
+    if loads is None:
+        keyed = sorted((k for k in metrics if k.startswith("load/")), key=lambda k: int(k.split("/")[1]))
+        loads = [metrics[k] for k in keyed] or None
+    if loads is None:
+        return None
+    rows = [np.asarray(l, dtype=np.float64).reshape(-1) for l in loads]
+    return [(r / r.sum()).tolist() if r.sum() > 0 else r.tolist() for r in rows]
+
+
+class Trainer:
+    """One model's optimizer and step functions.
+
+    ``loss_fn(model, arrays)`` returns ``(loss, metrics)``; ``loss`` is a mean over the batch's
+    loss tokens, ``arrays["loss_mask"]`` marks them. Micro-batch gradients are weighted by their
+    loss-token counts and summed across micro-batches and ranks, so accumulation and data
+    parallelism compute the same update as one big batch (exactly so for the token-mean loss).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, cfg: TrainConfig, world: World | None = None,
+                 after_update: Callable[[nn.Module, dict], None] | None = None, seed: int = 0):
+        self.model, self.loss_fn, self.cfg, self.seed = model, loss_fn, cfg, seed
+        self.world = world or World(None)
+        self.after_update = after_update  # e.g. the aux-loss-free router's bias nudge
+        self.schedule = lr_schedule(cfg)
+        self.optimizer = build_optimizer(cfg)
+        self.optimizer.init(model.trainable_parameters())
+        self.step = 0  # optimizer updates done
+        self.notes: list[str] = []  # things the caller should tell the user once
+        self._build()
+
+    def _build(self) -> None:
+        """(Re)build the step functions; call again after replacing the optimizer state."""
+        model, optimizer, world = self.model, self.optimizer, self.world
+        loss_and_grad = nn.value_and_grad(model, self.loss_fn)
+
+        def grad_step(arrays):
+            (loss, metrics), grads = loss_and_grad(model, arrays)
+            n = arrays["loss_mask"].astype(mx.float32).sum()
+            return loss, metrics, tree_map(lambda g: g * n, grads), n
+
+        clip = self.cfg.grad_clip
+
+        def update_step(grad_sum, n_sum):
+            grad_sum, n_total = world.sum_grads(grad_sum), world.all_sum(n_sum)
+            grads = tree_map(lambda g: g / n_total, grad_sum)
+            grads, grad_norm = optim.clip_grad_norm(grads, clip if clip > 0 else float("inf"))
+            optimizer.update(model, grads)
+            return grad_norm
+
+        self._plain_grad_step = grad_step
+        if self.cfg.compile:
+            state = [model.state, optimizer.state, mx.random.state]
+            grad_state = [model.state, mx.random.state]  # the optimizer is not read here
+            self._grad_step = mx.compile(grad_step, inputs=grad_state, outputs=grad_state)
+            self._update_step = mx.compile(update_step, inputs=state, outputs=state)
+        else:
+            self._grad_step, self._update_step = grad_step, update_step
+
+    def _grads(self, arrays):
+        """The compiled gradient step; a model that reads values on the host during its forward
+        pass (a sparse dispatch planned in numpy) cannot be traced, so it falls back to the
+        uncompiled step, once, with a note (the optimizer update stays compiled)."""
+        if self._grad_step is self._plain_grad_step:
+            return self._grad_step(arrays)
+        params = tree_flatten(self.model.parameters())  # references: a failed trace leaves tracers behind
+        try:
+            return self._grad_step(arrays)
+        except ValueError as exc:
+            if "eval" not in str(exc).lower():
+                raise
+            self.model.update(tree_unflatten(params))
+            mx.random.seed(self.seed * 1_000_003 + self.step)
+            self._grad_step = self._plain_grad_step
+            self.notes.append("train.compile: the model's forward pass reads arrays on the host "
+                              "(sparse dispatch), so the gradient step runs uncompiled; the "
+                              "optimizer update is compiled")
+            return self._grad_step(arrays)
+
+    def restore(self, path) -> dict:
+        """Continue from a checkpoint: weights, optimizer, RNG; returns its trainer state."""
+        from vantage_core.train.checkpoint import restore_checkpoint
+
+        state = restore_checkpoint(path, model=self.model, optimizer=self.optimizer)
+        self.step = int(state["step"])
+        self._build()  # the compiled steps captured the old optimizer state
+        return state
+
+    def train_step(self, micro_batches: list[dict]) -> dict:
+        """One optimizer update over ``micro_batches`` (this rank's share of the global batch).
+
+        Returns the step's metrics; raises :class:`TrainingDiverged` before updating the weights
+        when the loss is not finite.
+        """
+        lr = self.schedule(mx.array(self.step)).item()  # the rate this update uses
+        # Randomness (router noise, dropout) drawn from (seed, step): a resumed run draws the same.
+        mx.random.seed(self.seed * 1_000_003 + self.step)
+        grad_sum, n_sum, loss_sum, metric_sums = None, mx.array(0.0), mx.array(0.0), {}
+        loads = []
+        # input tokens, without padding (for tokens/s); a batch without a padding mask counts all
+        n_input = sum(float(a["padding_mask"].sum()) if "padding_mask" in a else float(a["tokens"].size)
+                      for a in micro_batches)
+        for arrays in micro_batches:
+            loss, metrics, grads, n = self._grads(arrays)
+            grad_sum = grads if grad_sum is None else tree_map(mx.add, grad_sum, grads)
+            n_sum = n_sum + n
+            loss_sum = loss_sum + loss * n
+            for k, v in metrics.items():
+                if isinstance(v, mx.array) and v.ndim == 0 and k not in ("loss", "tokens"):
+                    metric_sums[k] = metric_sums.get(k, 0.0) + v * n
+            loads.append(expert_load_shares(metrics))
+        # The step's scalars and expert loads cross the ranks in one message.
+        keys = sorted(metric_sums)
+        local_loads = None
+        if loads and loads[0] is not None:
+            local_loads = mx.array(np.mean(np.asarray(loads, dtype=np.float64), axis=0).astype(np.float32))
+        summed = self.world.sum_scalars([n_sum, loss_sum, mx.array(n_input)] + [metric_sums[k] for k in keys] +
+                                        ([local_loads] if local_loads is not None else []))
+        n_total, loss = summed[0], summed[1] / summed[0]
+        mx.eval(loss, grad_sum, n_sum)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"step {self.step + 1}: the loss is {loss_value}; the weights were not "
+                                   f"updated. Lower train.lr (now {self.cfg.lr}) or train.grad_clip, or "
+                                   f"check the data")
+        grad_norm = self._update_step(grad_sum, n_sum)
+        mx.eval(self.model.state, self.optimizer.state, grad_norm)
+        self.step += 1
+        record = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
+                  "loss_tokens": int(n_total.item()), "tokens": int(summed[2].item())}
+        for i, k in enumerate(keys):
+            record[k] = (summed[3 + i] / n_total).item()
+        if local_loads is not None:
+            # every rank sees the mean over all ranks, so load-driven updates stay identical
+            record["expert_load"] = np.array(summed[-1] / self.world.size).tolist()
+        if self.after_update is not None:
+            self.after_update(self.model, record)
+        return record
+
+
+class StopFlag:
+    """Turns the first Ctrl-C (SIGINT) into a flag the loop checks between steps, so the
+    checkpoint it then writes is consistent; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.stop = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def timed_batches(batches: Iterable[list[dict]]):
+    """Yield ``(micro_batches, seconds spent fetching them)``."""
+    it = iter(batches)
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        yield item, time.perf_counter() - t
