@@ -25,7 +25,7 @@ PY=${PYTHON:-python3}
 echo "==> pip install -e .$([ $want_test = 1 ] && echo '[test]')"
 if [ $want_test = 1 ]; then
   $PY -m pip install -q -e ".[test]"
-  $PY -m pip install -q --no-deps --no-build-isolation -e examples/vantage-example-plugin
+  $PY -m pip install -q --no-deps -e examples/vantage-example-plugin
 else
   $PY -m pip install -q -e .
 fi

@@ -114,7 +114,7 @@ def example_plugin_installed():
         return
     except PackageNotFoundError:
         pass
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps",
                              "-q", str(Path(__file__).resolve().parents[1] / "examples" / "vantage-example-plugin")],
                             capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
