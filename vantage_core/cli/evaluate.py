@@ -111,7 +111,7 @@ def build_metrics(specs, timeout_s: float, max_rows: int) -> list:
 @config_options
 def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metric_names, limit, workers, out_dir,
              **options) -> None:
-    """Score a predictions file against a dataset split and write the results.
+    """Score a model (--checkpoint) or any system's predictions file against a dataset split.
 
     Writes the predictions in the official formats, per-example results (results.jsonl), a
     Markdown summary with the breakdown by hardness (summary.md) and a figure (summary.png).
