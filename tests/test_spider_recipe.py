@@ -1,0 +1,301 @@
+"""The Spider recipe's pieces: schema linking on a toy schema, the SQL <-> action codec, the
+pointer model's shapes and constrained beam search, the recipe config."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vantage_core  # noqa: F401
+
+import mlx.core as mx
+
+from vantage_core.data.example import Column, ForeignKey, Schema, Table
+from vantage_plugins.schema_encoders.linked import (NAME_EXACT, NAME_NONE, NAME_PARTIAL, column_values, link,
+                                                    schema_items)
+from vantage_plugins.schema_encoders.pointer_sql import (ITEM, QUESTION, VOCAB, SQLCodecError, encode_sql,
+                                                          render_sql)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def toy_schema() -> Schema:
+    return Schema("concerts", [
+        Table("singer", [Column("singer_id", "number", "singer id"), Column("name", "text", "name"),
+                         Column("country", "text", "country")], "singer", ["singer_id"]),
+        Table("concert", [Column("concert_id", "number", "concert id"), Column("singer_id", "number", "singer id"),
+                          Column("year", "number", "year")], "concert", ["concert_id"]),
+    ], [ForeignKey("concert", "singer_id", "singer", "singer_id")])
+
+
+@pytest.fixture
+def toy_db(tmp_path) -> str:
+    path = tmp_path / "concerts.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT)")
+    conn.execute("CREATE TABLE concert (concert_id INTEGER PRIMARY KEY, singer_id INTEGER, year INTEGER)")
+    conn.executemany("INSERT INTO singer VALUES (?, ?, ?)", [(1, "Joe Sharp", "Netherlands"), (2, "Rose White", "France")])
+    conn.executemany("INSERT INTO concert VALUES (?, ?, ?)", [(1, 1, 2014), (2, 2, 2015), (3, 1, 2015)])
+    conn.commit()
+    conn.close()
+    return str(path)
+
+
+def test_linking_marks_exact_partial_and_value_matches(toy_db):
+    schema = toy_schema()
+    items = schema_items(schema)
+    names = [(it.table, it.column) for it in items]
+    assert names[:2] == [("singer", None), ("concert", None)]
+    words = "How many singers from France sang in concerts , by singer id ?".split()
+    links = link(words, items, column_values(toy_db, schema))
+    by = dict(zip(names, links.item_name))
+    assert by[("singer", None)] == NAME_EXACT  # "singers" stems to "singer"
+    assert by[("concert", None)] == NAME_EXACT
+    assert by[("singer", "singer_id")] == NAME_EXACT  # "singer id" as consecutive words
+    assert by[("concert", "year")] == NAME_NONE
+    assert by[("concert", "concert_id")] == NAME_PARTIAL  # "concert" yes, "id" is a stopword
+    value = dict(zip(names, links.item_value))
+    assert value[("singer", "country")] == 1 and value[("singer", "name")] == 0
+    assert links.word_value[words.index("France")] == 1
+    assert links.word_table[words.index("singers")] == NAME_EXACT
+    assert links.word_value[words.index("How")] == 0
+
+
+def test_linking_without_values_and_multiword_values(toy_db):
+    schema = toy_schema()
+    items = schema_items(schema)
+    links = link("Which country is Rose White from ?".split(), items, column_values(toy_db, schema))
+    names = [(it.table, it.column) for it in items]
+    assert dict(zip(names, links.item_value))[("singer", "name")] == 1
+    assert link(["hello"], items, None).item_value == [0] * len(items)
+
+
+def _pieces(question: str):
+    """Whitespace 'pieces' with character offsets, like a tokenizer's."""
+    offsets, pos = [], 0
+    for w in question.split():
+        start = question.index(w, pos)
+        offsets.append((start, start + len(w)))
+        pos = start + len(w)
+    return offsets, [True] * len(offsets)
+
+
+def test_codec_round_trip_resolves_aliases_and_copies_values(toy_db):
+    schema = toy_schema()
+    items = schema_items(schema)
+    question = "Names of singers from france with a concert in 2015"
+    offsets, copyable = _pieces(question)
+    gold = ('SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T1.singer_id = T2.singer_id '
+            'WHERE T1.country = "France" AND T2.year = 2015')
+    actions = encode_sql(gold, items, question, offsets, copyable)
+    kinds = [k for k, _ in actions]
+    assert ("T1" not in str(actions)) and kinds.count(QUESTION) == 4  # two values, two pieces each
+    assert (VOCAB, "<val>") in actions and (VOCAB, "<num>") in actions
+    sql = render_sql(actions, items, question, offsets, {"france": "France"})
+    assert "singer.name" in sql and "'France'" in sql and "2015" in sql
+    conn = sqlite3.connect(toy_db)
+    assert conn.execute(sql).fetchall() == conn.execute(gold).fetchall() == [("Rose White",)]
+
+
+def test_codec_scopes_bare_columns_to_their_subquery():
+    items = schema_items(toy_schema())
+    q = "singers without concerts"
+    offsets, copyable = _pieces(q)
+    actions = encode_sql("SELECT name FROM singer WHERE singer_id NOT IN (SELECT singer_id FROM concert)",
+                         items, q, offsets, copyable)
+    pointed = [(items[v].table, items[v].column) for k, v in actions if k == ITEM]
+    # FROM-first: each block names its tables before their columns
+    assert pointed == [("singer", None), ("singer", "name"), ("singer", "singer_id"),
+                       ("concert", None), ("concert", "singer_id")]
+    words = [v for k, v in actions if k == VOCAB]
+    assert words[:2] == ["from", "select"] and words[words.index("(") + 1] == "from"
+
+
+def test_reorder_round_trips_set_operations_and_subqueries():
+    from vantage_plugins.schema_encoders.pointer_sql import reorder
+
+    sql = ("select a from t where b in ( select c from u where d > 1 ) "
+           "intersect select count ( * ) from v join w on x = y group by z")
+    acts = [(VOCAB, w) for w in sql.split()]
+    front = reorder(acts, from_first=True)
+    assert " ".join(v for _, v in front) == (
+        "from t select a where b in ( from u select c where d > 1 ) "
+        "intersect from v join w on x = y select count ( * ) group by z")
+    assert reorder(front, from_first=False) == acts
+
+
+def test_codec_refuses_self_joins_and_unknown_columns():
+    items = schema_items(toy_schema())
+    offsets, copyable = _pieces("x")
+    with pytest.raises(SQLCodecError, match="self-join"):
+        encode_sql("SELECT T1.name FROM singer AS T1 JOIN singer AS T2 ON T1.singer_id = T2.singer_id",
+                   items, "x", offsets, copyable)
+    with pytest.raises(SQLCodecError, match="unknown"):
+        encode_sql("SELECT height FROM singer", items, "x", offsets, copyable)
+
+
+def _toy_batch(d=384):
+    rng = np.random.default_rng(0)
+    B, Q, N = 2, 5, 4
+    b = {"q_states": rng.normal(size=(B, Q, d)).astype(np.float32), "q_ids": np.ones((B, Q), np.int32),
+         "q_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool), "q_copy": np.ones((B, Q), bool),
+         "item_vec": rng.normal(size=(B, N, d)).astype(np.float32),
+         "item_table_vec": rng.normal(size=(B, N, d)).astype(np.float32),
+         "item_pieces": np.ones((B, N, 8), np.int32), "item_pieces_mask": np.ones((B, N, 8), bool),
+         "table_pieces": np.ones((B, N, 8), np.int32), "table_pieces_mask": np.ones((B, N, 8), bool),
+         "item_mask": np.array([[1, 1, 1, 1], [1, 1, 0, 0]], bool)}
+    for name in ("item_type", "item_key", "item_link_name", "item_link_value"):
+        b[name] = np.zeros((B, N), np.int32)
+    for name in ("q_link_table", "q_link_column", "q_link_value"):
+        b[name] = np.zeros((B, Q), np.int32)
+    return {k: mx.array(v) for k, v in b.items()}
+
+
+@pytest.mark.parametrize("question_input", ["minilm", "embed"])
+def test_pointer_model_scores_and_constrained_beam(question_input):
+    from vantage_plugins.schema_encoders.pointer_sql import (EOS, SPECIALS, PointerArgs, PointerSQL, beam_search)
+
+    itos = SPECIALS + ["select", "from", "(", ")", "count", "*"]
+    model = PointerSQL(PointerArgs(vocab_size=len(itos), d_model=32, n_heads=2, ffn_hidden=64, dropout=0.0,
+                                   question_input=question_input, wordpiece_vocab=50, num_experts=4))
+    b = _toy_batch()
+    q, it, qm, im = model.encode(b)
+    assert q.shape == (2, 5, 32) and it.shape == (2, 4, 32)
+    kinds = mx.array([[VOCAB, ITEM, QUESTION], [VOCAB, VOCAB, ITEM]])
+    values = mx.array([[1, 2, 3], [1, 7, 1]])
+    scores, aux = model.decode(kinds, values, q, it, qm, im)
+    assert scores.shape == (2, 3, len(itos) + 4 + 5)
+    # padded items and question pieces of example 1 can never be chosen
+    assert float(scores[1, :, len(itos) + 2:len(itos) + 4].max()) < -1e8
+    assert float(scores[1, :, len(itos) + 4 + 3:].max()) < -1e8
+    results = beam_search(model, b, itos, beam=3, max_steps=12)
+    assert len(results) == 2
+    for i, hyps in enumerate(results):
+        assert 1 <= len(hyps) <= 3
+        for actions, score in hyps:
+            assert np.isfinite(score)
+            depth = 0
+            for k, v in actions:
+                if k == ITEM:
+                    assert bool(b["item_mask"][i, v])
+                if k == VOCAB:
+                    assert itos[v] not in ("<pad>", "<s>")
+                    depth += (itos[v] == "(") - (itos[v] == ")")
+                    assert depth >= 0
+            values_ok = [j for j, (k, v) in enumerate(actions) if k == QUESTION]
+            for j in values_ok:  # question pieces appear only right after a value marker
+                assert actions[j - 1][0] == QUESTION or itos[actions[j - 1][1]] in ("<val>", "<likeval>", "<num>")
+    assert EOS in itos
+
+
+def test_recipe_config_validates_and_rejects_bad_fields(tmp_path):
+    from spider_recipe import load_config
+
+    from vantage_core.errors import ConfigError
+
+    cfg = load_config(str(REPO / "configs" / "spider_cpu.yaml"))
+    assert cfg.train.minutes <= 60 and cfg.model.question_input == "minilm" and cfg.decode.constrained
+    cfg = load_config(str(REPO / "configs" / "spider_cpu.yaml"), ["model.link_features=false", "decode.beam=1"])
+    assert cfg.model.link_features is False and cfg.decode.beam == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {question_input: glove}\n")
+    with pytest.raises(ConfigError, match="question_input"):
+        load_config(str(bad))
+    bad.write_text("train: {minutez: 3}\n")
+    with pytest.raises(ConfigError, match="minutez"):
+        load_config(str(bad))
+
+
+@pytest.mark.data
+def test_codec_round_trips_real_spider_queries(shared_data):
+    """Gold -> actions -> SQL gives the gold's result on at least 95% of a sample."""
+    import random
+
+    from vantage_plugins.datasets.spider import SpiderDataset
+    from vantage_plugins.schema_encoders.linked import cased_values
+
+    exs = SpiderDataset(str(shared_data / "spider")).load("train").examples
+    sample = random.Random(1).sample(exs, 60)
+    same = 0
+    for ex in sample:
+        offsets, copyable = _pieces(ex.question)
+        try:
+            acts = encode_sql(ex.sql, schema_items(ex.schema), ex.question, offsets, copyable)
+        except SQLCodecError:
+            continue
+        sql = render_sql(acts, schema_items(ex.schema), ex.question, offsets, cased_values(ex.db_paths[0]))
+        conn = sqlite3.connect(f"file:{ex.db_paths[0]}?mode=ro", uri=True)
+        try:
+            same += sorted(map(str, conn.execute(sql).fetchall())) == sorted(map(str, conn.execute(ex.sql).fetchall()))
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
+    assert same >= 0.95 * len(sample), same
+
+
+def test_constraints_name_tables_before_their_columns():
+    """FROM-first decoding: tables only after FROM/JOIN and never twice in a block, columns only
+    of tables already named (subqueries see the outer block), a join relates two tables."""
+    from vantage_plugins.schema_encoders.pointer_sql import SPECIALS, Hyp, _advance, _allowed, fk_partners
+
+    items = schema_items(toy_schema())  # singer, concert, then singer's 3 columns, concert's 3
+    itos = SPECIALS + ["select", "from", "join", "on", "=", "where", "in", "(", ")"]
+    ids = {t: i for i, t in enumerate(itos)}
+    V, N, Q = len(itos), len(items), 3
+    vocab_ok = np.ones(V, bool)
+    vocab_ok[[ids["<pad>"], ids["<s>"]]] = False
+
+    def allowed_items(h):
+        m = _allowed(h, V, N, Q, vocab_ok, np.ones(N, bool), np.ones(Q, bool), ids, True, None, items, itos)
+        return {(items[j].table, items[j].column) for j in np.flatnonzero(np.isfinite(m[V:V + N]))}
+
+    def step(h, tok):
+        return _advance(h, VOCAB, ids[tok], 0.0, itos, items) if isinstance(tok, str) else \
+            _advance(h, ITEM, tok, 0.0, itos, items)
+
+    h = Hyp([(VOCAB, ids["<s>"])], 0.0)
+    assert allowed_items(h) == set()  # nothing named yet: no column, and no table before FROM
+    h = step(h, "from")
+    assert allowed_items(h) == {("singer", None), ("concert", None)}
+    h = step(h, 0)  # singer
+    assert allowed_items(h) == {("singer", c) for c in ("singer_id", "name", "country")}
+    h = step(h, "join")
+    assert allowed_items(h) == {("concert", None)}  # singer is already named in this block
+    h = step(step(h, 1), "on")
+    fks = fk_partners(items, toy_schema().foreign_keys)
+    m = _allowed(h, V, N, Q, vocab_ok, np.ones(N, bool), np.ones(Q, bool), ids, True, None, items, itos, fks)
+    on_items = {(items[j].table, items[j].column) for j in np.flatnonzero(np.isfinite(m[V:V + N]))}
+    assert on_items == {("singer", "singer_id"), ("concert", "singer_id")}  # the foreign key's two ends
+    h = step(h, 2)  # ... join concert on singer.singer_id
+    h = step(h, "=")
+    assert allowed_items(h) == {("concert", c) for c in ("concert_id", "singer_id", "year")}
+    m = _allowed(h, V, N, Q, vocab_ok, np.ones(N, bool), np.ones(Q, bool), ids, True, None, items, itos, fks)
+    assert [(items[j].table, items[j].column) for j in np.flatnonzero(np.isfinite(m[V:V + N]))] == \
+        [("concert", "singer_id")]
+    padded = np.array([True] * N + [False, False])  # a batch pads items to its widest schema
+    m = _allowed(h, V, N + 2, Q, vocab_ok, padded, np.ones(Q, bool), ids, True, None, items, itos, fks)
+    assert np.flatnonzero(np.isfinite(m[V:V + N + 2])).tolist() == [N - 2]
+    for tok in (6, "select", 3, "where", 2, "in", "(", "from", 1):  # ... in ( from concert
+        h = step(h, tok)
+    assert h.blocks == ((0, 1), (1,))
+    assert ("singer", "name") in allowed_items(h)  # the outer block's tables stay visible
+    h = step(h, ")")
+    assert h.blocks == ((0, 1),)
+
+
+def test_ablation_sweep_variants_validate():
+    import yaml
+    from spider_recipe import load_config
+
+    spec = yaml.safe_load((REPO / "configs" / "spider_ablations" / "sweep.yaml").read_text())
+    assert spec["steps"] > 0 and {"full", "no_linking", "trainable_enc", "no_encoder"} <= set(spec["variants"])
+    for name, overrides in spec["variants"].items():
+        cfg = load_config(str(REPO / spec["base"]), [f"train.max_steps={spec['steps']}"] + overrides)
+        assert cfg.train.max_steps == spec["steps"], name
+    assert load_config(str(REPO / spec["base"]), spec["variants"]["no_encoder"]).model.encoder_layers == 0
