@@ -82,6 +82,7 @@ def load_model(path: str | Path) -> tuple[Any, Any, Config, dict]:
     """``(model, tokenizer, config, export_info)`` from a checkpoint, run or export folder."""
     from vantage_core.data.tokenizer import load_tokenizer
     from vantage_core.model import build_model
+    from vantage_core.train.checkpoint import load_weights_file
 
     folder = resolve_model_dir(path)
     for need in ("config.yaml", "tokenizer"):
@@ -96,12 +97,7 @@ def load_model(path: str | Path) -> tuple[Any, Any, Config, dict]:
     quant = info.get("quantization")
     if quant:
         quantize_model(model, bits=quant["bits"], group_size=quant["group_size"])
-    try:
-        model.load_weights(str(folder / "model.safetensors"), strict=True)
-    except ValueError as exc:
-        raise VantageError(f"{folder}/model.safetensors does not fit the model its config.yaml "
-                           f"builds: {exc}") from None
-    mx.eval(model.parameters())
+    load_weights_file(model, folder)
     model.eval()
     info = {**info, "folder": str(folder)}
     return model, tokenizer, cfg, info

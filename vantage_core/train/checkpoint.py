@@ -113,12 +113,16 @@ def load_trainer_state(path: str | Path) -> dict:
 
 def load_weights(model: Any, path: str | Path) -> None:
     """Load a checkpoint's weights into ``model`` (every parameter must match)."""
-    path = resolve_checkpoint(path)
+    load_weights_file(model, resolve_checkpoint(path))
+
+
+def load_weights_file(model: Any, folder: str | Path) -> None:
+    """Load ``folder/model.safetensors`` into ``model`` strictly (checkpoints and exports alike)."""
+    file = Path(folder) / "model.safetensors"
     try:
-        model.load_weights(str(path / "model.safetensors"), strict=True)
+        model.load_weights(str(file), strict=True)
     except ValueError as exc:
-        raise VantageError(f"{path}/model.safetensors does not fit the model built from the "
-                           f"config: {exc}") from None
+        raise VantageError(f"{file} does not fit the model its config.yaml builds: {exc}") from None
     mx.eval(model.parameters())
 
 
