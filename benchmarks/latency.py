@@ -82,7 +82,6 @@ def main() -> None:
     print(f"  generation rate (prefill included): {sum(toks) / sum(secs):.1f} tokens/s")
 
     # Decode-only rate of our model, prompt prefilled first (comparable with mlx-lm's step loop).
-    from vantage_core.inference.decoding import SchemaContext
 
     prompt, enc_text = engine.prompt(ex0.question, ex0.schema)
     ctx = engine.schema_context(enc_text)

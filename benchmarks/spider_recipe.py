@@ -38,23 +38,30 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
-from vantage_core.errors import ConfigError
-from vantage_plugins.schema_encoders.linked import cased_values, column_values, link, schema_items
-from vantage_plugins.schema_encoders.pointer_sql import (BOS, EOS, ITEM, ITEM_TYPES, QUESTION, SPECIALS, UNK_LIT,
-                                                          VOCAB, PointerArgs, PointerSQL, SQLCodecError,
-                                                          beam_search, encode_sql, fk_partners, pointer_loss,
-                                                          render_sql)
+from vantage_core.data.linking import cased_values, column_values, schema_items
+from vantage_core.data.sql_actions import (BOS, EOS, ITEM, SPECIALS, UNK_LIT, VOCAB, SQLCodecError, encode_sql,
+                                           render_sql)
+from vantage_core.errors import ConfigError, PluginError
+from vantage_core.inference.pointer_search import beam_search, fk_partners
+from vantage_core.model.pointer import ITEM_TYPES, PointerArgs, PointerSQL, pointer_loss
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RecipePlugin(_Section):
+    """A registered plugin chosen by name: ``{name: lexical, params: {cell_values: true}}``."""
+
+    name: str
+    params: dict[str, Any] = {}
+
+
 class RecipeData(_Section):
     path: str | None = None  # the Spider folder; None: shared data
     holdout_fraction: float = Field(0.15, gt=0, lt=1)
     holdout_seed: int = 0
-    cell_values: bool = True  # read column values for value linking
+    linker: RecipePlugin = RecipePlugin(name="lexical", params={"cell_values": True})  # a schema_linker plugin
     min_literal_count: int = Field(2, ge=1)  # rarer literals not in the question become <lit>
 
 
@@ -92,6 +99,7 @@ class RecipeDecode(_Section):
     execution_guided: bool = True
     fallback: bool = True  # no candidate runs: answer SELECT count(*) FROM the first table
     fk_joins: bool = True  # join conditions follow a foreign key where one links the tables
+    retry_beam: int = 16  # with execution guidance: decode again this wide when no candidate runs
     max_steps: int = 80
     batch_size: int = 64
     limit: int | None = None
@@ -125,10 +133,39 @@ def load_config(path: str, overrides: list[str] = ()) -> RecipeConfig:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = yaml.safe_load(value)
+    if isinstance(raw.get("data"), dict) and "cell_values" in raw["data"]:
+        raise ConfigError(f"{path}: data.cell_values is now a parameter of the schema linker: "
+                          f"data.linker: {{name: lexical, params: {{cell_values: {str(raw['data']['cell_values']).lower()}}}}}")
     try:
-        return RecipeConfig(**raw)
+        cfg = RecipeConfig(**raw)
     except Exception as e:  # pydantic's message names the field
         raise ConfigError(f"{path}: {e}") from None
+    from vantage_core.plugins import registry
+
+    def check(kind: str, spec: dict) -> None:
+        if "name" not in spec:
+            raise PluginError(f"no 'name' (a registered {kind})")
+        problems = registry().check_params(kind, spec["name"], spec.get("params", {}))
+        if problems:
+            raise PluginError("; ".join(problems))
+
+    checks = [("data.linker", lambda: make_linker(cfg)),  # unknown names or parameters fail before any work
+              ("model.router", lambda: check("router", cfg.model.router)),
+              ("model.expert", lambda: check("expert", cfg.model.expert))]
+    for field_name, run_check in checks:
+        try:
+            run_check()
+        except PluginError as e:
+            raise ConfigError(f"{path}: {field_name}: {e}") from None
+    return cfg
+
+
+def make_linker(cfg: RecipeConfig):
+    """The ``schema_linker`` plugin ``data.linker`` names, built with its params."""
+    from vantage_core.plugins import registry
+
+    spec = cfg.data.linker
+    return registry().build("schema_linker", spec.name, **spec.params)
 
 
 # ------------------------------------------------------------------------------------ prepare
@@ -140,8 +177,16 @@ def _minilm():
     return MiniLMSchemaEncoder(384, freeze=True, max_len=128)
 
 
-def featurize(ex, tok, values) -> dict[str, Any]:
-    """One example -> question pieces, schema items, linking features and gold actions."""
+def featurize(ex, tok, values, linker=None) -> dict[str, Any]:
+    """One example -> question pieces, schema items, linking features and gold actions.
+
+    ``linker``: a ``schema_linker`` plugin (default: ``lexical``); ``values``: the database's cell
+    values when ``linker.uses_values``, else None.
+    """
+    if linker is None:
+        from vantage_core.plugins import registry
+
+        linker = registry().build("schema_linker", "lexical")
     enc = tok.encode(ex.question)
     n = sum(enc.attention_mask)
     ids, offsets, word_ids = enc.ids[:n], enc.offsets[:n], enc.word_ids[:n]
@@ -152,7 +197,7 @@ def featurize(ex, tok, values) -> dict[str, Any]:
             words[w] = (words[w][0], e) if w in words else (s, e)
     word_list = [ex.question[s:e] for _, (s, e) in sorted(words.items())]
     items = schema_items(ex.schema)
-    links = link(word_list, items, values)
+    links = linker.link(word_list, items, values)
     order = {w: i for i, w in enumerate(sorted(words))}
     per_piece = lambda tags: [tags[order[w]] if w is not None else 0 for w in word_ids]  # noqa: E731
     try:
@@ -194,6 +239,7 @@ def prepare(cfg: RecipeConfig) -> Path:
     from vantage_plugins.datasets.spider import SpiderDataset
 
     ds = SpiderDataset(cfg.data.path, cfg.data.holdout_fraction, cfg.data.holdout_seed)
+    linker = make_linker(cfg)
     encoder = _minilm()
     tok = encoder.wordpiece
     splits = {}
@@ -202,8 +248,8 @@ def prepare(cfg: RecipeConfig) -> Path:
         print(report.summary("spider", split), file=sys.stderr)
         feats = []
         for ex in tqdm(report.examples, desc=f"link {split}", file=sys.stderr):
-            values = column_values(ex.db_paths[0], ex.schema) if cfg.data.cell_values else None
-            f = featurize(ex, tok, values)
+            values = column_values(ex.db_paths[0], ex.schema) if linker.uses_values else None
+            f = featurize(ex, tok, values, linker)
             f["example"] = ex.to_dict()
             feats.append(f)
         splits[split] = feats
@@ -222,7 +268,8 @@ def prepare(cfg: RecipeConfig) -> Path:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.run_dir / "cache.pkl"
     with open(path, "wb") as fh:
-        pickle.dump({"splits": splits, "name_vecs": vecs, "name_pieces": pieces, "itos": itos}, fh)
+        pickle.dump({"splits": splits, "name_vecs": vecs, "name_pieces": pieces, "itos": itos,
+                     "data": cfg.data.model_dump()}, fh)
     codec = Counter(f["codec_error"] is None for f in splits["train"])
     print(f"cached {path}: vocab {len(itos)}, train codec coverage {codec[True]}/{sum(codec.values())}",
           file=sys.stderr)
@@ -234,7 +281,14 @@ def load_cache(cfg: RecipeConfig) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path} not found: run `python benchmarks/spider_recipe.py prepare --config ...` first")
     with open(path, "rb") as fh:
-        return pickle.load(fh)
+        cache = pickle.load(fh)
+    built, wanted = cache.get("data"), cfg.data.model_dump()
+    if built is not None and built != wanted:  # e.g. another schema linker: the features differ
+        diff = ", ".join(f"data.{k}: {built.get(k)!r} in the cache, {wanted[k]!r} in the config"
+                         for k in wanted if built.get(k) != wanted[k])
+        raise ConfigError(f"{path} was prepared with other data settings ({diff}); run `prepare --force` "
+                          "with this config, or give it its own `dir`")
+    return cache
 
 
 # ------------------------------------------------------------------------------------ batching
@@ -307,12 +361,7 @@ def batches(feats: list[dict], size: int, rng: random.Random | None):
 
 
 def build(cfg: RecipeConfig, vocab_size: int) -> PointerSQL:
-    m = cfg.model
-    return PointerSQL(PointerArgs(vocab_size=vocab_size, d_model=m.d_model, n_heads=m.n_heads,
-                                  encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
-                                  ffn_hidden=m.ffn_hidden, dropout=m.dropout, question_input=m.question_input,
-                                  link_features=m.link_features, num_experts=m.num_experts, moe_every=m.moe_every,
-                                  router=m.router, expert=m.expert))
+    return PointerSQL(PointerArgs(vocab_size=vocab_size, **cfg.model.model_dump()))
 
 
 # ------------------------------------------------------------------------------------ train
@@ -445,25 +494,48 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | None = None, out_name: str | N
     d = cfg.decode
     feats = cache["splits"]["validation"][:d.limit] if d.limit else cache["splits"]["validation"]
     preds, how = [None] * len(feats), Counter()
-    order = sorted(range(len(feats)), key=lambda i: len(feats[i]["items"]))
-    t0 = time.time()
-    for s in tqdm(range(0, len(order), d.batch_size), desc="decode", file=sys.stderr):
-        idx = order[s:s + d.batch_size]
+    stoi = {t: i for i, t in enumerate(itos)}
+
+    def candidates(idx: list[int], beam: int) -> list[list[tuple[str, float]]]:
         chunk = [feats[i] for i in idx]
-        b = collate(chunk, cache, {t: i for i, t in enumerate(itos)}, with_targets=False)
-        beams = beam_search(model, b, itos, beam=d.beam, max_steps=d.max_steps, constrained=d.constrained,
+        b = collate(chunk, cache, stoi, with_targets=False)
+        beams = beam_search(model, b, itos, beam=beam, max_steps=d.max_steps, constrained=d.constrained,
                             items=[f["items"] for f in chunk],
                             fks=[fk_partners(f["items"], f["example"]["schema"]["foreign_keys"]) for f in chunk]
                             if d.fk_joins else None)
-        for i, f, hyps in zip(idx, chunk, beams):
-            ex = f["example"]
-            cands = [(render_sql([(k, itos[v] if k == VOCAB else v) for k, v in acts], f["items"], ex["question"],
-                                  f["offsets"], cased_values(ex["db_paths"][0])), sc) for acts, sc in hyps]
-            sql, why = choose(cands, ex["db_paths"][0], d.execution_guided)
-            if sql is None and d.fallback:
-                sql, why = f"SELECT count(*) FROM {f['items'][0].table}", "fallback"
-            how[why] += 1
-            preds[i] = sql if sql is not None else (cands[0][0] if cands else "SELECT")
+        return [[(render_sql([(k, itos[v] if k == VOCAB else v) for k, v in acts], f["items"],
+                              f["example"]["question"], f["offsets"], cased_values(f["example"]["db_paths"][0])), sc)
+                 for acts, sc in hyps] for f, hyps in zip(chunk, beams)]
+
+    def decode(order: list[int], beam: int, desc: str) -> list[int]:
+        """Decode ``order``; return the examples for which no candidate was chosen."""
+        missed = []
+        for s in tqdm(range(0, len(order), d.batch_size), desc=desc, file=sys.stderr):
+            idx = order[s:s + d.batch_size]
+            for i, cands in zip(idx, candidates(idx, beam)):
+                sql, why = choose(cands, feats[i]["example"]["db_paths"][0], d.execution_guided)
+                if sql is None:
+                    missed.append(i)
+                    preds[i] = cands[0][0] if cands else None
+                else:
+                    preds[i] = sql
+                    how[why] += 1
+        return missed
+
+    order = sorted(range(len(feats)), key=lambda i: len(feats[i]["items"]))
+    t0 = time.time()
+    missed = decode(order, d.beam, "decode")
+    if missed and d.retry_beam > d.beam:  # nothing ran: search wider before giving up
+        retried = set(missed)
+        missed = decode(missed, d.retry_beam, f"retry beam {d.retry_beam}")
+        how["retried"] = len(retried)
+    for i in missed:
+        if d.fallback:
+            preds[i] = f"SELECT count(*) FROM {feats[i]['items'][0].table}"
+            how["fallback"] += 1
+        else:
+            how["none"] += 1
+            preds[i] = preds[i] or "SELECT"
     decode_s = time.time() - t0
     examples = [Example.from_dict(f["example"]) for f in feats]
     out = cfg.run_dir / (out_name or f"eval_seed{cfg.train.seed}")
@@ -495,7 +567,10 @@ def sweep(sweep_file: str, only: list[str] | None = None) -> Path:
         cfg = load_config(spec["base"], sets)
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         (cfg.run_dir / "cache.pkl").unlink(missing_ok=True)
-        (cfg.run_dir / "cache.pkl").symlink_to((base.run_dir / "cache.pkl").resolve())
+        if cfg.data == base.data:  # same features: share the base run's cache
+            (cfg.run_dir / "cache.pkl").symlink_to((base.run_dir / "cache.pkl").resolve())
+        else:  # e.g. another schema linker
+            prepare(cfg)
         print(f"== {name}: {overrides}", file=sys.stderr)
         out = train(cfg)
         summary = evaluate(cfg)
@@ -521,9 +596,15 @@ def _scores(summary: dict) -> dict[str, float]:
     return row
 
 
+def _row(name: str, r: dict[str, float], extra: str = "") -> str:
+    return (f"| {name} |{extra} {r['EX']:.1f} | {r['EM']:.1f} | {r['runs']:.1f} | "
+            + " | ".join(f"{r[f'EX {h}']:.1f}" for h in HARDNESS) + " |")
+
+
 def report(cfg: RecipeConfig, figures: str = "docs/results/spider_cpu") -> str:
-    """Tables (Markdown, printed) and figures (PNG) from the final run, the decoding variants
-    (``eval_*`` folders) and the ablation sweep (``ablations/*/row.json``)."""
+    """Tables (Markdown, printed) and figures (PNG): every trained seed (``seed<N>/`` scored in
+    ``eval_seed<N>/``) with mean and spread, the decoding variants of one checkpoint (the other
+    ``eval_*`` folders) and the ablation sweep (``ablations/*/row.json``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -531,44 +612,62 @@ def report(cfg: RecipeConfig, figures: str = "docs/results/spider_cpu") -> str:
 
     fig_dir = Path(figures)
     fig_dir.mkdir(parents=True, exist_ok=True)
-    lines = []
-    evals = {p.parent.name: _scores(json.loads(p.read_text())) for p in sorted(cfg.run_dir.glob("eval_*/summary.json"))}
-    if evals:
-        lines += ["| decoding (same checkpoint) | EX | EM | runs | " + " | ".join(f"EX {h}" for h in HARDNESS) + " |",
-                  "|---|---|---|---|" + "---|" * len(HARDNESS)]
-        for name, r in evals.items():
-            lines.append(f"| {name} | {r['EX']:.1f} | {r['EM']:.1f} | {r['runs']:.1f} | "
-                         + " | ".join(f"{r[f'EX {h}']:.1f}" for h in HARDNESS) + " |")
-    main_eval = f"eval_seed{cfg.train.seed}"
-    if main_eval in evals:
-        r = evals[main_eval]
+    lines, head = [], "| EX | EM | runs | " + " | ".join(f"EX {h}" for h in HARDNESS) + " |"
+    seeds = {}
+    for meta in sorted(cfg.run_dir.glob("seed*/meta.json")):
+        summary = meta.parent.parent / f"eval_{meta.parent.name}" / "summary.json"
+        if summary.is_file():
+            seeds[meta.parent.name] = (json.loads(meta.read_text()), json.loads(summary.read_text()))
+    if seeds:
+        lines += [f"| run | minutes | steps {head} answered by the fallback |",
+                  "|---|---|---|---|---|---|" + "---|" * (len(HARDNESS) + 1)]
+        scores = {}
+        for name, (meta, summary) in seeds.items():
+            scores[name] = _scores(summary)
+            fallback = summary.get("_choice", {}).get("fallback", 0)
+            lines.append(_row(name, scores[name], f" {meta['minutes']:.1f} | {meta['steps']} |") + f" {fallback} |")
+        keys = list(next(iter(scores.values())))
+        mean = {k: float(np.mean([r[k] for r in scores.values()])) for k in keys}
+        std = {k: float(np.std([r[k] for r in scores.values()], ddof=1)) if len(scores) > 1 else 0.0 for k in keys}
+        lines.append(f"| **mean +- std ({len(scores)} seeds)** | | | **{mean['EX']:.1f} +- {std['EX']:.1f}** | "
+                     f"{mean['EM']:.1f} +- {std['EM']:.1f} | {mean['runs']:.1f} | "
+                     + " | ".join(f"{mean[f'EX {h}']:.1f} +- {std[f'EX {h}']:.1f}" for h in HARDNESS) + " | |")
         fig, ax = plt.subplots(figsize=(7, 3.6))
         x = np.arange(len(HARDNESS) + 1)
-        ax.bar(x - 0.2, [r["EX"]] + [r[f"EX {h}"] for h in HARDNESS], 0.4, label="execution accuracy")
-        ax.bar(x + 0.2, [r["EM"]] + [r[f"EM {h}"] for h in HARDNESS], 0.4, label="exact match")
-        for name, v in PUBLISHED:
+        cols = ["EX"] + [f"EX {h}" for h in HARDNESS], ["EM"] + [f"EM {h}" for h in HARDNESS]
+        for off, label, ks in ((-0.2, "execution accuracy", cols[0]), (0.2, "exact match", cols[1])):
+            ax.bar(x + off, [mean[k] for k in ks], 0.4, yerr=[std[k] for k in ks], capsize=3, label=label)
+        for pub, v in PUBLISHED:
             ax.axhline(v, ls="--", lw=0.8, color="grey")
-            ax.text(len(HARDNESS) + 0.45, v, name, fontsize=6, va="bottom", ha="right", color="grey")
+            ax.text(len(HARDNESS) + 0.45, v, pub, fontsize=6, va="bottom", ha="right", color="grey")
         ax.set_xticks(x, ["all"] + list(HARDNESS))
         ax.set_ylabel("% of held-out questions")
-        ax.set_title("Spider, 21 held-out databases (published: EM on Spider dev/test)", fontsize=9)
+        ax.set_title(f"Spider, 21 held-out databases, mean +- std of {len(scores)} seeds "
+                     "(published: EM on Spider dev/test)", fontsize=8)
         ax.legend(fontsize=8, loc="upper right")
         fig.tight_layout()
         fig.savefig(fig_dir / "by_hardness.png", dpi=120)
         plt.close(fig)
-    log = cfg.run_dir / f"seed{cfg.train.seed}" / "train_log.jsonl"
-    if log.is_file():
-        rows = [json.loads(x) for x in log.read_text().splitlines()]
-        fig, ax = plt.subplots(figsize=(6, 3.4))
-        ax.plot([r["minutes"] for r in rows], [r["train_ce"] for r in rows], label="train CE")
-        ax.plot([r["minutes"] for r in rows], [r.get("heldout_ce") for r in rows], label="held-out CE")
-        ax2 = ax.twinx()
-        ax2.plot([r["minutes"] for r in rows], [100 * r.get("heldout_action_exact", 0) for r in rows], "g:",
-                 label="held-out exact action sequence %")
-        ax.set_xlabel("training minutes (2 shared CPU cores)")
+    variants = {p.parent.name: _scores(json.loads(p.read_text())) for p in sorted(cfg.run_dir.glob("eval_*/summary.json"))
+                if not p.parent.name.startswith("eval_seed")}
+    if variants:
+        lines += ["", f"| decoding (seed-{cfg.train.seed} checkpoint) {head}", "|---|---|---|---|" + "---|" * len(HARDNESS)]
+        lines += [_row(name, r) for name, r in variants.items()]
+    logs = {m.parent.name: [json.loads(x) for x in (m.parent / "train_log.jsonl").read_text().splitlines()]
+            for m in sorted(cfg.run_dir.glob("seed*/meta.json")) if (m.parent / "train_log.jsonl").is_file()}
+    if logs:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+        for name, rows in logs.items():
+            t = [r["minutes"] for r in rows]
+            line, = ax.plot(t, [r["train_ce"] for r in rows], label=f"{name} train")
+            ax.plot(t, [r.get("heldout_ce") for r in rows], "--", color=line.get_color(), label=f"{name} held-out")
+            ax2.plot(t, [100 * r.get("heldout_action_exact", 0) for r in rows], color=line.get_color(), label=name)
+        ax.set_xlabel("training minutes (2 CPU cores)")
         ax.set_ylabel("cross-entropy per action")
-        ax2.set_ylabel("% exact (teacher-forced)")
-        fig.legend(fontsize=7, loc="upper center")
+        ax.legend(fontsize=6, ncol=2)
+        ax2.set_xlabel("training minutes (2 CPU cores)")
+        ax2.set_ylabel("held-out exact action sequences, % (teacher-forced)")
+        ax2.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(fig_dir / "training.png", dpi=120)
         plt.close(fig)

@@ -55,7 +55,7 @@ def main() -> None:
             rows.append(run(n, args.config, args.steps, Path(tmp) / f"p{n}", args.threads_per_rank, args.extra))
             print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["tokens_per_s"]
-    print(f"\n| processes | tokens/s | vs 1 process |\n|---|---|---|")
+    print("\n| processes | tokens/s | vs 1 process |\n|---|---|---|")
     for r in rows:
         print(f"| {r['processes']} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.2f}x |")
     print(f"\n{os.cpu_count()} cores; config {Path(args.config).name}, {args.steps} steps, "

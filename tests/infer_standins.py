@@ -40,7 +40,7 @@ class ToyDecoder(nn.Module):
         c = cache[0] if cache is not None else ToyCache()
         h = c.state if c.state is not None else mx.zeros((B, self.recur.weight.shape[0]))
         ctx = 0.0 if schema_states is None else schema_states.mean(axis=1)
-        outs, routes = [], []
+        outs = []
         for t in range(T):
             h = mx.tanh(self.recur(h) + self.embed(tokens[:, t]) + ctx)
             outs.append(h)

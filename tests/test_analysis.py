@@ -301,7 +301,6 @@ def test_cli_analyze_experts(tiny_run, tmp_path):
 
 
 def test_cli_rejects_an_unknown_dataset(tiny_run):
-    from click.testing import CliRunner
 
     from vantage_core.cli import main
 

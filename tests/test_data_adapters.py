@@ -63,7 +63,7 @@ def test_spider_bad_input_names_file_line_database_and_column(tmp_path):
     reports = [ds.load(s) for s in ("train", "validation")]
     details = [d for r in reports for d in r.details]
     assert any("shop_0" in d and "customers.town" in d for d in details), details
-    assert sum(r.skipped[f"schema of shop_0 names columns its database lacks"] for r in reports) == 1
+    assert sum(r.skipped["schema of shop_0 names columns its database lacks"] for r in reports) == 1
     tables[0]["foreign_keys"] = [[5, 99]]
     (root / "tables.json").write_text(json.dumps(tables))
     with pytest.raises(DataError, match="database 'shop_0': foreign_keys names column index 99"):

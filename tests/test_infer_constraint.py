@@ -1,7 +1,6 @@
 """The sql_schema constraint: every finished output parses (sqlglot, SQLite) and names only
 schema items, whatever the model prefers."""
 
-import random
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from vantage_core.data.example import Column, Schema, Table
 from vantage_core.inference.constraints import schema_violations
 from vantage_core.inference.decoding import decode
 from vantage_core.plugins import registry
-from vantage_plugins.constraints.sql_schema import SQLSchemaProcessor, lex
+from vantage_plugins.constraints.sql_schema import lex
 
 SCHEMA = Schema("concerts", [
     Table("singer", [Column("singer_id"), Column("name"), Column("country"), Column("age", "number")]),

@@ -46,8 +46,6 @@ def test_constrained_output_names_only_schema_items(engine, paths):
 
 def test_execution_guided_choice_runs_the_candidates(engine, paths, monkeypatch):
     """The first candidate that runs is chosen; its rows come back."""
-    from vantage_core.evaluate import executor
-    from vantage_core.inference import decoding as dec
     from vantage_core.inference.decoding import Hypothesis
 
     _, db = paths

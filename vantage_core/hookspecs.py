@@ -69,6 +69,27 @@ def register_schema_encoders(register: Register) -> None:
 
 
 @hookspec
+def register_schema_linkers(register: Register) -> None:
+    """Register schema linkers: which question words name which tables, columns and cell values.
+
+    ``factory(**params)`` returns a linker with
+
+    - ``uses_values: bool``: whether the caller should read the database's cell values for it
+      (reading them costs a pass over every text column, so a linker that ignores them says so);
+    - ``link(question_words: list[str], items: list[SchemaItem], values: dict[tuple[str, str],
+      set[str]] | None) -> Links``, with ``SchemaItem`` and ``Links`` those of
+      ``vantage_core.data.linking``. ``values`` maps ``(table, column)`` (lower-cased)
+      to the column's normalized distinct values, or is ``None`` when ``uses_values`` is false.
+
+    ``Links`` holds per-item features (``item_name``, ``item_value``: one per item) and per-word
+    features (``word_table``, ``word_column``, ``word_value``: one per question word). The model
+    embeds them with fixed-size embeddings, so the ranges are part of the contract: name features
+    (``item_name``, ``word_table``, ``word_column``) are 0 (none), 1 (partial) or 2 (exact);
+    value features (``item_value``, ``word_value``) are 0 or 1.
+    """
+
+
+@hookspec
 def register_datasets(register: Register) -> None:
     """Register dataset adapters.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import pluggy
@@ -26,6 +26,7 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "router": ("register_routers", ("d_model", "num_experts")),
     "expert": ("register_experts", ("d_model", "hidden", "num_experts")),
     "schema_encoder": ("register_schema_encoders", ("d_model", "tokenizer")),
+    "schema_linker": ("register_schema_linkers", ()),
     "dataset": ("register_datasets", ()),
     "metric": ("register_metrics", ()),
     "tokenizer": ("register_tokenizers", ()),

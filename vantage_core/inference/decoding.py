@@ -8,7 +8,6 @@ the next-token logits of each row given the tokens that row has generated.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from vantage_core.config import ModelConfig, plugin_params
 from vantage_core.errors import ConfigError, PluginError

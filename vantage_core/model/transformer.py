@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -196,7 +195,7 @@ class Transformer(nn.Module):
     def hidden(self, tokens: mx.array, schema_states=None, schema_mask=None, cache=None):
         """(B, T) tokens -> (final hidden states (B, T, d), aux); see :meth:`__call__`."""
         x = self.embed(tokens)  # (B, T, d)
-        cross_kv = cross_bias = None
+        cross_bias = None
         if schema_states is not None and schema_mask is None:
             schema_mask = mx.ones(schema_states.shape[:2], dtype=mx.bool_)
         if schema_mask is not None:

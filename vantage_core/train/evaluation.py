@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
-import mlx.core as mx
 
 
 def schema_context(model: Any, encoder_text: str):

@@ -246,7 +246,6 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
 
     stopped = None
     last_scores: dict[str, float] = {}
-    t_tokens, t_window = 0, time.perf_counter()
     try:
         with StopFlag() as flag:
             while trainer.step < cfg.train.steps:

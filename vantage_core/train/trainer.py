@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 

@@ -1,14 +1,11 @@
-"""Schema linking: which question words name which tables, columns and cell values.
+"""Schema items and linking features: the types a ``schema_linker`` plugin works with.
 
-The features are the ones the pre-BERT Spider systems (IRNet, RAT-SQL) found to carry most of
-the generalisation to unseen databases: an exact or partial match between question n-grams and
-a table or column name, and a match between a question n-gram and a value stored in a column.
-They are small integers, turned into learned embeddings added to the schema item and question
-token states (:class:`LinkEmbedding`), so a model can find "the column the question talks
-about" on a schema it never saw.
-
-``schema_items(schema)`` lists a database's tables then columns; ``link(words, items, values)``
-computes the features; ``column_values(db_path, schema)`` reads the cell values once per database.
+A database's schema as a flat list of items (its tables, then every table's columns), each with
+the normalized words of its natural name; :class:`Links` holds a linker's answer (which items
+the question names, by name or by a stored cell value, and which question words do the naming);
+:func:`column_values` and :func:`cased_values` read a database's text values once (cached).
+The built-in linker is ``lexical`` (``plugins/vantage_plugins/linkers/lexical.py``);
+``vantage_core/hookspecs.py`` (``register_schema_linkers``) states the contract.
 """
 
 from __future__ import annotations
@@ -19,14 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
-
-NAME_NONE, NAME_PARTIAL, NAME_EXACT = 0, 1, 2
-STOPWORDS = frozenset(
-    "a an the of in on at to for from by with and or is are was were be been what which who whom whose "
-    "how many much show list give find return all each every that this those these there their its it "
-    "do does did has have had me tell name names number id than more less most least per as not no".split())
+NAME_NONE, NAME_PARTIAL, NAME_EXACT = 0, 1, 2  # name-match features; value features are 0 or 1
 
 
 def normalize(text: str) -> str:
@@ -139,83 +129,3 @@ class Links:
     word_table: list[int] = field(default_factory=list)  # per question word: best table-name match
     word_column: list[int] = field(default_factory=list)  # per question word: best column-name match
     word_value: list[int] = field(default_factory=list)  # per question word: part of a value match
-
-
-def _find(seq: tuple[str, ...], words: list[str]) -> list[int]:
-    """Start positions where ``seq`` occurs contiguously in ``words``."""
-    n = len(seq)
-    return [i for i in range(len(words) - n + 1) if tuple(words[i:i + n]) == seq] if n else []
-
-
-def link(question_words: list[str], items: list[SchemaItem],
-         values: dict[tuple[str, str], set[str]] | None = None, max_ngram: int = 4) -> Links:
-    """Match the question's words (any tokenization into words) against the schema items.
-
-    An item is an EXACT match when its whole name occurs as consecutive question words, PARTIAL
-    when one of its non-stopword name words does; a column is a VALUE match when a question
-    n-gram (up to ``max_ngram`` words, not all stopwords) equals one of its cell values.
-    """
-    words = [stem(normalize(w)) for w in question_words]
-    raw = [normalize(w) for w in question_words]
-    present = set(words)
-    n_words = len(words)
-    links = Links([NAME_NONE] * len(items), [0] * len(items),
-                  [NAME_NONE] * n_words, [NAME_NONE] * n_words, [0] * n_words)
-    for idx, item in enumerate(items):
-        word_tags = links.word_table if item.column is None else links.word_column
-        starts = _find(item.words, words)
-        if starts:
-            links.item_name[idx] = NAME_EXACT
-            for s in starts:
-                for j in range(s, s + len(item.words)):
-                    word_tags[j] = NAME_EXACT
-            continue
-        content = [w for w in item.words if w not in STOPWORDS and len(w) > 1]
-        if any(w in present for w in content):
-            links.item_name[idx] = NAME_PARTIAL
-            for j, w in enumerate(words):
-                if w in content:
-                    word_tags[j] = max(word_tags[j], NAME_PARTIAL)
-    if values:
-        grams: dict[str, list[tuple[int, int]]] = {}
-        for n in range(1, max_ngram + 1):
-            for s in range(n_words - n + 1):
-                span = [w for w in raw[s:s + n] if w]
-                if not span or all(w in STOPWORDS or len(w) < 2 for w in span):
-                    continue
-                grams.setdefault(" ".join(span), []).append((s, s + n))
-        for idx, item in enumerate(items):
-            if item.column is None:
-                continue
-            vals = values.get((item.table.lower(), item.column.lower()))
-            if not vals:
-                continue
-            for gram, spans in grams.items():
-                if gram in vals:
-                    links.item_value[idx] = 1
-                    for s, e in spans:
-                        for j in range(s, e):
-                            links.word_value[j] = 1
-    return links
-
-
-class LinkEmbedding(nn.Module):
-    """Learned embeddings of the linking features, added to item and question-token states."""
-
-    def __init__(self, d_model: int):
-        super().__init__()
-        self.item_name = nn.Embedding(3, d_model)
-        self.item_value = nn.Embedding(2, d_model)
-        self.word_table = nn.Embedding(3, d_model)
-        self.word_column = nn.Embedding(3, d_model)
-        self.word_value = nn.Embedding(2, d_model)
-        for emb in (self.item_name, self.item_value, self.word_table, self.word_column, self.word_value):
-            emb.weight = emb.weight * 0.02  # start near zero: the features nudge, then learn
-
-    def item_states(self, name: mx.array, value: mx.array) -> mx.array:
-        """(B, N) int features -> (B, N, d)."""
-        return self.item_name(name) + self.item_value(value)
-
-    def word_states(self, table: mx.array, column: mx.array, value: mx.array) -> mx.array:
-        """(B, Q) int features -> (B, Q, d)."""
-        return self.word_table(table) + self.word_column(column) + self.word_value(value)
