@@ -21,6 +21,7 @@ import json
 import math
 import pickle
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -550,8 +551,9 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | None = None, out_name: str | N
     return summary
 
 
-def sweep(sweep_file: str, only: list[str] | None = None) -> Path:
-    """Train and evaluate each variant of a sweep file; write ``<base run dir>/ablations.md``."""
+def sweep(sweep_file: str, only: list[str] | None = None, decode_only: bool = False) -> Path:
+    """Train and evaluate each variant of a sweep file (``decode_only``: evaluate the variants'
+    trained checkpoints again, e.g. after a decoding change); each variant's ``row.json``."""
     spec = yaml.safe_load(Path(sweep_file).read_text())
     for key in ("base", "variants"):
         if key not in spec:
@@ -572,7 +574,9 @@ def sweep(sweep_file: str, only: list[str] | None = None) -> Path:
         else:  # e.g. another schema linker
             prepare(cfg)
         print(f"== {name}: {overrides}", file=sys.stderr)
-        out = train(cfg)
+        out = cfg.run_dir / f"seed{cfg.train.seed}"
+        if not (decode_only and (out / "best.safetensors").is_file()):
+            out = train(cfg)
         summary = evaluate(cfg)
         meta = json.loads((out / "meta.json").read_text())
         rows.append((name, overrides, meta, summary))
@@ -599,6 +603,44 @@ def _scores(summary: dict) -> dict[str, float]:
 def _row(name: str, r: dict[str, float], extra: str = "") -> str:
     return (f"| {name} |{extra} {r['EX']:.1f} | {r['EM']:.1f} | {r['runs']:.1f} | "
             + " | ".join(f"{r[f'EX {h}']:.1f}" for h in HARDNESS) + " |")
+
+
+def error_breakdown(results: Path) -> dict[str, int]:
+    """Why the wrong answers of an evaluation (``results.jsonl``) are wrong, by the shape of the
+    gold and predicted queries (a question can fall under several): joins left out, another
+    number of SELECT items, GROUP BY differs, a gold string value the question does not spell."""
+    import sqlglot
+    from sqlglot import exp
+
+    def shape(sql: str):
+        try:
+            tree = sqlglot.parse_one(sql, read="sqlite")
+        except sqlglot.errors.ParseError:
+            return None
+        selects = list(tree.find_all(exp.Select))
+        return {"joins": sum(1 for _ in tree.find_all(exp.Join)), "items": len(selects[0].expressions) if selects else 0,
+                "group": sorted(g.alias_or_name.lower() for sel in selects if sel.args.get("group")  # names, not aliases
+                                for g in sel.args["group"].expressions),
+                "strings": [lit.this for lit in tree.find_all(exp.Literal) if lit.is_string]}
+
+    out = Counter()
+    for line in results.read_text().splitlines():
+        r = json.loads(line)
+        if r["scores"]["execution"]["exec"]:
+            continue
+        out["wrong"] += 1
+        gold, pred = shape(r["gold"]), shape(r["prediction"])
+        if gold is None or pred is None:
+            out["unparsed"] += 1
+            continue
+        out["gold joins, prediction does not"] += gold["joins"] > 0 and pred["joins"] == 0
+        out["other number of SELECT items"] += gold["items"] != pred["items"]
+        out["fewer SELECT items"] += gold["items"] > pred["items"]
+        out["GROUP BY differs"] += gold["group"] != pred["group"]
+        out["gold string value not in the question"] += any(
+            not re.search(rf"(?<!\w){re.escape(v.strip('%'))}(?!\w)", r["question"], re.IGNORECASE)
+            for v in gold["strings"])
+    return dict(out)
 
 
 def report(cfg: RecipeConfig, figures: str = "docs/results/spider_cpu") -> str:
@@ -648,6 +690,11 @@ def report(cfg: RecipeConfig, figures: str = "docs/results/spider_cpu") -> str:
         fig.tight_layout()
         fig.savefig(fig_dir / "by_hardness.png", dpi=120)
         plt.close(fig)
+    main_results = cfg.run_dir / f"eval_seed{cfg.train.seed}" / "results.jsonl"
+    if main_results.is_file():
+        errors = error_breakdown(main_results)
+        lines += ["", f"| wrong answers of eval_seed{cfg.train.seed} ({errors.get('wrong', 0)}) | count |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in errors.items() if k != "wrong"]
     variants = {p.parent.name: _scores(json.loads(p.read_text())) for p in sorted(cfg.run_dir.glob("eval_*/summary.json"))
                 if not p.parent.name.startswith("eval_seed")}
     if variants:
@@ -700,6 +747,7 @@ def main(argv=None):
     p.add_argument("command", choices=["prepare", "train", "evaluate", "all", "sweep", "report"])
     p.add_argument("--sweep", default="configs/spider_ablations/sweep.yaml")
     p.add_argument("--only", action="append", help="sweep: run only these variants")
+    p.add_argument("--decode-only", action="store_true", help="sweep: re-evaluate trained variants, train the rest")
     p.add_argument("--config", default="configs/spider_cpu.yaml")
     p.add_argument("--set", action="append", default=[], dest="overrides")
     p.add_argument("--checkpoint")
@@ -707,7 +755,7 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="prepare: rebuild the cache even if it exists")
     args = p.parse_args(argv)
     if args.command == "sweep":
-        sweep(args.sweep, args.only)
+        sweep(args.sweep, args.only, args.decode_only)
         return
     cfg = load_config(args.config, args.overrides)
     if args.command == "report":

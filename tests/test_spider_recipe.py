@@ -3,6 +3,7 @@ pointer model's shapes and constrained beam search, the recipe config."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -162,6 +163,7 @@ def test_pointer_model_scores_and_constrained_beam(question_input):
     from vantage_core.model.pointer import PointerArgs, PointerSQL
 
     itos = SPECIALS + ["select", "from", "(", ")", "count", "*"]
+    mx.random.seed(0)
     model = PointerSQL(PointerArgs(vocab_size=len(itos), d_model=32, n_heads=2, ffn_hidden=64, dropout=0.0,
                                    question_input=question_input, wordpiece_vocab=50, num_experts=4))
     b = _toy_batch()
@@ -175,10 +177,10 @@ def test_pointer_model_scores_and_constrained_beam(question_input):
     assert float(scores[1, :, len(itos) + 2:len(itos) + 4].max()) < -1e8
     assert float(scores[1, :, len(itos) + 4 + 3:].max()) < -1e8
     assert beam_search(model, b, itos, beam=3, max_steps=1) == [[], []]  # cut off: nothing finished
-    decode = model.decode  # an untrained model rarely ends: make the end likelier, so beams finish
-    bonus = mx.zeros(len(itos) + 4 + 5).at[itos.index(EOS)].add(3.0)
+    decode = model.decode  # an untrained model rarely selects and ends: make both likelier, so beams finish
+    bonus = mx.zeros(len(itos) + 4 + 5).at[itos.index(EOS)].add(3.0).at[itos.index("select")].add(2.0)
     model.decode = lambda *args: (decode(*args)[0] + bonus, decode(*args)[1])
-    results = beam_search(model, b, itos, beam=3, max_steps=12)
+    results = beam_search(model, b, itos, beam=3, max_steps=20)
     assert len(results) == 2
     assert all(results)
     for i, hyps in enumerate(results):
@@ -262,6 +264,48 @@ def test_codec_round_trips_real_spider_queries(shared_data):
     assert same >= 0.95 * len(sample), same
 
 
+@pytest.mark.data
+def test_decoding_constraints_allow_real_spider_queries(shared_data):
+    """The validity rules of the beam search forbid a step of at most 2% of real gold queries
+    (joins off a foreign key, FROM subqueries, an outer column inside a subquery): the rules
+    cut what SQLite rejects, not what Spider's authors wrote."""
+    import random
+
+    from vantage_core.data.sql_actions import BOS, EOS, PAD, SPECIALS, UNK_LIT
+    from vantage_core.inference.pointer_search import CLAUSE_ORDER, Hyp, _advance, _allowed, fk_partners
+    from vantage_plugins.datasets.spider import SpiderDataset
+
+    itos = SPECIALS + sorted({"select", "from", "join", "on", "=", "(", ")", ",", "*", "and", "or", "not", "in",
+                              "by", "count", "sum", "avg", "min", "max", "distinct", "desc", "asc", "like",
+                              ">", "<", ">=", "<=", "!=", "union", "intersect", "except", "between", "as",
+                              "exists", "-", "+", "/"} | set(CLAUSE_ORDER))
+    ids = {t: i for i, t in enumerate(itos)}
+    V = len(itos)
+    vocab_ok = np.ones(V, bool)
+    vocab_ok[[ids[PAD], ids[BOS]]] = False
+    exs = SpiderDataset(str(shared_data / "spider")).load("train").examples
+    checked = refused = 0
+    for ex in random.Random(2).sample(exs, 400):
+        offsets, copyable = _pieces(ex.question)
+        items = schema_items(ex.schema)
+        try:
+            acts = encode_sql(ex.sql, items, ex.question, offsets, copyable)
+        except SQLCodecError:
+            continue
+        checked += 1
+        fks = fk_partners(items, ex.schema.foreign_keys)
+        h = Hyp([(VOCAB, ids[BOS])], 0.0)
+        N, Q = len(items), len(offsets)
+        for kind, value in acts + [(VOCAB, EOS)]:
+            v = ids.get(value, ids[UNK_LIT]) if kind == VOCAB else value
+            m = _allowed(h, V, N, Q, vocab_ok, np.ones(N, bool), np.ones(Q, bool), ids, True, None, items, itos, fks)
+            if not np.isfinite(m[v if kind == VOCAB else V + v if kind == ITEM else V + N + v]):
+                refused += 1
+                break
+            h = _advance(h, kind, v, 0.0, itos, items)
+    assert checked >= 380 and refused <= 0.02 * checked, (refused, checked)
+
+
 def test_constraints_name_tables_before_their_columns():
     """FROM-first decoding: tables only after FROM/JOIN and never twice in a block, columns only
     of tables already named in the same block, a join relates two tables."""
@@ -323,7 +367,8 @@ def test_select_list_rules():
     from vantage_core.inference.pointer_search import Hyp, _advance, _allowed
 
     items = schema_items(toy_schema())  # singer, concert, singer's singer_id/name/country, concert's 3
-    itos = SPECIALS + ["select", "from", "where", "in", "(", ")", ",", "*", "count", "min", "union"]
+    itos = SPECIALS + ["select", "from", "where", "in", "(", ")", ",", "*", "count", "min", "union", "join", "on",
+                       "group", "by", "order", "limit"]
     ids = {t: i for i, t in enumerate(itos)}
     V, N, Q = len(itos), len(items), 3
     vocab_ok = np.ones(V, bool)
@@ -358,6 +403,16 @@ def test_select_list_rules():
     assert "," in vocab and EOS not in vocab and ")" not in vocab
     vocab, _ = ok(run("from", 0, "select", 3, ",", 4, "union", "from", 1, "select", 5, ",", 7))
     assert EOS in vocab and "," not in vocab
+    # FROM first: a block selects before any clause or the end; ON is followed by a column
+    vocab, _ = ok(run("from", 0))
+    assert "select" in vocab and "join" in vocab and not {"where", "order", "union", EOS} & vocab
+    vocab, cols = ok(run("from", 0, "join", 1, "on"))
+    assert vocab == set() and cols
+    # clauses once each, in SQL's order
+    vocab, _ = ok(run("from", 0, "select", 3, "order", "by", 4))
+    assert "limit" in vocab and not {"where", "group", "order"} & vocab
+    vocab, _ = ok(run("from", 0, "select", 3, "where", 4, "in", "(", "from", 1, "select", 6, ")"))
+    assert {"group", "order", "limit"} <= vocab and "where" not in vocab
 
 
 def test_ablation_sweep_variants_validate():
@@ -370,3 +425,43 @@ def test_ablation_sweep_variants_validate():
         cfg = load_config(str(REPO / spec["base"]), [f"train.max_steps={spec['steps']}"] + overrides)
         assert cfg.train.max_steps == spec["steps"], name
     assert load_config(str(REPO / spec["base"]), spec["variants"]["no_encoder"]).model.encoder_layers == 0
+
+
+def test_recipe_script_overrides_validate():
+    """Every `--set` of scripts/spider_recipe.sh names a real config field with a valid value."""
+    import shlex
+
+    from spider_recipe import load_config
+
+    text = (REPO / "scripts" / "spider_recipe.sh").read_text().replace("\\\n", " ")
+    commands = [line for line in text.splitlines() if "--set" in line]
+    assert len(commands) >= 8
+    for line in commands:
+        words = shlex.split(line.split("#")[0].replace("$s", "1"))
+        sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        cfg = load_config(str(REPO / "configs" / "spider_cpu.yaml"), sets)
+        assert cfg.decode.beam >= 1, line
+
+
+def test_error_breakdown_sorts_wrong_answers_by_shape(tmp_path):
+    from spider_recipe import error_breakdown
+
+    def row(question, gold, pred, ok):
+        return json.dumps({"question": question, "gold": gold, "prediction": pred,
+                           "scores": {"execution": {"exec": int(ok)}}})
+
+    rows = [row("How many singers?", "SELECT count(*) FROM singer", "select count ( * ) from singer", True),
+            row("Names of singers in concerts?",
+                "SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T1.singer_id = T2.singer_id",
+                "select singer.name from singer", False),
+            row("Name and country of singers?", "SELECT name, country FROM singer", "select singer.name from singer", False),
+            row("Female singers?", "SELECT name FROM singer WHERE sex = 'F'",
+                "select singer.name from singer group by singer.name", False)]
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    out = error_breakdown(path)
+    assert out["wrong"] == 3
+    assert out["gold joins, prediction does not"] == 1
+    assert out["other number of SELECT items"] == out["fewer SELECT items"] == 1
+    assert out["GROUP BY differs"] == 1
+    assert out["gold string value not in the question"] == 1

@@ -32,9 +32,11 @@ class Select:
     count: int = 0  # items started so far
     need: int | None = None
     seen: frozenset = frozenset()  # schema items written as a whole select item
+    clause: int = -1  # index in CLAUSE_ORDER of the block's last clause keyword
 
 
 LEAVE_SELECT = CLAUSES + SET_OPS + (")", EOS)
+CLAUSE_ORDER = ("where", "group", "having", "order", "limit")  # as SQL writes them
 AGGREGATES = ("count", "sum", "avg", "min", "max")
 
 
@@ -112,7 +114,7 @@ def _allowed(h: Hyp, V: int, N: int, Q: int, vocab_ok: np.ndarray, item_ok: np.n
                 for j in top.seen:  # no select item twice
                     ok[j] = False
             m[V:V + N][item_ok & ok] = 0
-            if last in ("from", "join"):
+            if last in ("from", "join", "on"):  # a table, or the join condition's first column
                 m[:V] = -np.inf
         else:
             m[V:V + N][item_ok] = 0
@@ -142,7 +144,17 @@ def _select_rules(h: Hyp, m: np.ndarray, ids: dict, itos: list[str]) -> None:
                            or (last == "(" and before == "count")):
         m[ids["*"]] = -np.inf
     top = h.sel[-1]
-    if top.phase != 1 or h.depth != top.base or top.need is None:
+    if h.depth != top.base:
+        return
+    if top.phase == 0:  # FROM first: the block selects before any clause, set operation or end
+        for t in LEAVE_SELECT:
+            if t in ids:
+                m[ids[t]] = -np.inf
+        return
+    for t in CLAUSE_ORDER[:top.clause + 1]:  # each clause once, in SQL's order
+        if t in ids:
+            m[ids[t]] = -np.inf
+    if top.phase != 1 or top.need is None:
         return
     if top.count < top.need:
         for t in LEAVE_SELECT:
@@ -169,11 +181,11 @@ def _advance_select(h: Hyp, kind: int, value: int, itos: list[str], items) -> tu
         return sel[:-1] + (Select(top.base, need=need),)
     if tok == "select" and top.phase == 0:
         return sel[:-1] + (Select(top.base, 1, 1, top.need),)
+    if tok in CLAUSE_ORDER and top.phase >= 1:
+        return sel[:-1] + (Select(top.base, 2, top.count, top.need, top.seen, CLAUSE_ORDER.index(tok)),)
     if top.phase == 1:
         if tok == ",":
             return sel[:-1] + (Select(top.base, 1, top.count + 1, top.need, top.seen),)
-        if tok in CLAUSES:
-            return sel[:-1] + (Select(top.base, 2, top.count, top.need, top.seen),)
         if kind == ITEM and items is not None and _item_start(h, itos):
             return sel[:-1] + (Select(top.base, 1, top.count, top.need, top.seen | {value}),)
     return sel
