@@ -271,14 +271,14 @@ def test_decoding_constraints_allow_real_spider_queries(shared_data):
     cut what SQLite rejects, not what Spider's authors wrote."""
     import random
 
-    from vantage_core.data.sql_actions import BOS, EOS, PAD, SPECIALS, UNK_LIT
-    from vantage_core.inference.pointer_search import CLAUSE_ORDER, Hyp, _advance, _allowed, fk_partners
+    from vantage_core.data.sql_actions import BOS, CLAUSES, EOS, PAD, SPECIALS, UNK_LIT
+    from vantage_core.inference.pointer_search import Hyp, _advance, _allowed, fk_partners
     from vantage_plugins.datasets.spider import SpiderDataset
 
     itos = SPECIALS + sorted({"select", "from", "join", "on", "=", "(", ")", ",", "*", "and", "or", "not", "in",
                               "by", "count", "sum", "avg", "min", "max", "distinct", "desc", "asc", "like",
                               ">", "<", ">=", "<=", "!=", "union", "intersect", "except", "between", "as",
-                              "exists", "-", "+", "/"} | set(CLAUSE_ORDER))
+                              "exists", "-", "+", "/"} | set(CLAUSES))
     ids = {t: i for i, t in enumerate(itos)}
     V = len(itos)
     vocab_ok = np.ones(V, bool)

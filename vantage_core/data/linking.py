@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from vantage_core.data.schemas import connect_readonly
+
 NAME_NONE, NAME_PARTIAL, NAME_EXACT = 0, 1, 2  # name-match features; value features are 0 or 1
 
 
@@ -75,8 +77,7 @@ def column_values(db_path: str | Path, schema, per_column: int = 5000, max_chars
 @lru_cache(maxsize=256)
 def _column_values(db_path: str, tables: tuple, per_column: int, max_chars: int) -> dict:
     out: dict[tuple[str, str], set[str]] = {}
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
+    conn = connect_readonly(db_path)
     try:
         for table, cols in tables:
             for col in cols:
@@ -97,8 +98,7 @@ def cased_values(db_path: str, per_column: int = 2000, max_chars: int = 60) -> d
     """Every short text cell value of a database, lower-cased -> as stored (for writing a
     value copied from the question the way the database spells it)."""
     out: dict[str, str] = {}
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
+    conn = connect_readonly(db_path)
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         for t in tables:

@@ -160,7 +160,7 @@ def encode_sql(sql: str, items: list[SchemaItem], question: str, offsets, copyab
 
 
 SET_OPS = ("union", "intersect", "except")
-CLAUSES = ("where", "group", "order", "having", "limit")
+CLAUSES = ("where", "group", "having", "order", "limit")  # in the order SQL writes them
 
 
 def _tok(action) -> str | None:

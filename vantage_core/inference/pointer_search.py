@@ -32,12 +32,10 @@ class Select:
     count: int = 0  # items started so far
     need: int | None = None
     seen: frozenset = frozenset()  # schema items written as a whole select item
-    clause: int = -1  # index in CLAUSE_ORDER of the block's last clause keyword
+    clause: int = -1  # index in CLAUSES of the block's last clause keyword
 
 
 LEAVE_SELECT = CLAUSES + SET_OPS + (")", EOS)
-CLAUSE_ORDER = ("where", "group", "having", "order", "limit")  # as SQL writes them
-AGGREGATES = ("count", "sum", "avg", "min", "max")
 
 
 @dataclass
@@ -151,7 +149,7 @@ def _select_rules(h: Hyp, m: np.ndarray, ids: dict, itos: list[str]) -> None:
             if t in ids:
                 m[ids[t]] = -np.inf
         return
-    for t in CLAUSE_ORDER[:top.clause + 1]:  # each clause once, in SQL's order
+    for t in CLAUSES[:top.clause + 1]:  # each clause once, in SQL's order
         if t in ids:
             m[ids[t]] = -np.inf
     if top.phase != 1 or top.need is None:
@@ -181,8 +179,8 @@ def _advance_select(h: Hyp, kind: int, value: int, itos: list[str], items) -> tu
         return sel[:-1] + (Select(top.base, need=need),)
     if tok == "select" and top.phase == 0:
         return sel[:-1] + (Select(top.base, 1, 1, top.need),)
-    if tok in CLAUSE_ORDER and top.phase >= 1:
-        return sel[:-1] + (Select(top.base, 2, top.count, top.need, top.seen, CLAUSE_ORDER.index(tok)),)
+    if tok in CLAUSES and top.phase >= 1:
+        return sel[:-1] + (Select(top.base, 2, top.count, top.need, top.seen, CLAUSES.index(tok)),)
     if top.phase == 1:
         if tok == ",":
             return sel[:-1] + (Select(top.base, 1, top.count + 1, top.need, top.seen),)
