@@ -19,13 +19,13 @@ from vantage_core.model import build_model
 from vantage_core.model.params import _VocabOnly
 
 
-def generate(model, prompt: mx.array, states, smask, new: int, use_cache: bool) -> tuple[list[int], float]:
+def generate(model, prompt: mx.array, memory, new: int, use_cache: bool) -> tuple[list[int], float]:
     """Greedy-decode ``new`` tokens; returns them and the seconds spent (prefill included)."""
     start = time.perf_counter()
     out = []
     if use_cache:
         cache = model.make_cache()
-        logits, _ = model(prompt, states, smask, cache=cache)
+        logits, _ = model(prompt, memory, cache=cache)
         for _ in range(new):
             token = logits[:, -1].argmax(-1)[:, None].astype(mx.int32)
             mx.eval(token)
@@ -34,7 +34,7 @@ def generate(model, prompt: mx.array, states, smask, new: int, use_cache: bool) 
     else:
         seq = prompt
         for _ in range(new):
-            logits, _ = model(seq, states, smask)
+            logits, _ = model(seq, memory)
             token = logits[:, -1].argmax(-1)[:, None].astype(mx.int32)
             mx.eval(token)
             out.append(token.item())
@@ -56,15 +56,16 @@ def main() -> None:
     model.eval()
     mx.eval(model.parameters())
     rng = np.random.default_rng(0)
-    states, smask = model.encode_schema(rng.integers(1, vocab, (1, 128)).astype(np.int32), np.ones((1, 128), bool))
-    mx.eval(states)
+    memory = model.encode_schema({"schema_ids": mx.array(rng.integers(1, vocab, (1, 128)).astype(np.int32)),
+                                  "schema_mask": mx.ones((1, 128), mx.bool_)})
+    mx.eval(memory.states)
     print(f"tiny model (vocab {vocab}, d 256, 4 layers, 8 experts top-2), batch 1, {a.new} new tokens, greedy")
     print(f"{'prompt':>7} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speed-up':>9}  same tokens")
     for length in (int(p) for p in a.prompts.split(",")):
         prompt = mx.array(rng.integers(1, vocab, (1, length)).astype(np.int32))
-        generate(model, prompt, states, smask, 2, True)  # warm-up
-        with_cache, t_cache = generate(model, prompt, states, smask, a.new, True)
-        without, t_full = generate(model, prompt, states, smask, a.new, False)
+        generate(model, prompt, memory, 2, True)  # warm-up
+        with_cache, t_cache = generate(model, prompt, memory, a.new, True)
+        without, t_full = generate(model, prompt, memory, a.new, False)
         print(f"{length:7d} {a.new / t_cache:12.1f} {a.new / t_full:15.1f} {t_full / t_cache:8.1f}x  {with_cache == without}")
 
 

@@ -35,11 +35,11 @@ class ToyDecoder(nn.Module):
     def make_cache(self):
         return [ToyCache()]
 
-    def __call__(self, tokens, schema_states=None, schema_mask=None, cache=None):
+    def __call__(self, tokens, memory=None, cache=None):
         B, T = tokens.shape
         c = cache[0] if cache is not None else ToyCache()
         h = c.state if c.state is not None else mx.zeros((B, self.recur.weight.shape[0]))
-        ctx = 0.0 if schema_states is None else schema_states.mean(axis=1)
+        ctx = 0.0 if memory is None or memory.states is None else memory.states.mean(axis=1)
         outs = []
         for t in range(T):
             h = mx.tanh(self.recur(h) + self.embed(tokens[:, t]) + ctx)
@@ -55,8 +55,7 @@ class ToyDecoder(nn.Module):
 def sequence_logprob(model, prompt, tokens, eos_id, finished=True, schema=None):
     """The log-probability of ``tokens`` (+ EOS) after ``prompt``, recomputed without a cache."""
     seq = list(prompt) + list(tokens)
-    states, mask = (schema.states, schema.mask) if schema is not None else (None, None)
-    logits, _ = model(mx.array([seq], dtype=mx.int32), schema_states=states, schema_mask=mask)
+    logits, _ = model(mx.array([seq], dtype=mx.int32), schema)
     logp = logits[0] - mx.logsumexp(logits[0], axis=-1, keepdims=True)
     targets = list(tokens) + ([eos_id] if finished else [])
     return sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(targets))

@@ -1,10 +1,10 @@
 """The sandboxed executor: reads work; hostile predictions end in an error or a time-out
-within their limit, and leave every database byte-identical."""
+within their limit, and leave every database byte-identical. No test reads the wall clock:
+"within the limit" means SQLite's own limits stopped the query, not the parent's hard kill."""
 
 import hashlib
 import sqlite3
 import sys
-import time
 
 import pytest
 
@@ -65,14 +65,14 @@ HOSTILE = {
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_query_is_refused_or_stopped(db, sandbox, name):
     before = _digest(db)
-    start = time.monotonic()
+    restarts = sandbox.restarts
     result = sandbox.execute(str(db), HOSTILE[name], TIMEOUT)
-    elapsed = time.monotonic() - start
     assert not result.ok, f"{name} ran: {result.rows[:3]}"
     assert result.error
-    assert elapsed < TIMEOUT + GRACE + 1.0, f"{name} took {elapsed:.1f}s"
+    # stopped inside the worker (refusal, limit, progress-handler deadline), never by the kill
+    assert "hard limit" not in result.error and sandbox.restarts == restarts, result.error
     if name in ("recursive_cte", "cross_join"):
-        assert result.timed_out
+        assert result.timed_out and "timed out after" in result.error
     assert _digest(db) == before, f"{name} changed the database file"
     # the sandbox still serves the next query
     assert sandbox.execute(str(db), "SELECT count(*) FROM item", TIMEOUT).rows == [(500,)]
@@ -93,10 +93,8 @@ def test_worker_that_hangs_is_killed(db, monkeypatch):
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     monkeypatch.setattr(box, "_start", start_sleeper)
-    sleeper_start = time.monotonic()
     result = box.execute(str(db), "SELECT 1", timeout_s=0.5)
-    assert result.timed_out and not result.ok and "hard limit" in result.error
-    assert time.monotonic() - sleeper_start < 3.0
+    assert result.timed_out and not result.ok and "killed after 1s (hard limit)" in result.error
     assert box.process is None and box.restarts == 1
     box.close()
 

@@ -8,7 +8,8 @@ import pytest
 from infer_standins import ToyDecoder, sequence_logprob
 import mlx.core as mx
 
-from vantage_core.inference.decoding import SchemaContext, beam_search, decode, greedy, reorder_cache, sample
+from vantage_core.model.schema import Memory
+from vantage_core.inference.decoding import beam_search, decode, greedy, reorder_cache, sample
 
 EOS = 1
 PROMPT = [2, 5, 7]
@@ -82,7 +83,7 @@ def test_sampling_is_seeded_and_top_p_tiny_is_greedy(model):
 
 def test_schema_context_is_used_and_repeated_for_beams(model):
     states = mx.random.normal((1, 5, 16))
-    ctx = SchemaContext(states, mx.ones((1, 5)))
+    ctx = Memory(states, mx.ones((1, 5), dtype=mx.bool_))
     hyps = beam_search(model, PROMPT, eos_id=EOS, beam_size=3, max_new_tokens=5, schema=ctx)
     for h in hyps:
         assert h.logprob == pytest.approx(sequence_logprob(model, PROMPT, h.tokens, EOS, h.finished, ctx), abs=1e-4)

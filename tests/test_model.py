@@ -45,7 +45,7 @@ def make_batch(model, B=2, T=12, seed=1):
     batch = {"tokens": mx.array(tokens[:, :-1]), "targets": mx.array(tokens[:, 1:]),
              "loss_mask": mx.ones((B, T))}
     if ids is not None:
-        batch["schema_ids"], batch["schema_mask"] = mx.array(ids), mx.array(mask)
+        batch["schema"] = {"schema_ids": mx.array(ids), "schema_mask": mx.array(mask)}
     return batch
 
 
@@ -53,9 +53,9 @@ def test_output_shapes_and_aux():
     mx.random.seed(0)
     model = build_model(baby_config(), TinyTokenizer())
     batch = make_batch(model)
-    states, smask = model.encode_schema(batch["schema_ids"], batch["schema_mask"])
-    assert states.shape == (*batch["schema_ids"].shape, 32)
-    logits, aux = model(batch["tokens"], states, smask)
+    memory = model.encode_schema(batch["schema"])
+    assert memory.states.shape == (*batch["schema"]["schema_ids"].shape, 32)
+    logits, aux = model(batch["tokens"], memory)
     assert logits.shape == (2, 12, VOCAB)
     assert [l.has_cross for l in model.layers] == [False, True, False, True]
     assert len(aux["loads"]) == 4 and all(l.shape == (4,) for l in aux["loads"])
@@ -88,7 +88,7 @@ def test_loss_only_where_mask_is_one():
     changed["targets"] = mx.array(targets)
     assert loss(model, changed)[0].item() != pytest.approx(base.item(), rel=1e-6)
     # The CE over the kept rows equals a full-logit computation.
-    logits, _ = model(batch["tokens"], *model.encode_schema(batch["schema_ids"], batch["schema_mask"]))
+    logits, _ = model(batch["tokens"], model.encode_schema(batch["schema"]))
     ce = nn.losses.cross_entropy(logits, batch["targets"], reduction="none")
     assert metrics["ce"].item() == pytest.approx((ce * batch["loss_mask"]).sum().item() / mask.sum(), rel=1e-5)
     assert metrics["tokens"].item() == mask.sum() and metrics["loads"].shape == (4, 4)
@@ -123,16 +123,16 @@ def test_cache_gives_the_same_greedy_tokens(n_kv_heads):
     model = build_model(baby_config(n_kv_heads=n_kv_heads), TinyTokenizer())
     model.eval()
     batch = make_batch(model, T=7)
-    states, smask = model.encode_schema(batch["schema_ids"], batch["schema_mask"])
+    memory = model.encode_schema(batch["schema"])
     prompt = batch["tokens"]
 
     full = prompt
     for _ in range(20):  # recompute everything at every step
-        logits, _ = model(full, states, smask)
+        logits, _ = model(full, memory)
         full = mx.concatenate([full, logits[:, -1].argmax(-1)[:, None].astype(mx.int32)], axis=1)
 
     cache = model.make_cache()
-    logits, _ = model(prompt, states, smask, cache=cache)
+    logits, _ = model(prompt, memory, cache=cache)
     assert cache[1].cross_kv is not None and cache[0].cross_kv is None
     cached = [logits[:, -1].argmax(-1)[:, None].astype(mx.int32)]
     for _ in range(19):  # schema K/V come from the cache now

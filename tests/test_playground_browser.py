@@ -65,7 +65,7 @@ def overfit_model(folder: Path, db: Path, steps: int = 300) -> Path:
 
     engine = Engine.load(folder)
     model, tok = engine.model, engine.tokenizer
-    prompt, _ = engine.prompt(QUESTION, engine.schema_of(db), str(db))
+    prompt = engine.request(QUESTION, engine.schema_of(db), str(db)).prompt
     seq = prompt + tok.encode(ANSWER) + [tok.eos_id]
     tokens = mx.array([seq[:-1]], dtype=mx.int32)
     targets = mx.array([seq[1:]], dtype=mx.int32)

@@ -87,7 +87,7 @@ def test_every_router_and_expert_trains_a_step(router, expert):
     tokens = mx.array(rng.integers(1, 53, (2, 9)).astype(np.int32))
     ids, mask = model.schema_encoder.tokenize(["t: a, b", "q"])
     batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mx.ones((2, 8)),
-             "schema_ids": mx.array(ids), "schema_mask": mx.array(mask)}
+             "schema": {"schema_ids": mx.array(ids), "schema_mask": mx.array(mask)}}
     before = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
     (value, metrics), grads = nn.value_and_grad(model, loss)(model, batch)
     optim.Adam(1e-2).update(model, grads)

@@ -114,29 +114,37 @@ def test_body_size_and_malformed_json(client):
 
 
 def test_bounded_concurrency_and_time_limit(engine):
-    """With one slot busy, the next request gets 503 at once; past the time limit, 504."""
+    """With one slot busy, the next request gets 503 at once; past the time limit, 504; the
+    slot is free again once the generation has ended. Events, not sleeps, order the steps."""
     app = create_app(engine, ServeSettings(db_dirs=[str(engine.db_dir)], max_concurrency=1, timeout_s=0.3))
     real = engine.generate
+    entered, release = threading.Event(), threading.Event()
 
-    def slow(*a, **k):
-        time.sleep(0.6)
+    def held(*a, **k):
+        entered.set()
+        release.wait(30)  # held until the test has seen the 503 and the 504
         return real(*a, **k)
 
-    engine.generate = slow
+    engine.generate = held
     try:
         with LoopbackServer(app) as c:
             body = {"question": "how many singers?", "db_id": "concerts", "max_new_tokens": 4}
             results = {}
             t = threading.Thread(target=lambda: results.setdefault("first", c.post("/v1/generate", json=body)))
             t.start()
-            time.sleep(0.1)
+            assert entered.wait(30)  # the first request holds the only slot
             second = c.post("/v1/generate", json=body)
-            t.join()
+            t.join(30)
             assert second.status_code == 503 and "busy" in second.text
             assert results["first"].status_code == 504
-            time.sleep(0.7)  # the slow call finishes in its thread; the slot is free again
+            assert c.get("/health").json()["in_flight"] == 1  # its generation still runs
+            release.set()
+            deadline = time.monotonic() + 30
+            while c.get("/health").json()["in_flight"] and time.monotonic() < deadline:
+                time.sleep(0.01)  # waits for the other thread's state change, bounded
             assert c.get("/health").json()["in_flight"] == 0
     finally:
+        release.set()
         engine.generate = real
 
 

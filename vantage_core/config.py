@@ -10,12 +10,13 @@ import copy
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vantage_core.errors import ConfigError
+from vantage_core.textfiles import read_utf8
 
 Lines = dict[tuple, int]  # path of keys/indices -> 1-based line in the source file
 
@@ -44,7 +45,7 @@ class DataSource(PluginSpec):
     """A dataset adapter with the split to read and its share of a training mixture."""
 
     split: str | None = None  # None: the slot's own split (train / validation / test)
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
     limit: int | None = None  # keep the first N examples (for quick runs)
 
 
@@ -58,26 +59,54 @@ class RunConfig(Section):
         return Path(self.dir or os.path.join("runs", self.name))
 
 
+HEADS = ("vocab", "pointer", "copy")  # the model's output heads (vantage_core/model/transformer.py)
+
+
 class ModelConfig(Section):
     vocab_size: int | None = None  # None: taken from the trained tokenizer
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
+    d_model: int = Field(256, gt=0)
+    n_layers: int = Field(4, gt=0)
+    n_heads: int = Field(4, gt=0)
     n_kv_heads: int | None = None  # None: as many as n_heads (no grouped-query attention)
     head_dim: int | None = None  # None: d_model // n_heads
-    max_seq_len: int = 512
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    num_experts: int = 8
-    expert_hidden: int = 512
+    max_seq_len: int = Field(512, gt=0)
+    rope_theta: float = Field(10000.0, gt=0, allow_inf_nan=False)
+    norm_eps: float = Field(1e-5, gt=0, allow_inf_nan=False)
+    num_experts: int = Field(8, gt=0)
+    expert_hidden: int = Field(512, gt=0)
     moe_every: int = 1  # an MoE block in every n-th layer, a dense SwiGLU elsewhere
     dense_hidden: int | None = None  # hidden size of the dense layers; None: expert_hidden * k
     cross_attention_every: int = 4  # schema cross-attention in every n-th layer; 0: never
     tie_embeddings: bool = True
+    # Output heads: vocab (subword or SQL-keyword vocabulary), pointer (this database's tables
+    # and columns), copy (spans of the question); pointer and copy need data.target: actions.
+    heads: list[str] = ["vocab"]
+    dropout: float = Field(0.0, ge=0, lt=1)  # on the decoder's input embeddings
     dtype: str = "float32"  # float32 on the CPU; bfloat16 where the device has fast bf16
     router: PluginSpec = PluginSpec(name="topk")
     expert: PluginSpec = PluginSpec(name="swiglu")
     schema_encoder: PluginSpec = PluginSpec(name="transformer")
+
+    @field_validator("router")
+    @classmethod
+    def _check_router_k(cls, router: PluginSpec, info: ValidationInfo) -> PluginSpec:
+        """The router's ``k`` (experts per token) must be a whole number from 1 to num_experts."""
+        k, experts = router.params.get("k"), info.data.get("num_experts")
+        if k is None:
+            return router
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: {k!r}; the experts per token must be a whole number of at least 1")
+        if experts is not None and k > experts:
+            raise ValueError(f"k: {k} is more than num_experts ({experts}); a token cannot use more experts than exist")
+        return router
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "ModelConfig":
+        unknown = [h for h in self.heads if h not in HEADS]
+        if unknown or "vocab" not in self.heads or len(set(self.heads)) != len(self.heads):
+            raise ValueError(f"heads: {self.heads}; a list of distinct heads from {', '.join(HEADS)} that "
+                             f"includes vocab")
+        return self
 
 
 class SerializationConfig(Section):
@@ -89,6 +118,11 @@ class SerializationConfig(Section):
 
 
 class DataConfig(Section):
+    # What the decoder writes: tokens (the SQL text in the tokenizer's pieces, the schema in the
+    # prompt) or actions (SQL keywords, pointers to schema items, spans copied from the question;
+    # vantage_core/data/sql_actions.py), with the sql_actions tokenizer and a pointer model.
+    target: Literal["tokens", "actions"] = "tokens"
+    linker: PluginSpec | None = None  # actions: the schema_linker plugin (lexical; none for no links)
     train: list[DataSource] = [DataSource(name="synthetic")]
     validation: list[DataSource] = []
     test: list[DataSource] = []
@@ -98,40 +132,46 @@ class DataConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = 1000
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_every: int = 250
-    eval_examples: int = 200  # validation examples decoded at each evaluation
-    select_metric: str = "execution"  # the best checkpoint is kept by this validation metric
-    save_every: int = 250
-    log_every: int = 1
+    steps: int = Field(1000, ge=0)
+    minutes: float | None = None  # wall-clock ceiling: stop (save, evaluate) when it is reached
+    batch_size: int = Field(16, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, allow_inf_nan=False)  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False)
+    grad_clip: float = Field(1.0, ge=0, allow_inf_nan=False)
+    eval_every: int = Field(250, ge=0)
+    eval_examples: int = Field(200, ge=0)  # validation examples decoded at each evaluation
+    # The best checkpoint is kept by this validation metric: a metric plugin's (decoding
+    # eval_examples) or, with data.target: actions, action_exact (teacher-forced: the share of
+    # examples whose every action is the model's first choice; cheap, no decoding).
+    select_metric: str = "execution"
+    save_every: int = Field(250, ge=0)
+    log_every: int = Field(1, gt=0)
     compile: bool = True
     loggers: list[PluginSpec] = [PluginSpec(name="jsonl")]
 
 
 class EvaluateConfig(Section):
     metrics: list[PluginSpec] = [PluginSpec(name="execution"), PluginSpec(name="exact_match")]
-    workers: int = 1
-    timeout_s: float = 5.0  # per query
-    max_rows: int = 10000
+    workers: int = Field(1, ge=0)
+    timeout_s: float = Field(5.0, gt=0, allow_inf_nan=False)  # per query
+    max_rows: int = Field(10000, gt=0)
 
 
 class InferenceConfig(Section):
     decoding: str = "greedy"  # greedy | beam | sample
-    beam_size: int = 4
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 160
+    beam_size: int = Field(4, ge=1)
+    temperature: float = Field(1.0, ge=0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    max_new_tokens: int = Field(160, ge=1)
     constraint: PluginSpec | None = None
     execution_guided: bool = False  # among the candidates, the first that runs without error
-    require_rows: bool = False  # execution-guided: also skip candidates whose result is empty
-    length_penalty: float = 1.0  # beam ranking: log-probability / length**penalty
+    require_rows: bool = False  # execution-guided: prefer candidates whose result has rows
+    retry_beam: int = 0  # execution-guided: no candidate runs -> search again this wide (0: never)
+    fallback: bool = False  # still none runs -> SELECT count(*) FROM the first table (counted)
+    length_penalty: float = Field(1.0, allow_inf_nan=False)  # beam ranking: log-probability / length**penalty
 
 
 class Config(Section):
@@ -145,6 +185,20 @@ class Config(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    @model_validator(mode="after")
+    def _check_target(self) -> "Config":
+        actions = self.data.target == "actions"
+        if len(self.model.heads) > 1 and not actions:
+            raise ValueError(f"model.heads: {self.model.heads} point at schema items and question pieces; "
+                             f"they need data.target: actions (or set model.heads: [vocab])")
+        if actions and self.data.linker is None:
+            raise ValueError("data.linker: data.target: actions needs a schema_linker plugin, e.g. "
+                             "{name: lexical} (or {name: none} for no linking features)")
+        if actions and self.train.select_metric != "action_exact":
+            raise ValueError(f"train.select_metric: {self.train.select_metric!r}; with data.target: actions "
+                             f"the best checkpoint is chosen by action_exact (teacher-forced, on validation)")
+        return self
+
 
 # Where each plugin spec lives in a config: (path pattern, plugin kind); "*" is any list index.
 PLUGIN_FIELDS: list[tuple[tuple, str]] = [
@@ -155,6 +209,7 @@ PLUGIN_FIELDS: list[tuple[tuple, str]] = [
     (("data", "validation", "*"), "dataset"),
     (("data", "test", "*"), "dataset"),
     (("data", "tokenizer"), "tokenizer"),
+    (("data", "linker"), "schema_linker"),
     (("train", "loggers", "*"), "logger"),
     (("evaluate", "metrics", "*"), "metric"),
     (("inference", "constraint"), "constraint"),
@@ -168,9 +223,14 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+MAX_YAML_NODES = 200_000  # more is an alias bomb, not a config
+
+
 def _read_yaml(text: str, source: str) -> tuple[Any, Lines]:
     try:
         node = yaml.compose(text, Loader=_Loader)
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply to read") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -179,11 +239,23 @@ def _read_yaml(text: str, source: str) -> tuple[Any, Lines]:
     if node is None:
         return {}, {}
     lines: Lines = {}
-    return _construct(node, (), lines, source), lines
+    try:
+        return _construct(node, (), lines, source), lines
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply to read") from None
 
 
-def _construct(node: yaml.Node, path: tuple, lines: Lines, source: str) -> Any:
+def _construct(node: yaml.Node, path: tuple, lines: Lines, source: str, inside: frozenset = frozenset()) -> Any:
+    """Plain data from ``node``, recording each path's line. ``inside``: the ids of the nodes
+    being built around this one; meeting one again means an anchor refers to itself
+    (``a: &a [*a]``), which has no finite value."""
     lines[path] = node.start_mark.line + 1
+    if id(node) in inside:
+        raise ConfigError(f"{source}:{node.start_mark.line + 1}: {_dotted(path)}: the YAML anchor refers to itself")
+    if len(lines) > MAX_YAML_NODES:
+        raise ConfigError(f"{source}: more than {MAX_YAML_NODES} values once aliases are expanded")
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        inside = inside | {id(node)}
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -193,11 +265,11 @@ def _construct(node: yaml.Node, path: tuple, lines: Lines, source: str) -> Any:
                 raise ConfigError(f"{source}:{key_node.start_mark.line + 1}: {_dotted(path + (key,))}: "
                                   f"duplicate key (first at line {lines[path + (key,)]})")
             lines[path + (key,)] = key_node.start_mark.line + 1
-            out[key] = _construct(value_node, path + (key,), lines, source)
+            out[key] = _construct(value_node, path + (key,), lines, source, inside)
             lines[path + (key,)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(v, path + (i,), lines, source) for i, v in enumerate(node.value)]
+        return [_construct(v, path + (i,), lines, source, inside) for i, v in enumerate(node.value)]
     return _Loader(" ").construct_object(node, deep=True)
 
 
@@ -273,7 +345,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     if path is not None:
         path = Path(path)
         try:
-            text = path.read_text()
+            text = read_utf8(path, ConfigError)
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from None
         data, lines = _read_yaml(text, str(path))
@@ -391,7 +463,7 @@ def expand_sweep(path: str | os.PathLike) -> tuple[Path, str, list[SweepRun]]:
     """
     path = Path(path)
     try:
-        data, lines = _read_yaml(path.read_text(), str(path))
+        data, lines = _read_yaml(read_utf8(path, ConfigError), str(path))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the sweep file: {exc.strerror or exc}") from None
     located = Located(data if isinstance(data, dict) else {}, lines, str(path))

@@ -17,3 +17,7 @@ class ConfigError(VantageError):
 
 class DataError(VantageError):
     """A dataset file, row, schema or database is malformed or missing."""
+
+
+class Cancelled(VantageError):
+    """A request's work was stopped (its caller gave up, e.g. a server time-out)."""

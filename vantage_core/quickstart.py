@@ -54,29 +54,24 @@ def run_quickstart(out: str | Path = "runs/quickstart", config: str | Path | Non
 
 
 def test_on_unseen(cfg, progress: bool = True, echo: Callable[[str], None] = print) -> dict:
-    """Decode the test split (databases disjoint from training) with the best checkpoint."""
-    from vantage_core.data.pipeline import prepare_split
-    from vantage_core.data.tokenizer import load_tokenizer
+    """Decode the test split (databases disjoint from training) with the best checkpoint,
+    through the same engine as ``vantage generate``."""
+    from vantage_core.data.pipeline import load_split
     from vantage_core.evaluate.executor import execute
-    from vantage_core.model import build_model
-    from vantage_core.train.checkpoint import load_weights
-    from vantage_core.train.evaluation import predict, score
+    from vantage_core.inference.engine import load_engine, predict_examples
+    from vantage_core.train.evaluation import score
 
     run_dir = cfg.run.path
-    tokenizer = load_tokenizer(run_dir / "tokenizer")
-    test = prepare_split(cfg.data, "test", tokenizer, echo=echo)
+    test = load_split(cfg.data, "test", echo=echo)
     train_dbs = {r["db_id"] for r in _train_db_ids(run_dir, cfg)}
     databases = sorted({e.db_id for e in test.examples})
     overlap = train_dbs & set(databases)
     if overlap:  # the claim "never seen" must hold, or the run says so
         echo(f"warning: {len(overlap)} test databases also occur in training: {sorted(overlap)[:5]}")
-    model = build_model(cfg.model, tokenizer)
-    best = run_dir / "checkpoints" / "best"
-    load_weights(model, best if best.exists() else run_dir / "checkpoints" / "last")
+    engine = load_engine(run_dir)
     t = time.perf_counter()
-    preds = predict(model, tokenizer, test, max_new_tokens=cfg.inference.max_new_tokens, progress=progress)
+    sqls = predict_examples(engine, test.examples, progress=progress)
     decode_s = time.perf_counter() - t
-    sqls = [p["sql"] for p in preds]
     scores = score(test.examples, sqls, cfg.evaluate.metrics, out_dir=run_dir / "test",
                    workers=cfg.evaluate.workers, timeout_s=cfg.evaluate.timeout_s, max_rows=cfg.evaluate.max_rows)
     shown = []
@@ -86,7 +81,7 @@ def test_on_unseen(cfg, progress: bool = True, echo: Callable[[str], None] = pri
         shown.append({"db_id": ex.db_id, "question": ex.question, "sql": sql, "gold": ex.sql,
                       "rows": pred.rows[:3] if pred.ok else None, "n_rows": len(pred.rows) if pred.ok else 0,
                       "error": pred.error, "correct": pred.ok and gold.ok and sorted(map(repr, pred.rows)) == sorted(map(repr, gold.rows))})
-    return {"scores": scores, "n": len(preds), "databases": databases, "train_databases": len(train_dbs),
+    return {"scores": scores, "n": len(sqls), "databases": databases, "train_databases": len(train_dbs),
             "decode_s": decode_s, "shown": shown}
 
 

@@ -196,7 +196,6 @@ def collect_routing(model: Any, tokenizer: Any, examples: Sequence[Any], ser_cfg
     experts: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
     weights: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
     num_experts = moe_blocks(model)[0].router.num_experts
-    encoder = getattr(model, "schema_encoder", None)
     batches = [encoded[i:i + batch_size] for i in range(0, len(encoded), batch_size)]
     bar = _progress(batches, progress, "routing")
     with capture_routing(model) as taps:
@@ -205,14 +204,11 @@ def collect_routing(model: Any, tokenizer: Any, examples: Sequence[Any], ser_cfg
             tokens = np.full((len(batch), T), tokenizer.pad_id, dtype=np.int32)
             for b, (e, _) in enumerate(batch):
                 tokens[b, :e["length"]] = e["tokens"]
-            states = smask = None
-            if encoder is not None:
-                ids, mask = encoder.tokenize([e["encoder_text"] for e, _ in batch])
-                states, smask = model.encode_schema(ids, mask)
+            memory = model.encode_schema(model.schema_inputs({"encoder_texts": [e["encoder_text"] for e, _ in batch]}))
             for tap in taps:
                 tap.calls.clear()
             forward = getattr(model, "hidden", model)  # the final projection is not needed
-            out, _ = forward(mx.array(tokens), states, smask)
+            out, _ = forward(mx.array(tokens), memory)
             mx.eval(out, *[c.indices for t in taps for c in t.calls], *[c.weights for t in taps for c in t.calls])
             per_layer = [(np.array(t.calls[-1].indices).reshape(len(batch), T, -1),
                           np.array(t.calls[-1].weights, dtype=np.float32).reshape(len(batch), T, -1)) for t in taps]

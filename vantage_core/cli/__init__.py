@@ -54,7 +54,9 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="vantage", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="vantage", standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's click.exceptions.Exit(code)
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -65,4 +67,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except VantageError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except UnicodeDecodeError as exc:
+        # a reader that does not name its file yet: still one line, not a traceback
+        click.echo(f"error: a file is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
+                   f"{exc.start}: {exc.reason})", err=True)
+        sys.exit(2)
+    except RecursionError:
+        click.echo("error: an input is nested too deeply to read", err=True)
         sys.exit(2)

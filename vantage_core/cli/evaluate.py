@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
@@ -17,11 +18,16 @@ def read_predictions(path: str | Path) -> list[str]:
     - ``.json``: BIRD's ``{"0": "SQL\\t----- bird -----\\tdb_id", ...}`` or a list of strings;
     - ``.jsonl``: one string, or one object with ``prediction``/``pred``/``sql``/``query``, a line;
     - anything else: Spider's format, one query per line.
+
+    Lines end at ``\n``, ``\r\n`` or ``\r`` only (as the official evaluator reads them): a form
+    feed or other separator inside a query stays in that query.
     """
+    from vantage_core.textfiles import read_utf8
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such predictions file")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -38,7 +44,7 @@ def read_predictions(path: str | Path) -> list[str]:
         raise DataError(f"{path}: expected BIRD's {{index: SQL}} object or a list of SQL strings")
     if path.suffix == ".jsonl":
         out = []
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(text_lines(text), 1):
             if not line.strip():
                 continue
             try:
@@ -54,7 +60,53 @@ def read_predictions(path: str | Path) -> list[str]:
                                 f"prediction, pred, sql, query")
             out.append(str(row[field]))
         return out
-    return text.splitlines()
+    return text_lines(text)
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def text_lines(text: str) -> list[str]:
+    """The lines of ``text`` split at line ends only; ``str.splitlines`` would also split at a
+    form feed, a vertical tab or U+2028 inside a query, turning one prediction into two."""
+    lines = _LINE_END.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+ALIGN_MODES = ("auto", "order", "row")
+
+
+def align_predictions(predictions: list[str], report, align: str, where: str) -> list[str]:
+    """The predictions for ``report.examples``, one each.
+
+    ``order``: the file holds one prediction per loaded example, in order. ``row``: one per row
+    of the split's file, skipped rows included (the loader's ``source_rows`` say which row each
+    example came from). ``auto``: ``order`` unless the count matches the file's rows instead.
+    """
+    examples = report.examples
+    rows = getattr(report, "source_rows", None)
+    n_rows = len(examples) + sum(report.skipped.values())
+    if align == "auto":
+        by_row = len(predictions) != len(examples) and rows is not None and len(predictions) == n_rows
+        align = "row" if by_row else "order"
+    if align == "order":
+        if len(predictions) != len(examples):
+            hint = f"; the split's file has {n_rows} rows (--align row)" if rows is not None and report.skipped else ""
+            raise DataError(f"{where}: {len(predictions)} predictions for {len(examples)} examples; give one "
+                            f"prediction per example, in order{hint}")
+        return predictions
+    if rows is None:
+        raise DataError(f"{where}: --align row needs a dataset loader that records the row of each example; "
+                        f"this one does not (give one prediction per loaded example)")
+    if len(predictions) != n_rows:
+        raise DataError(f"{where}: {len(predictions)} predictions, but --align row needs one per row of the "
+                        f"split's file ({n_rows})")
+    skipped = sorted(set(range(n_rows)) - set(rows))
+    if skipped:
+        shown = ", ".join(str(r) for r in skipped[:20]) + (" ..." if len(skipped) > 20 else "")
+        click.echo(f"aligned by row: the predictions of rows {shown} (0-based) are not scored; the loader "
+                   f"skipped those rows (reasons above)", err=True)
+    return [predictions[r] for r in rows]
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -104,13 +156,16 @@ def build_metrics(specs, timeout_s: float, max_rows: int) -> list:
               help="Parameter of the dataset adapter, e.g. --dataset-param root=../shared/data/spider.")
 @click.option("--metric", "-m", "metric_names", multiple=True,
               help="Metric to compute (repeatable); default: the config's evaluate.metrics.")
-@click.option("--limit", type=int, default=None, help="Score only the first N examples.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N examples.")
+@click.option("--align", type=click.Choice(ALIGN_MODES), default="auto", show_default=True,
+              help="How predictions match examples: order (one per loaded example), row (one per row of "
+                   "the split's file, rows the loader skipped included), auto (row only when that count fits).")
 @click.option("--workers", "-j", type=int, default=None, help="Processes (default: evaluate.workers).")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: <run dir>/eval-<dataset>-<split>).")
 @config_options
-def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metric_names, limit, workers, out_dir,
-             **options) -> None:
+def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metric_names, limit, align, workers,
+             out_dir, **options) -> None:
     """Score a model (--checkpoint) or any system's predictions file against a dataset split.
 
     Writes the predictions in the official formats, per-example results (results.jsonl), a
@@ -131,6 +186,8 @@ def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metri
             # The run's own config: its metrics, and the parameters it gave this dataset.
             options = {**options, "config": str(Path(engine.info["folder"]) / "config.yaml")}
     cfg = load_from_options(options)
+    if engine is not None:  # --set inference.* changes how the model decodes
+        engine.config = engine.config.model_copy(update={"inference": cfg.inference})
     params = dict(_param(p) for p in dataset_params)
     if not params and engine is not None:
         params = _dataset_params_from(engine.config, dataset)
@@ -141,10 +198,22 @@ def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metri
     if engine is not None:
         from vantage_core.inference.engine import predict_examples
 
-        predictions = predict_examples(engine, examples)
+        import time
+        from collections import Counter
+
+        choices: Counter = Counter()
+        t0 = time.perf_counter()
+        predictions = predict_examples(engine, examples, choices=choices)
+        decoding = {"seconds": round(time.perf_counter() - t0, 2), "examples": len(examples),
+                    "choices": dict(choices), "inference": engine.config.inference.model_dump(mode="json")}
+        click.echo(f"decoded {len(examples)} questions in {decoding['seconds']:.1f} s; how each SQL was chosen: "
+                   + ", ".join(f"{k} {v}" for k, v in sorted(choices.items())), err=True)
         predictions_path = f"{checkpoint}/predictions"
     else:
         predictions = read_predictions(predictions_path)
+        if not (limit and align != "row" and len(predictions) != len(report.examples)):
+            # one per example (or per row of the file), matched to the loaded examples; then the first N
+            predictions = align_predictions(predictions, report, align, f"{predictions_path} ({dataset}/{split})")
     if limit:
         predictions = predictions[:limit]
     if len(predictions) != len(examples):
@@ -158,6 +227,8 @@ def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metri
     out = Path(out_dir) if out_dir else cfg.run.path / f"eval-{dataset}-{split}"
     result = evaluate_predictions(examples, predictions, metrics, out, workers=workers or cfg.evaluate.workers,
                                   split=split, title=f"{Path(predictions_path).name} on {dataset}/{split}")
+    if engine is not None:
+        (out / "decoding.json").write_text(json.dumps(decoding, indent=2))
     for name, summary in result["summary"].items():
         value = summary.get(name)
         click.echo(f"{name}: {'n/a' if value is None else f'{100 * value:.2f}'} (n={summary.get('n')})")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -59,18 +58,23 @@ def _table(rows: list[list], max_rows: int = 20, width: int = 32) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per question.")
 @decoding_options
 def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_json, **decoding) -> None:
-    """Turn a question about a SQLite database into SQL."""
+    """Turn a question about a SQLite database into SQL.
+
+    Exits with status 1 when a question got no SQL or, with --run, its SQL failed to run."""
+    from vantage_core.cli.evaluate import text_lines
     from vantage_core.errors import VantageError
     from vantage_core.inference.engine import load_engine
+    from vantage_core.textfiles import read_utf8
 
     asked = [question] if question else []
     if questions:
-        lines = Path(questions).read_text().splitlines()
+        lines = text_lines(read_utf8(questions))
         asked += [q.strip() for q in lines if q.strip() and not q.lstrip().startswith("#")]
     if not asked:
         raise click.UsageError("give a QUESTION or --questions FILE")
     engine = load_engine(checkpoint)
     opts = engine.options(**_inference_overrides(**decoding))
+    failed = 0
     for q in asked:
         try:
             g = engine.generate(q, db_path=db, run=run_sql, options=opts)
@@ -78,7 +82,9 @@ def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_j
             if len(asked) == 1:
                 raise
             click.echo(f"error: {q!r}: {exc}", err=True)
+            failed += 1
             continue
+        failed += bool(run_sql and g.error)
         if as_json:
             d = g.to_dict()
             d.pop("tokens", None)
@@ -93,7 +99,12 @@ def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_j
                 extra = "" if c.ok is None else (" ran" if c.ok else f" error: {c.error}")
                 click.echo(f"  {mark} {c.logprob:9.3f}  {c.sql}{extra}", err=True)
         if run_sql:
-            click.echo(g.error and f"error: {g.error}" or _table(g.rows or []))
+            if g.error:
+                click.echo(f"error: the SQL did not run: {g.error}", err=True)
+            else:
+                click.echo(_table(g.rows or []))
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 @click.command()

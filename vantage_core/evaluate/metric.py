@@ -6,7 +6,7 @@ from collections import OrderedDict
 from typing import Any, Protocol, runtime_checkable
 
 from vantage_core.data.example import Example
-from vantage_core.evaluate.executor import ExecutionResult, Sandbox
+from vantage_core.evaluate.executor import ExecutionResult, Sandbox, same_result
 
 HARDNESS_ORDER = ("easy", "medium", "hard", "extra")
 
@@ -58,19 +58,30 @@ class ExecutingMetric:
         self._sandbox: Sandbox | None = None
         self._gold: OrderedDict[tuple[str, str], ExecutionResult] = OrderedDict()
 
-    def run(self, db_path: str, sql: str) -> ExecutionResult:
+    def run(self, db_path: str, sql: str, digest: bool = False) -> ExecutionResult:
+        """``digest``: read and hash the whole result (needed to compare results over the cap)."""
         if not sql.strip():
             return ExecutionResult(False, [], "empty query")
         if self._sandbox is None:
             self._sandbox = Sandbox()
-        return self._sandbox.execute(db_path, sql, self.timeout_s, self.max_rows)
+        return self._sandbox.execute(db_path, sql, self.timeout_s, self.max_rows, digest=digest)
+
+    def run_prediction(self, db_path: str, sql: str, gold: ExecutionResult) -> ExecutionResult:
+        """The prediction's result, hashed in full only when the gold's was cut at the cap
+        (against a complete gold, a cut prediction is wrong whatever its later rows)."""
+        return self.run(db_path, sql, digest=gold.truncated)
+
+    @staticmethod
+    def same_rows(gold: ExecutionResult, pred: ExecutionResult, order_matters: bool, equal_rows) -> bool:
+        """Complete results compared with ``equal_rows``; see :func:`~vantage_core.evaluate.executor.same_result`."""
+        return same_result(gold, pred, order_matters, equal_rows)
 
     def run_gold(self, db_path: str, sql: str) -> ExecutionResult:
         key = (db_path, sql)
         if key in self._gold:
             self._gold.move_to_end(key)
             return self._gold[key]
-        result = self.run(db_path, sql)
+        result = self.run(db_path, sql, digest=True)
         self._gold[key] = result
         if len(self._gold) > self.gold_cache_size:
             self._gold.popitem(last=False)

@@ -28,6 +28,12 @@ def _init_worker(metrics: list[Metric]) -> None:
     _worker_metrics = metrics
 
 
+def unscorable_score(metric: Metric, exc: BaseException) -> dict[str, Any]:
+    """The score of an example the metric could not score: wrong (0, so it stays in the
+    denominator: every example given counts), with the reason."""
+    return {metric.key: 0, "unscorable": True, "error": f"unscorable: {type(exc).__name__}: {exc}"}
+
+
 def _score_chunk(chunk: list[tuple[Example, str]], metrics: list[Metric] | None = None) -> list[dict[str, Any]]:
     metrics = _worker_metrics if metrics is None else metrics
     out = []
@@ -37,7 +43,7 @@ def _score_chunk(chunk: list[tuple[Example, str]], metrics: list[Metric] | None 
             try:
                 row[m.name] = m.score(example, prediction)
             except Exception as exc:  # noqa: BLE001 - one bad example must not stop the run
-                row[m.name] = {m.key: None, "error": f"metric crashed: {type(exc).__name__}: {exc}"}
+                row[m.name] = unscorable_score(m, exc)
         out.append(row)
     return out
 

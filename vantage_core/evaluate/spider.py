@@ -669,21 +669,34 @@ _CUR_YEAR = re.compile(r"YEAR\s*\(\s*CURDATE\s*\(\s*\)\s*\)\s*", re.IGNORECASE)
 _TOP_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 
 
+class UnscorableQuery(ValueError):
+    """A query the execution semantics cannot prepare (sqlparse refuses it): the prediction
+    is scored wrong, with this reason, never dropped from the count."""
+
+
+def _statements(query: str) -> tuple:
+    """sqlparse's statements of ``query``; :class:`UnscorableQuery` where sqlparse gives up
+    (it stops at 10,000 tokens: a long ``1+1+...`` chain, deep parentheses, a huge UNION)."""
+    import sqlparse
+    from sqlparse.exceptions import SQLParseError
+
+    try:
+        return sqlparse.parse(query)
+    except (SQLParseError, RecursionError) as exc:
+        raise UnscorableQuery(f"the query cannot be split into statements: {exc}") from None
+
+
 def remove_distinct(query: str) -> str:
     """The first statement with every DISTINCT keyword removed, as the official evaluator
     does before executing (with sqlparse; which is also why only one statement ever runs)."""
-    import sqlparse
-
-    statements = sqlparse.parse(query)
+    statements = _statements(query)
     if not statements:
         return ""
     return "".join(t.value for t in statements[0].flatten() if t.value.lower() != "distinct")
 
 
 def first_statement(query: str) -> str:
-    import sqlparse
-
-    statements = sqlparse.parse(query)
+    statements = _statements(query)
     return str(statements[0]) if statements else ""
 
 
@@ -697,7 +710,8 @@ def _order_matters_corrected(gold: str) -> bool:
 
 
 def execution_queries(gold: str, pred: str, mode: str = "compat") -> tuple[str, str, bool]:
-    """(gold to run, prediction to run, whether row order counts). ``pred`` is the raw prediction."""
+    """(gold to run, prediction to run, whether row order counts). ``pred`` is the raw prediction.
+    Raises :class:`UnscorableQuery` when either cannot be prepared."""
     pred = prepare_prediction(pred, mode)
     if mode == "compat":
         gold = gold.strip()

@@ -1,8 +1,9 @@
 """Greedy search, beam search and sampling on the model's key/value caches.
 
-Every mode prefills the prompt once, then feeds one token per step. The schema states are
-computed once per request by the caller and handed to every call (their cross-attention K/V are
-the model's business, cached with the rest). A logits processor (a decoding constraint) may mask
+Every mode prefills the prompt once, then feeds one token per step. The schema encoder's
+:class:`~vantage_core.model.schema.Memory` is computed once per request by the caller and handed
+to every call (its cross-attention K/V are the model's business, cached with the rest; pointer
+and copy heads read it at each step). A logits processor (a decoding constraint) may mask
 the next-token logits of each row given the tokens that row has generated.
 """
 
@@ -13,6 +14,8 @@ from typing import Any, Callable, Sequence
 
 import mlx.core as mx
 import numpy as np
+
+from vantage_core.model.schema import Memory
 
 LogitsProcessor = Callable[[Sequence[Sequence[int]], mx.array], mx.array]
 
@@ -32,25 +35,11 @@ class Hypothesis:
         return self.logprob / max(1, len(self.tokens) + self.finished) ** length_penalty
 
 
-@dataclass
-class SchemaContext:
-    """The encoded schema a decoder cross-attends to: ``states`` (1, S, d), ``mask`` (1, S)."""
-
-    states: mx.array | None = None
-    mask: mx.array | None = None
-
-    def repeat(self, n: int) -> "SchemaContext":
-        if self.states is None or n == self.states.shape[0]:
-            return self
-        rep = lambda a: None if a is None else mx.repeat(a[:1], n, axis=0)  # noqa: E731
-        return SchemaContext(rep(self.states), rep(self.mask))
-
-
 # ---------------------------------------------------------------------------- model plumbing
 
-def _forward(model: Any, tokens: mx.array, schema: SchemaContext, cache: Any) -> tuple[mx.array, Any]:
+def _forward(model: Any, tokens: mx.array, memory: Memory, cache: Any) -> tuple[mx.array, Any]:
     """Last-position logits (B, V) and the model's aux for ``tokens`` (B, T)."""
-    logits, aux = model(tokens, schema_states=schema.states, schema_mask=schema.mask, cache=cache)
+    logits, aux = model(tokens, memory, cache=cache)
     return logits[:, -1, :].astype(mx.float32), aux
 
 
@@ -105,6 +94,14 @@ def reorder_cache(cache: Any, index: mx.array) -> Any:
     return cache
 
 
+def _check(cancel: Any) -> None:
+    """Stop between steps when the caller gave up (``cancel``: a ``threading.Event``)."""
+    if cancel is not None and cancel.is_set():
+        from vantage_core.errors import Cancelled
+
+        raise Cancelled("decoding stopped: the request was cancelled")
+
+
 def _make_cache(model: Any) -> Any:
     return model.make_cache() if hasattr(model, "make_cache") else None
 
@@ -116,10 +113,11 @@ def _log_softmax(logits: mx.array) -> mx.array:
 # ---------------------------------------------------------------------------- greedy and sampling
 
 def greedy(model: Any, prompt: Sequence[int], *, eos_id: int, max_new_tokens: int = 160,
-           schema: SchemaContext | None = None, processor: LogitsProcessor | None = None,
-           temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Hypothesis:
-    """Decode one output token by token; ``temperature > 0`` samples (nucleus ``top_p``)."""
-    schema = schema or SchemaContext()
+           schema: Memory | None = None, processor: LogitsProcessor | None = None,
+           temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, cancel: Any = None) -> Hypothesis:
+    """Decode one output token by token; ``temperature > 0`` samples (nucleus ``top_p``);
+    ``cancel`` (a ``threading.Event``) stops it between steps."""
+    schema = schema or Memory()
     key = mx.random.key(seed if seed is not None else 0)
     cache = _make_cache(model)
     tokens: list[int] = []
@@ -127,6 +125,7 @@ def greedy(model: Any, prompt: Sequence[int], *, eos_id: int, max_new_tokens: in
     logprob, finished = 0.0, False
     logits, aux = _forward(model, mx.array([list(prompt)], dtype=mx.int32), schema, cache)
     for _ in range(max_new_tokens):
+        _check(cancel)
         r = routing_of(aux, 1)
         if processor is not None:
             logits = processor([tokens], logits)
@@ -184,21 +183,23 @@ def sample(model: Any, prompt: Sequence[int], *, eos_id: int, num_samples: int =
 # ---------------------------------------------------------------------------- beam search
 
 def beam_search(model: Any, prompt: Sequence[int], *, eos_id: int, beam_size: int = 4,
-                max_new_tokens: int = 160, schema: SchemaContext | None = None,
-                processor: LogitsProcessor | None = None, length_penalty: float = 1.0) -> list[Hypothesis]:
+                max_new_tokens: int = 160, schema: Memory | None = None,
+                processor: LogitsProcessor | None = None, length_penalty: float = 1.0,
+                cancel: Any = None) -> list[Hypothesis]:
     """Keep the ``beam_size`` best partial outputs; return the finished ones, best first.
 
     The live beams run as one batch: after each step the cache rows are reordered to the
     surviving beams' parents. A beam ends at EOS; search stops when no live beam can beat the
     worst kept finished one (scores are length-normalized with ``length_penalty``).
     """
-    schema = schema or SchemaContext()
+    schema = schema or Memory()
     cache = _make_cache(model)
     logits, aux = _forward(model, mx.array([list(prompt)], dtype=mx.int32), schema, cache)
     beams: list[Hypothesis] = [Hypothesis([], 0.0, False)]
     finished: list[Hypothesis] = []
     expanded = False
     for step in range(max_new_tokens):
+        _check(cancel)
         pending = routing_of(aux, len(beams))
         if processor is not None:
             logits = processor([b.tokens for b in beams], logits)
@@ -252,11 +253,12 @@ def beam_search(model: Any, prompt: Sequence[int], *, eos_id: int, beam_size: in
 
 def decode(model: Any, prompt: Sequence[int], *, eos_id: int, mode: str = "greedy", beam_size: int = 4,
            temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 160,
-           schema: SchemaContext | None = None, processor: LogitsProcessor | None = None,
-           seed: int = 0, length_penalty: float = 1.0) -> list[Hypothesis]:
+           schema: Memory | None = None, processor: LogitsProcessor | None = None,
+           seed: int = 0, length_penalty: float = 1.0, cancel: Any = None) -> list[Hypothesis]:
     """Candidates for one prompt, best first: greedy gives one, beam ``beam_size``, sample
-    ``beam_size`` samples."""
-    common = dict(eos_id=eos_id, max_new_tokens=max_new_tokens, schema=schema, processor=processor)
+    ``beam_size`` samples. ``cancel`` (a ``threading.Event``) stops decoding between steps with
+    :class:`~vantage_core.errors.Cancelled`."""
+    common = dict(eos_id=eos_id, max_new_tokens=max_new_tokens, schema=schema, processor=processor, cancel=cancel)
     if mode == "greedy":
         return [greedy(model, prompt, **common)]
     if mode == "beam":

@@ -3,9 +3,12 @@
 :func:`load_engine` reads a checkpoint folder (``model.safetensors``, ``config.yaml``,
 ``tokenizer/``), a run directory (its ``checkpoints/best``, else ``checkpoints/last``) or a
 folder written by ``vantage export`` (which may hold quantized weights). :class:`Engine`
-builds the prompt exactly as training did, decodes with the configured mode and constraint,
-and optionally picks among the candidates by executing them (execution-guided choice) with the
-evaluation package's sandboxed, read-only executor.
+builds the request exactly as training did (for ``data.target: tokens`` the prompt of question
+and schema text; for ``actions`` the featurized question and schema, the database's schema encoded
+on the fly), decodes with the configured mode and constraint, and optionally picks among the
+candidates by executing them with the evaluation package's sandboxed, read-only executor:
+a candidate with rows first (``require_rows``), then any that runs, then a wider search
+(``retry_beam``), then a counted fallback (``fallback``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
 import mlx.core as mx
@@ -23,7 +26,7 @@ import mlx.core as mx
 from vantage_core.config import Config, InferenceConfig, load_config, plugin_params
 from vantage_core.data.example import Example, Schema
 from vantage_core.errors import ConfigError, DataError, VantageError
-from vantage_core.inference.decoding import SchemaContext, decode
+from vantage_core.inference.decoding import decode
 
 EXPORT_FILE = "export.json"  # written by `vantage export`: format version, quantization
 
@@ -53,6 +56,9 @@ class Generation:
     routing: list[list[dict]] | None = None  # per token: per MoE layer {"experts", "weights"}
     seconds: float = 0.0
     n_tokens: int = 0
+    # how the SQL was chosen: top (the model's first), rows / runs (execution-guided), retry-rows /
+    # retry-runs (after the wider search), fallback, none (nothing ran: the model's first)
+    choice: str = "top"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,8 +170,8 @@ class _RoutingModel:
                 object.__setattr__(block, "router", tap)
                 self.taps.append(tap)
 
-    def __call__(self, tokens, **kwargs):
-        logits, aux = self.model(tokens, **kwargs)
+    def __call__(self, tokens, memory=None, cache=None):
+        logits, aux = self.model(tokens, memory, cache=cache)
         if self.taps and not (isinstance(aux, dict) and aux.get("routing")):
             aux = {**(aux if isinstance(aux, dict) else {}), "routing": [t.last for t in self.taps]}
         return logits, aux
@@ -188,6 +194,7 @@ class Engine:
         self.lock = threading.Lock()
         self._constraints: dict[str, Any] = {}
         self._schemas: dict[str, Schema] = {}
+        self._linker = None
 
     @classmethod
     def load(cls, path: str | Path) -> "Engine":
@@ -205,23 +212,40 @@ class Engine:
             self._schemas[key] = schema_from_sqlite(db_path)
         return self._schemas[key]
 
-    def prompt(self, question: str, schema: Schema, db_path: str | None = None,
-               extras: dict | None = None) -> tuple[list[int], str]:
-        """The decoder prompt ids (up to ``<sql>``) and the encoder text, built as in training."""
-        from vantage_core.data.pipeline import encode_example
-
+    def request(self, question: str, schema: Schema, db_path: str | None = None,
+                extras: dict | None = None) -> "Request":
+        """What decoding needs for one question, built as in training."""
         ex = Example(question=question, sql="", db_id=schema.db_id, schema=schema,
                      db_paths=[str(db_path)] if db_path else [], extras=dict(extras or {}))
-        enc = encode_example(ex, self.tokenizer, self.config.data.serialization)
-        return list(enc["tokens"][:enc["sql_start"] + 1]), enc["encoder_text"]
+        if self.config.data.target == "actions":
+            return self._action_request(ex)
+        from vantage_core.data.pipeline import encode_example
 
-    def schema_context(self, encoder_text: str) -> SchemaContext:
-        encoder = getattr(self.model, "schema_encoder", None)
-        if encoder is None:
-            return SchemaContext()
-        ids, mask = encoder.tokenize([encoder_text])
-        states, smask = self.model.encode_schema(ids, mask)
-        return SchemaContext(states, smask)
+        enc = encode_example(ex, self.tokenizer, self.config.data.serialization)
+        tokenizer = self.tokenizer
+        return Request(list(enc["tokens"][:enc["sql_start"] + 1]), {"encoder_texts": [enc["encoder_text"]]},
+                       None, lambda ids: tokenizer.decode(ids).strip())
+
+    def _action_request(self, ex: Example) -> "Request":
+        from vantage_core.data.actions import collate, featurize_request, to_actions
+        from vantage_core.data.linking import cased_values, schema_items
+        from vantage_core.data.sql_actions import render_sql
+
+        if self._linker is None:
+            from vantage_core.plugins import registry
+
+            spec = self.config.data.linker
+            self._linker = registry().build("schema_linker", spec.name, **plugin_params(spec))
+        feats = featurize_request(ex, self.model.schema_encoder.question_tokenizer, self._linker)
+        batch = collate([feats], [ex], self.tokenizer, with_targets=False)
+        items = schema_items(ex.schema)
+        values = cased_values(ex.db_paths[0]) if ex.db_paths else None
+        vocab = self.tokenizer
+
+        def to_sql(ids: list[int]) -> str:
+            return render_sql(to_actions(ids, vocab, len(items)), items, ex.question, feats["offsets"], values)
+
+        return Request([vocab.bos_id], batch, feats, to_sql)
 
     def constraint(self, spec: Any) -> Any:
         if spec is None:
@@ -253,12 +277,14 @@ class Engine:
     # -- one request -----------------------------------------------------------------------
     def generate(self, question: str, *, db_path: str | Path | None = None, schema: Schema | None = None,
                  run: bool = False, routing: bool = False, options: InferenceConfig | None = None,
-                 extras: dict | None = None, **overrides: Any) -> Generation:
+                 extras: dict | None = None, cancel: Any = None, **overrides: Any) -> Generation:
         """SQL for ``question`` over the database at ``db_path`` or the given ``schema``.
 
         ``run``: execute the chosen SQL read-only and return its rows (needs ``db_path``).
         ``routing``: record per generated token the experts each MoE layer chose.
         ``extras``: a dataset example's extras (BIRD's ``evidence`` goes into the prompt).
+        ``cancel``: a ``threading.Event``; once set, decoding stops at its next step
+        (:class:`~vantage_core.errors.Cancelled`).
         ``overrides``: any :class:`~vantage_core.config.InferenceConfig` field for this call.
         """
         opts = options or self.options(**overrides)
@@ -272,56 +298,95 @@ class Engine:
             raise DataError(f"schema {schema.db_id!r}: no tables")
         if (run or opts.execution_guided) and db_path is None:
             raise DataError("running the SQL (run, execution_guided) needs a database file, not only a schema")
-        eval_cfg = self.config.evaluate
         t0 = time.perf_counter()
         with self.lock:
-            prompt, encoder_text = self.prompt(question, schema, str(db_path) if db_path else None, extras)
-            room = self.model.args.max_seq_len - len(prompt) if hasattr(self.model, "args") else opts.max_new_tokens
+            req = self.request(question, schema, str(db_path) if db_path else None, extras)
+            room = self.model.args.max_seq_len - len(req.prompt)
             if room <= 1:
-                raise DataError(f"the prompt takes {len(prompt)} tokens, the model's limit is "
+                raise DataError(f"the prompt takes {len(req.prompt)} tokens, the model's limit is "
                                 f"{self.model.args.max_seq_len}; shorten the question or the schema")
+            memory = self.model.encode_schema(self.model.schema_inputs(req.inputs))
             constraint = self.constraint(opts.constraint)
-            processor = constraint.bind(schema, self.tokenizer, self.tokenizer.eos_id) if constraint else None
-            hyps = decode(self.routing_model if routing else self.model, prompt,
-                          eos_id=self.tokenizer.eos_id, mode=opts.decoding, beam_size=opts.beam_size,
-                          temperature=opts.temperature, top_p=opts.top_p,
-                          max_new_tokens=min(opts.max_new_tokens, room),
-                          schema=self.schema_context(encoder_text), processor=processor,
-                          length_penalty=opts.length_penalty)
-        candidates = [Candidate(self.tokenizer.decode(h.tokens).strip(), round(h.logprob, 4), h.finished)
-                      for h in hyps]
-        chosen = 0
-        results: dict[int, Any] = {}
+            processor = constraint.bind(schema, self.tokenizer, self.tokenizer.eos_id, features=req.features) \
+                if constraint else None
+
+            def candidates_at(beam_size: int):
+                hyps = decode(self.routing_model if routing else self.model, req.prompt,
+                              eos_id=self.tokenizer.eos_id, mode=opts.decoding, beam_size=beam_size,
+                              temperature=opts.temperature, top_p=opts.top_p,
+                              max_new_tokens=min(opts.max_new_tokens, room), schema=memory, processor=processor,
+                              length_penalty=opts.length_penalty, cancel=cancel)
+                return hyps, [Candidate(req.to_sql(h.tokens), round(h.logprob, 4), h.finished) for h in hyps]
+
+            hyps, candidates = candidates_at(opts.beam_size)
+        chosen, how, results = 0, "top", {}
         if opts.execution_guided:
-            from vantage_core.evaluate.executor import execute
-
-            for i, c in enumerate(candidates):
-                res = results[i] = execute(str(db_path), c.sql, eval_cfg.timeout_s, eval_cfg.max_rows)
-                c.executed, c.ok, c.error = True, res.ok, res.error
-                c.n_rows = len(res.rows) if res.ok else None
-                if res.ok and (res.rows or not opts.require_rows):
-                    chosen = i
-                    break
-            else:
-                chosen = 0  # none qualifies: keep the model's favourite
-        out = Generation(sql=candidates[chosen].sql, candidates=candidates, chosen=chosen,
-                         tokens=[self.tokenizer.decode([t]) for t in hyps[chosen].tokens],
-                         routing=hyps[chosen].routing if routing else None, n_tokens=len(hyps[chosen].tokens))
+            chosen, how = self._choose(candidates, str(db_path), opts, results)
+            if chosen is None and opts.retry_beam > opts.beam_size and opts.decoding != "greedy":
+                with self.lock:  # nothing ran: search wider before giving up
+                    wide_hyps, wide = candidates_at(opts.retry_beam)
+                wide_results: dict[int, Any] = {}
+                chosen, how = self._choose(wide, str(db_path), opts, wide_results)
+                if chosen is not None:
+                    hyps, candidates, results, how = wide_hyps, wide, wide_results, f"retry-{how}"
+            if chosen is None and opts.fallback:
+                candidates.append(Candidate(fallback_sql(schema), 0.0, False))
+                chosen, how = len(candidates) - 1, "fallback"
+            elif chosen is None:
+                chosen, how = 0, "none"  # none qualifies: keep the model's favourite
+        hyp = hyps[chosen] if chosen < len(hyps) else None
+        out = Generation(sql=candidates[chosen].sql, candidates=candidates, chosen=chosen, choice=how,
+                         tokens=[self.tokenizer.decode([t]) for t in hyp.tokens] if hyp else [],
+                         routing=hyp.routing if routing and hyp else None, n_tokens=len(hyp.tokens) if hyp else 0)
         if run:
-            res = results.get(chosen)
-            if res is None:
-                from vantage_core.evaluate.executor import execute
-
-                res = execute(str(db_path), out.sql, eval_cfg.timeout_s, eval_cfg.max_rows)
+            res = results.get(chosen) or self._execute(str(db_path), out.sql)
             out.rows = [list(r) for r in res.rows] if res.ok else None
             out.error = None if res.ok else res.error
             out.truncated = bool(res.truncated)
         out.seconds = round(time.perf_counter() - t0, 4)
         return out
 
+    def _execute(self, db_path: str, sql: str):
+        from vantage_core.evaluate.executor import execute
+
+        return execute(db_path, sql, self.config.evaluate.timeout_s, self.config.evaluate.max_rows)
+
+    def _choose(self, candidates: list[Candidate], db_path: str, opts: InferenceConfig,
+                results: dict[int, Any]) -> tuple[int | None, str]:
+        """Execution-guided choice: the first candidate whose result has rows (``require_rows``),
+        else the first that runs; ``(None, "none")`` when none runs. Fills ``results``."""
+        runs = None
+        for i, c in enumerate(candidates):
+            res = results[i] = self._execute(db_path, c.sql)
+            c.executed, c.ok, c.error = True, res.ok, res.error
+            c.n_rows = len(res.rows) if res.ok else None
+            if res.ok and (res.rows or not opts.require_rows):
+                return i, "rows" if res.rows else "runs"
+            if res.ok and runs is None:
+                runs = i
+        return (runs, "runs") if runs is not None else (None, "none")
+
+
+@dataclass
+class Request:
+    """One question made ready for decoding: the decoder's prompt ids, the host-side batch the
+    schema encoder reads, the featurized question (pointer models; for the constraint), and how
+    output ids become SQL."""
+
+    prompt: list[int]
+    inputs: dict[str, Any]
+    features: dict | None
+    to_sql: Callable[[list[int]], str]
+
+
+def fallback_sql(schema: Schema) -> str:
+    """The answer when no candidate runs: a query that always does (counted as ``fallback``)."""
+    name = schema.tables[0].name
+    return 'SELECT count(*) FROM "{}"'.format(name.replace('"', '""'))
+
 
 def predict_examples(engine: Engine, examples: list[Example], *, progress: bool = True,
-                     **overrides: Any) -> list[str]:
+                     choices: Any = None, **overrides: Any) -> list[str]:
     """The engine's SQL for each dataset example, in order (for ``vantage evaluate --checkpoint``).
 
     Uses the example's own schema and its first database (for execution-guided choice); a
@@ -338,10 +403,15 @@ def predict_examples(engine: Engine, examples: list[Example], *, progress: bool 
         else:
             opts_ex = opts
         try:
-            out.append(engine.generate(ex.question, db_path=db, schema=ex.schema, options=opts_ex,
-                                       extras=ex.extras).sql)
+            gen = engine.generate(ex.question, db_path=db, schema=ex.schema, options=opts_ex, extras=ex.extras)
         except VantageError:
             out.append("")
+            if choices is not None:
+                choices["error"] += 1
+            continue
+        out.append(gen.sql)
+        if choices is not None:
+            choices[gen.choice] += 1
     return out
 
 

@@ -2,25 +2,30 @@
 
 Limits: at most ``max_concurrency`` requests are admitted at once (waiting or running; the model
 itself runs one request at a time), the next ones get 503 at once; a request body over
-``max_body_bytes`` gets 413; a request still unanswered after ``timeout_s`` gets 504. Bad input
-gets a 4xx whose ``detail`` says what was wrong; nothing a client sends can stop the server.
+``max_body_bytes`` gets 413 (counted as it is read, so a chunked body without a Content-Length
+is stopped too); a request still unanswered after ``timeout_s`` gets 504, and its generation is
+asked to stop at its next step, still counting against the limit until it has. Bad input gets a
+4xx whose ``detail`` says what was wrong, without echoing the body and without the server's
+paths; nothing a client sends can stop the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from vantage_core.data.example import Column, ForeignKey, Schema, Table
-from vantage_core.errors import VantageError
-
+from vantage_core.errors import DataError, VantageError
 
 
 @dataclass
@@ -72,8 +77,8 @@ class GenerateRequest(BaseModel):
     decoding: Literal["greedy", "beam", "sample"] | None = None
     beam_size: int | None = Field(None, ge=1, le=64)
     max_new_tokens: int | None = Field(None, ge=1, le=4096)
-    temperature: float | None = Field(None, ge=0, le=10)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     constraint: str | None = Field(None, max_length=64, description="a registered constraint, or 'none'")
     execution_guided: bool | None = None
     require_rows: bool | None = None
@@ -104,20 +109,31 @@ class GenerateResponse(BaseModel):
 
 def schema_from_ddl(ddl: str, db_id: str = "request") -> Schema:
     """A schema from CREATE TABLE statements (parsed with sqlglot, SQLite dialect)."""
+    try:
+        return _schema_from_ddl(ddl, db_id)
+    except DataError:
+        raise
+    except RecursionError:  # sqlglot recurses once per nesting level: 5,000 parentheses
+        raise DataError("schema_sql: nested too deeply to read") from None
+    except Exception as exc:  # noqa: BLE001 - whatever sqlglot trips on, the DDL is what is wrong
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(f"schema_sql: not valid SQL: {first}") from None
+
+
+def _schema_from_ddl(ddl: str, db_id: str) -> Schema:
     import sqlglot
     from sqlglot import exp
 
     from vantage_core.data.schemas import coarse_type
-    from vantage_core.errors import DataError
 
     try:
         statements = [s for s in sqlglot.parse(ddl, read="sqlite") if s is not None]
     except sqlglot.errors.SqlglotError as exc:
-        raise DataError(f"schema_sql: not valid SQL: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"schema_sql: not valid SQL: {str(exc).splitlines()[0][:200]}") from None
     tables, fks = [], []
     for st in statements:
         if not isinstance(st, exp.Create) or not isinstance(st.this, exp.Schema):
-            raise DataError(f"schema_sql: only CREATE TABLE statements are accepted, got: {st.sql()[:80]!r}")
+            raise DataError(f"schema_sql: only CREATE TABLE statements are accepted, got: {st.key.upper()}")
         name = st.this.this.name
         cols, pks = [], []
         for d in st.this.expressions:
@@ -150,6 +166,140 @@ def find_databases(db_dirs: list[str]) -> dict[str, Path]:
     return out
 
 
+# ---------------------------------------------------------------------------- limits
+
+class BodyLimit:
+    """ASGI middleware: reads at most ``max_bytes`` of a request body, counting what arrives
+    (a chunked body has no Content-Length to trust), and answers 413 past it; the app then reads
+    the body from what was kept."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal_from_headers(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break  # the client left
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._too_big()(scope, receive, send)
+                return
+            if not message.get("more_body"):
+                break
+        await self.app(scope, self._replay(messages, receive), send)
+
+    def _too_big(self) -> JSONResponse:
+        return JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413,
+                            headers={"Connection": "close"})
+
+    def _refusal_from_headers(self, scope: dict) -> JSONResponse | None:
+        """413 at once when the declared length is over the limit; 400 when it is no number."""
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    return JSONResponse({"detail": "Content-Length is not a number"}, status_code=400)
+                return self._too_big() if too_big else None
+        return None
+
+    @staticmethod
+    def _replay(messages: list[dict], receive: Callable) -> Callable:
+        pending = list(messages)
+
+        async def replay() -> dict:
+            return pending.pop(0) if pending else await receive()
+
+        return replay
+
+
+class Admission:
+    """How many requests hold a slot: from admission until their work has really ended, so a
+    request answered 504 still counts while its generation runs (the limit caps work, not
+    waiting clients)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.running = 0
+        self._lock = threading.Lock()  # released from the generation's own thread
+
+    def try_enter(self) -> bool:
+        with self._lock:
+            if self.running >= self.limit:
+                return False
+            self.running += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+
+async def run_in_own_thread(func: Callable[[], Any], on_exit: Callable[[], None]) -> Any:
+    """``func()`` in a new thread; ``on_exit()`` runs in that thread when ``func`` has returned
+    or raised, even after the awaiting request was cancelled (timed out). A thread of its own,
+    not a pool's: work queued in a pool and cancelled before it starts would never run
+    ``on_exit``."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(outcome: tuple[bool, Any]) -> None:
+        if not future.done():
+            ok, value = outcome
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def target() -> None:
+        try:
+            outcome = (True, func())
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+            outcome = (False, exc)
+        finally:
+            on_exit()
+        try:
+            loop.call_soon_threadsafe(settle, outcome)
+        except RuntimeError:
+            pass  # the server stopped meanwhile: nobody waits for the answer
+
+    threading.Thread(target=target, name="vantage-generate", daemon=True).start()
+    return await future
+
+
+def accepts_cancel(generate: Callable) -> bool:
+    """Whether ``generate`` takes ``cancel=`` (a threading.Event checked between decoding steps)."""
+    try:
+        return "cancel" in inspect.signature(generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"/:,;()]+/)+([^\s'\"/:,;()]*)")
+
+
+def public_message(text: str | None) -> str | None:
+    """``text`` with every absolute path cut to its last part: the server's folders stay its own."""
+    return None if text is None else _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "(path)", text)
+
+
+def public_validation_errors(errors: list[dict]) -> list[dict]:
+    """Pydantic's errors without the input they saw (never echo a request body back; a NaN
+    there cannot even be written as JSON), each field name and message cut short."""
+    out = []
+    for e in errors:
+        loc = [part if isinstance(part, int) else str(part)[:64] for part in e.get("loc", ())]
+        out.append({"loc": loc, "msg": str(e.get("msg", ""))[:300], "type": str(e.get("type", ""))})
+    return out
+
+
 # ---------------------------------------------------------------------------- the app
 
 def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
@@ -161,30 +311,23 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     databases = find_databases(settings.db_dirs)
     app = FastAPI(title="Vantage text-to-SQL", version="1",
                   description="Questions in, SQL out, from a Mixture-of-Experts model.")
-    state = {"admitted": 0, "served": 0, "rejected": 0}
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > settings.max_body_bytes
-            except ValueError:
-                return JSONResponse({"detail": "Content-Length is not a number"}, status_code=400)
-            if too_big:
-                return JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes"},
-                                    status_code=413)
-        return await call_next(request)
+    state = {"served": 0, "rejected": 0}
+    admission = Admission(settings.max_concurrency)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(VantageError)
     async def vantage_error(request: Request, exc: VantageError):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"detail": public_message(str(exc))}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": public_validation_errors(exc.errors())}, status_code=422)
 
     @app.get("/health")
     def health() -> dict:
         """Liveness, the model folder and the load."""
         return {"status": "ok", "model": engine.info.get("folder"), "quantization": engine.info.get("quantization"),
-                "databases": len(databases), "in_flight": state["admitted"], "served": state["served"],
+                "databases": len(databases), "in_flight": admission.running, "served": state["served"],
                 "rejected_busy": state["rejected"], "max_concurrency": settings.max_concurrency}
 
     @app.get("/v1/databases")
@@ -237,22 +380,29 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
         if opts.beam_size > settings.max_beam_size or opts.max_new_tokens > settings.max_new_tokens:
             opts = opts.model_copy(update={"beam_size": min(opts.beam_size, settings.max_beam_size),
                                            "max_new_tokens": min(opts.max_new_tokens, settings.max_new_tokens)})
-        if state["admitted"] >= settings.max_concurrency:
+        if not admission.try_enter():
             state["rejected"] += 1
             raise HTTPException(503, f"busy: {settings.max_concurrency} requests in flight; retry later",
                                 headers={"Retry-After": "1"})
-        state["admitted"] += 1
+        cancel = threading.Event()
+        generate = engine.generate
+        kwargs = dict(db_path=db_path, schema=schema, run=req.run, routing=req.routing, options=opts)
+        if accepts_cancel(generate):
+            kwargs["cancel"] = cancel
         try:
-            g = await asyncio.wait_for(run_in_threadpool(
-                engine.generate, req.question, db_path=db_path, schema=schema, run=req.run,
-                routing=req.routing, options=opts), timeout=settings.timeout_s)
+            g = await asyncio.wait_for(run_in_own_thread(lambda: generate(req.question, **kwargs), admission.leave),
+                                       timeout=settings.timeout_s)
         except asyncio.TimeoutError:
-            # The model call finishes in its thread; the client is answered now.
+            # The client is answered now; the generation stops at its next step (its slot is
+            # given back when it has).
+            cancel.set()
             raise HTTPException(504, f"no answer within {settings.timeout_s:g} s") from None
-        finally:
-            state["admitted"] -= 1
         state["served"] += 1
-        return GenerateResponse(**{**g.to_dict(), "candidates": [c.__dict__ for c in g.candidates]})
+        return _response(g)
+
+    def _response(g: Any) -> GenerateResponse:
+        candidates = [{**c.__dict__, "error": public_message(c.error)} for c in g.candidates]
+        return GenerateResponse(**{**g.to_dict(), "candidates": candidates, "error": public_message(g.error)})
 
     from vantage_core.playground import mount_playground
 

@@ -32,7 +32,8 @@ def resolve_args(cfg: ModelConfig, vocab_size: int | None, k: int) -> DecoderArg
         n_kv_heads=n_kv, head_dim=cfg.head_dim or cfg.d_model // cfg.n_heads,
         max_seq_len=cfg.max_seq_len, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps,
         moe_every=cfg.moe_every, dense_hidden=cfg.dense_hidden or cfg.expert_hidden * k,
-        cross_attention_every=cfg.cross_attention_every, tie_embeddings=cfg.tie_embeddings)
+        cross_attention_every=cfg.cross_attention_every, tie_embeddings=cfg.tie_embeddings,
+        heads=tuple(cfg.heads), dropout=cfg.dropout)
 
 
 def build_model(model_cfg: ModelConfig, tokenizer=None, registry=None) -> Transformer:
@@ -71,6 +72,10 @@ def build_model(model_cfg: ModelConfig, tokenizer=None, registry=None) -> Transf
         if not getattr(encoder, "provides_states", False):
             args.cross_attention_every = 0  # nothing to attend to: no cross-attention layers
             encoder = None
+    if len(args.heads) > 1 and (encoder is None or not getattr(encoder, "provides_items", False)):
+        raise ConfigError(f"model.heads: {', '.join(args.heads)} point at schema items and question pieces, "
+                          f"which the schema encoder {cfg.schema_encoder.name!r} does not provide; use one "
+                          f"that does (linked) with cross_attention_every > 0, or heads: [vocab]")
     model = Transformer(args, make_moe, encoder)
     if cfg.dtype != "float32":
         model.set_dtype(DTYPES[cfg.dtype])

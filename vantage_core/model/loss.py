@@ -10,26 +10,27 @@ import mlx.nn as nn
 
 
 def loss(model, batch: dict[str, mx.array]) -> tuple[mx.array, dict[str, mx.array]]:
-    """``batch``: tokens, targets (B, T) int32, loss_mask (B, T) float, optional schema_ids and
-    schema_mask (B, S). Returns (total loss, metrics): ``ce``, ``balance``, ``z``, ``aux``,
-    ``tokens`` (masked-in count) and ``loads`` ((n_moe_layers, E) share of token-slots).
+    """``batch``: tokens, targets (B, T) int32, loss_mask (B, T) float, and ``schema``: the
+    arrays of ``model.schema_inputs``. Returns (total loss, metrics): ``ce``, ``balance``,
+    ``z``, ``aux``, ``tokens`` (masked-in count) and ``loads`` ((n_moe_layers, E) share of
+    token-slots).
 
-    Logits are computed only at the masked-in positions: the prompt (schema and question)
-    costs no vocabulary projection or softmax.
+    With the vocabulary head alone, logits are computed only at the masked-in positions: the
+    prompt (schema and question) costs no vocabulary projection or softmax.
     """
-    states = smask = None
-    if batch.get("schema_ids") is not None:
-        states, smask = model.encode_schema(batch["schema_ids"], batch["schema_mask"])
-    h, aux = model.hidden(batch["tokens"], states, smask)  # (B, T, d)
-    mask = batch["loss_mask"].reshape(-1).astype(mx.float32)
-    targets = batch["targets"].reshape(-1)
-    h = h.reshape(-1, h.shape[-1])
-    keep = np.flatnonzero(np.array(mask) > 0)
-    if keep.size < mask.size:  # host sync on an input: cheap, and it skips the prompt rows
-        rows = mx.array(keep.astype(np.int32))
-        h, targets, mask = h[rows], targets[rows], mask[rows]
+    memory = model.encode_schema(batch.get("schema") or {})
+    h, aux = model.hidden(batch["tokens"], memory)  # (B, T, d)
+    mask = batch["loss_mask"].astype(mx.float32)
+    targets = batch["targets"]
+    if len(model.args.heads) == 1:
+        mask, targets = mask.reshape(-1), targets.reshape(-1)
+        h = h.reshape(-1, h.shape[-1])
+        keep = np.flatnonzero(np.array(mask) > 0)
+        if keep.size < mask.size:  # host sync on an input: cheap, and it skips the prompt rows
+            rows = mx.array(keep.astype(np.int32))
+            h, targets, mask = h[rows], targets[rows], mask[rows]
     n_tokens = mx.maximum(mask.sum(), 1.0)
-    ce = (nn.losses.cross_entropy(model.logits(h), targets, reduction="none") * mask).sum() / n_tokens
+    ce = (nn.losses.cross_entropy(model.logits(h, memory), targets, reduction="none") * mask).sum() / n_tokens
     total = ce + aux["aux_loss"]
     loads = mx.stack(aux["loads"]) if aux["loads"] else mx.zeros((0,))
     return total, {"loss": total, "ce": ce, "balance": aux["balance"], "z": aux["z"],

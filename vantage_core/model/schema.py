@@ -1,12 +1,46 @@
-"""The interface of a schema encoder: the states the decoder cross-attends to."""
+"""What a schema encoder gives the decoder: a :class:`Memory`, and the encoder interface."""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, fields, replace
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 import mlx.core as mx
+
+
+@dataclass
+class Memory:
+    """What the decoder reads besides its own tokens.
+
+    ``states``/``mask``: what cross-attention attends to. ``items``/``item_mask``: the schema
+    items a pointer head can name (output ids ``V .. V+N-1``); ``question``/``question_mask``:
+    the question pieces a copy head can copy (ids ``V+N .. V+N+Q-1``). An encoder that only
+    gives states leaves the rest None.
+    """
+
+    states: mx.array | None = None  # (B, S, d)
+    mask: mx.array | None = None  # (B, S) bool
+    items: mx.array | None = None  # (B, N, d)
+    item_mask: mx.array | None = None  # (B, N) bool
+    question: mx.array | None = None  # (B, Q, d)
+    question_mask: mx.array | None = None  # (B, Q) bool
+
+    def take(self, rows: mx.array) -> "Memory":
+        """The memory of batch rows ``rows`` (beams share their request's memory)."""
+        return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self)
+                                if getattr(self, f.name) is not None})
+
+    def repeat(self, n: int) -> "Memory":
+        """Row 0 repeated ``n`` times (one request's memory for ``n`` beams)."""
+        if self.states is None or self.states.shape[0] == n:
+            return self
+        return self.take(mx.zeros((n,), dtype=mx.int32))
+
+    @property
+    def n_items(self) -> int:
+        return 0 if self.items is None else self.items.shape[1]
 
 
 @runtime_checkable
@@ -19,11 +53,25 @@ class SchemaEncoder(Protocol):
 
     provides_states: bool
 
-    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Serialized question+schema texts -> (ids np.int32 (B, S), mask np.bool_ (B, S))."""
+    def inputs(self, batch: dict[str, Any]) -> dict[str, mx.array]:
+        """A host-side batch (numpy arrays and texts from the data pipeline) -> the arrays
+        :meth:`memory` reads. Runs outside the gradient, so it may use frozen models and caches."""
 
-    def __call__(self, ids: mx.array, mask: mx.array) -> mx.array | None:
-        """(B, S) ids and mask -> states (B, S, d_model), or None."""
+    def memory(self, inputs: dict[str, mx.array]) -> Memory:
+        """The arrays of :meth:`inputs` -> the decoder's :class:`Memory`."""
+
+
+class TextSchemaEncoder:
+    """For encoders over the serialized question+schema text: ``tokenize(texts)`` and
+    ``__call__(ids, mask) -> states`` give :meth:`inputs` and :meth:`memory`."""
+
+    def inputs(self, batch: dict[str, Any]) -> dict[str, mx.array]:
+        ids, mask = self.tokenize(list(batch["encoder_texts"]))
+        return {"schema_ids": mx.array(ids), "schema_mask": mx.array(mask)}
+
+    def memory(self, inputs: dict[str, mx.array]) -> Memory:
+        mask = inputs["schema_mask"].astype(mx.bool_)
+        return Memory(self(inputs["schema_ids"], mask), mask)
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,8 @@ A checkpoint is a folder::
 It is first written in full to a temporary sibling folder and fsync'ed; then the old folder is
 renamed aside, the new one renamed into place, and the old one deleted. Each rename is atomic,
 and :func:`resolve_checkpoint` falls back to the renamed-aside folder, so an interruption
-between the two renames loses nothing.
+between the two renames loses nothing. A temporary folder left by a save that was killed is
+removed by the next save beside it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete ``.<name>.tmp-<pid>`` folders beside ``path`` whose process is gone (a save that
+    was killed); a live process's folder is its save in progress and stays. Returns the removed."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def save_checkpoint(path: str | Path, *, model: Any, optimizer: Any, trainer_state: dict,
                     config_yaml: str | None = None, plugins: list[dict] | None = None,
                     save_tokenizer: Callable[[Path], None] | None = None) -> Path:
@@ -65,8 +88,7 @@ def save_checkpoint(path: str | Path, *, model: Any, optimizer: Any, trainer_sta
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_stale_temporaries(path)  # ours from an earlier failed try, or a killed process's
     tmp.mkdir()
     try:
         mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
@@ -108,7 +130,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_trainer_state(path: str | Path) -> dict:
-    return json.loads((resolve_checkpoint(path) / STATE_FILE).read_text())
+    return _read_state(resolve_checkpoint(path) / STATE_FILE)
+
+
+def _read_state(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VantageError(f"{file}: unreadable trainer state ({exc}); resume from another checkpoint "
+                           f"or start again with --overwrite") from None
+
+
+def read_safetensors(file: str | Path) -> dict:
+    """The arrays of a ``.safetensors`` file; a truncated or corrupt one is a clear error."""
+    try:
+        return mx.load(str(file))
+    except (RuntimeError, ValueError, OSError) as exc:
+        reason = str(exc).split("] ", 1)[-1]  # MLX prefixes its function name
+        raise VantageError(f"{file}: cannot be read, truncated or corrupt ({reason}); resume from another "
+                           f"checkpoint or start again with --overwrite") from None
 
 
 def load_weights(model: Any, path: str | Path) -> None:
@@ -119,8 +159,9 @@ def load_weights(model: Any, path: str | Path) -> None:
 def load_weights_file(model: Any, folder: str | Path) -> None:
     """Load ``folder/model.safetensors`` into ``model`` strictly (checkpoints and exports alike)."""
     file = Path(folder) / "model.safetensors"
+    weights = read_safetensors(file)
     try:
-        model.load_weights(str(file), strict=True)
+        model.load_weights(list(weights.items()), strict=True)
     except ValueError as exc:
         raise VantageError(f"{file} does not fit the model its config.yaml builds: {exc}") from None
     mx.eval(model.parameters())
@@ -130,10 +171,10 @@ def restore_checkpoint(path: str | Path, *, model: Any, optimizer: Any) -> dict:
     """Restore weights, optimizer and RNG state from a checkpoint; return its trainer state."""
     path = resolve_checkpoint(path)
     load_weights(model, path)
-    optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
+    optimizer.state = tree_unflatten(list(read_safetensors(path / "optimizer.safetensors").items()))
     optimizer.init(model.trainable_parameters())
     # MLX's key cannot be assigned back; the trainer reseeds from (run seed, step) before every
     # step instead, so restoring the step restores the random stream. The saved key records
     # where the stream stood.
     mx.eval(optimizer.state)
-    return json.loads((path / STATE_FILE).read_text())
+    return _read_state(path / STATE_FILE)

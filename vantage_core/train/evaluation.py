@@ -11,15 +11,9 @@ import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
 
 
 def schema_context(model: Any, encoder_text: str):
-    """The encoded schema of one request, for :mod:`vantage_core.inference.decoding`."""
-    from vantage_core.inference.decoding import SchemaContext
-
-    encoder = getattr(model, "schema_encoder", None)
-    if encoder is None:
-        return SchemaContext()
-    ids, mask = encoder.tokenize([encoder_text])
-    states, smask = model.encode_schema(ids, mask)
-    return SchemaContext(states, smask)
+    """The encoded schema (a :class:`~vantage_core.model.schema.Memory`) of one tokens-target
+    request, for :mod:`vantage_core.inference.decoding`."""
+    return model.encode_schema(model.schema_inputs({"encoder_texts": [encoder_text]}))
 
 
 def predict(model: Any, tokenizer: Any, prepared: Any, limit: int | None = None,
@@ -82,3 +76,37 @@ def summarize(result: Any) -> dict[str, float]:
                     out[name] = float(value[key])
                     break
     return out
+
+
+def teacher_forced(model: Any, split: Any, vocab: Any, batch_size: int = 64) -> dict[str, float]:
+    """A pointer model on a featurized split with the gold actions as inputs:
+    ``action_exact`` (share of examples whose every action is the model's first choice) and
+    ``heldout_ce`` (cross-entropy per action). Examples the codec cannot write count as wrong."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+
+    from vantage_core.data.actions import collate
+
+    was_training = model.training
+    model.eval()
+    rows = [i for i, f in enumerate(split.feats) if f["actions"] is not None]
+    rows.sort(key=lambda i: (len(split.feats[i]["item_texts"]), len(split.feats[i]["actions"])))
+    ce_sum = n_tok = exact = 0.0
+    try:
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s:s + batch_size]
+            b = collate([split.feats[i] for i in chunk], [split.examples[i] for i in chunk], vocab)
+            memory = model.encode_schema(model.schema_inputs(b))
+            logits, _ = model(mx.array(b["tokens"]), memory)
+            targets, mask = mx.array(b["targets"]), mx.array(b["loss_mask"])
+            ce = nn.losses.cross_entropy(logits, targets, reduction="none") * mask
+            ok = mx.all((mx.argmax(logits, -1) == targets) | (mask == 0), axis=1)
+            mx.eval(ce, ok)
+            ce_sum += ce.sum().item()
+            n_tok += mask.sum().item()
+            exact += float(np.array(ok).sum())
+    finally:
+        if was_training:
+            model.train()
+    return {"action_exact": exact / max(len(split), 1), "heldout_ce": ce_sum / max(n_tok, 1.0)}

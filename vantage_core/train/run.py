@@ -101,18 +101,16 @@ class ModelBatches:
     (``rows[rank::size]``): the global batch does not depend on the number of processes.
     """
 
-    def __init__(self, prepared: Any, batch_size: int, seed: int, world: World, pad_id: int):
+    def __init__(self, prepared: Any, batch_size: int, seed: int, world: World, collate: Callable[[Any], dict]):
         from vantage_core.data.batching import TrainBatches
 
         if batch_size % world.size:
             raise ConfigError(f"train.batch_size: {batch_size} must be a multiple of the number of "
                               f"processes ({world.size})")
-        self.batches = TrainBatches(prepared, batch_size, seed=seed, rank=0, world_size=1, pad_id=pad_id)
-        self.prepared, self.world, self.pad_id = prepared, world, pad_id
+        self.batches = TrainBatches(prepared, batch_size, seed=seed, rank=0, world_size=1)
+        self.prepared, self.world, self.collate = prepared, world, collate
 
     def stream(self, start: int = 0):
-        from vantage_core.data.batching import make_batch
-
         epoch, skipped = 0, 0
         while True:
             rows_of_epoch = self.batches.epoch_batches(epoch)
@@ -121,21 +119,92 @@ class ModelBatches:
                 epoch += 1
                 continue
             for rows in rows_of_epoch[max(0, start - skipped):]:
-                yield make_batch(self.prepared, rows[self.world.rank::self.world.size], self.pad_id)
+                yield self.collate(rows[self.world.rank::self.world.size])
             skipped += len(rows_of_epoch)
             start = skipped
             epoch += 1
 
 
 def model_arrays(model: Any, batch: dict) -> dict:
-    """A numpy batch to the arrays the model's loss reads (the schema text tokenized by the
-    model's schema encoder)."""
+    """A host-side batch to the arrays the model's loss reads (``schema``: what the model's
+    schema encoder makes of the batch)."""
     arrays = {k: mx.array(batch[k]) for k in ("tokens", "targets", "loss_mask", "padding_mask")}
-    encoder = getattr(model, "schema_encoder", None)
-    if encoder is not None:
-        ids, mask = encoder.tokenize(list(batch["encoder_texts"]))
-        arrays["schema_ids"], arrays["schema_mask"] = mx.array(ids), mx.array(mask)
+    arrays["schema"] = model.schema_inputs(batch)
     return arrays
+
+
+class TrainingData:
+    """What training reads, for either target format: the tokenizer (or action vocabulary),
+    the prepared train and validation splits, and how rows of the train split become a batch."""
+
+    def __init__(self, tokenizer: Any, train: Any, validation: Any, collate: Callable[[Any], dict]):
+        self.tokenizer, self.train, self.validation, self.collate = tokenizer, train, validation, collate
+
+
+def token_data(cfg: Config, registry: Any, world: World, tok_dir: Path, say: Callable[[str], None]) -> TrainingData:
+    """``data.target: tokens``: a tokenizer trained on the corpus, splits tokenized and cached."""
+    from vantage_core.config import plugin_params
+    from vantage_core.data.batching import make_batch
+    from vantage_core.data.pipeline import load_split, prepare_split, tokenizer_corpus
+    from vantage_core.data.tokenizer import load_tokenizer
+
+    train_split = _main_first(world, lambda: load_split(cfg.data, "train", registry, say))
+
+    def get_tokenizer():
+        if (tok_dir / "tokenizer.json").exists():
+            return load_tokenizer(tok_dir, registry)
+        tok = registry.build("tokenizer", cfg.data.tokenizer.name, **plugin_params(cfg.data.tokenizer))
+        say(f"training the {cfg.data.tokenizer.name} tokenizer on {len(train_split.examples)} examples")
+        return tok.train(list(tokenizer_corpus(train_split, cfg.data.serialization)), tok_dir)
+
+    tokenizer = _main_first(world, get_tokenizer)
+    prepared = _main_first(world, lambda: prepare_split(cfg.data, "train", tokenizer, registry=registry,
+                                                        max_seq_len=cfg.model.max_seq_len, split=train_split))
+    validation = None
+    if cfg.data.validation and world.is_main:
+        validation = prepare_split(cfg.data, "validation", tokenizer, registry=registry, echo=say)
+    return TrainingData(tokenizer, prepared, validation, lambda rows: make_batch(prepared, rows, tokenizer.pad_id))
+
+
+def question_tokenizer(cfg: Config, registry: Any) -> Any:
+    """The tokenizer of the schema encoder's question pieces (``data.target: actions``)."""
+    from vantage_core.config import plugin_params
+
+    spec = cfg.model.schema_encoder
+    encoder = registry.build("schema_encoder", spec.name, cfg.model.d_model, None, **plugin_params(spec))
+    if not hasattr(encoder, "question_tokenizer"):
+        raise ConfigError(f"model.schema_encoder: {spec.name!r} has no question_tokenizer; data.target: actions "
+                          f"needs a question-aware encoder (linked)")
+    return encoder.question_tokenizer
+
+
+def action_data(cfg: Config, registry: Any, world: World, tok_dir: Path, say: Callable[[str], None],
+                progress: bool = True) -> TrainingData:
+    """``data.target: actions``: featurized splits (cached) and the action vocabulary learned
+    from the training SQL."""
+    from vantage_core.config import plugin_params
+    from vantage_core.data.actions import collate_rows, prepare_action_split, vocab_corpus
+    from vantage_core.data.tokenizer import load_tokenizer
+
+    qtok = question_tokenizer(cfg, registry)
+    train_split = _main_first(world, lambda: prepare_action_split(cfg.data, "train", qtok, registry=registry,
+                                                                  echo=say, progress=progress))
+
+    def get_vocab():
+        if (tok_dir / "tokenizer.json").exists():
+            return load_tokenizer(tok_dir, registry)
+        tok = registry.build("tokenizer", cfg.data.tokenizer.name, **plugin_params(cfg.data.tokenizer))
+        return tok.train(vocab_corpus(train_split), tok_dir)
+
+    vocab = _main_first(world, get_vocab)
+    wrong = [t for t in set(vocab_corpus(train_split)) if len(vocab.encode(t)) != 1][:3]
+    if wrong:
+        raise ConfigError(f"data.tokenizer: {cfg.data.tokenizer.name!r} does not give one id per SQL action "
+                          f"({wrong}); data.target: actions needs an action vocabulary (name: sql_actions)")
+    validation = None
+    if cfg.data.validation and world.is_main:
+        validation = prepare_action_split(cfg.data, "validation", qtok, registry=registry, echo=say, progress=progress)
+    return TrainingData(vocab, train_split, validation, lambda rows: collate_rows(train_split, rows, vocab))
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -147,8 +216,6 @@ def count_parameters(model: Any) -> tuple[int, int]:
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           echo: Callable[[str], None] = print, world: World | None = None) -> dict:
     """Train the model ``cfg`` describes; return the run's summary (also in summary.json)."""
-    from vantage_core.data.pipeline import load_split, prepare_split, tokenizer_corpus
-    from vantage_core.data.tokenizer import load_tokenizer
     from vantage_core.model import build_model, loss as model_loss
     from vantage_core.plugins import registry as default_registry
 
@@ -166,23 +233,11 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
 
     # -- data and tokenizer (rank 0 first: it fills the caches the others then read)
     tok_dir = run_dir / "tokenizer"
-    train_split = _main_first(world, lambda: load_split(cfg.data, "train", registry, say))
-
-    def get_tokenizer():
-        if (tok_dir / "tokenizer.json").exists():
-            return load_tokenizer(tok_dir, registry)
-        from vantage_core.config import plugin_params
-
-        tok = registry.build("tokenizer", cfg.data.tokenizer.name, **plugin_params(cfg.data.tokenizer))
-        say(f"training the {cfg.data.tokenizer.name} tokenizer on {len(train_split.examples)} examples")
-        return tok.train(list(tokenizer_corpus(train_split, cfg.data.serialization)), tok_dir)
-
-    tokenizer = _main_first(world, get_tokenizer)
-    prepared = _main_first(world, lambda: prepare_split(cfg.data, "train", tokenizer, registry=registry,
-                                                        max_seq_len=cfg.model.max_seq_len, split=train_split))
-    validation = None
-    if cfg.data.validation and world.is_main:
-        validation = prepare_split(cfg.data, "validation", tokenizer, registry=registry, echo=say)
+    if cfg.data.target == "actions":
+        data = action_data(cfg, registry, world, tok_dir, say, progress)
+    else:
+        data = token_data(cfg, registry, world, tok_dir, say)
+    tokenizer, prepared, validation = data.tokenizer, data.train, data.validation
     if world.is_main:
         record = {"train": prepared.record(), "validation": validation.record() if validation else None}
         (run_dir / "data.json").write_text(json.dumps(record, indent=2, default=str))
@@ -192,6 +247,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
     # -- model and trainer
     model = build_model(cfg.model, tokenizer, registry)
     mx.eval(model.parameters())
+    if hasattr(model.schema_encoder, "precompute"):  # frozen states once, through the content-keyed cache
+        texts = [prepared.frozen_texts()] + ([validation.frozen_texts()] if validation is not None else [])
+        _main_first(world, lambda: model.schema_encoder.precompute(
+            [q for qs, _ in texts for q in qs], [n for _, ns in texts for n in ns], progress=progress))
     total, trainable = count_parameters(model)
     say(f"model: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable)")
 
@@ -208,7 +267,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
         say(f"resuming at step {trainer.step}")
         if world.is_main:
             trim_metrics(run_dir, trainer.step)
-    batches = ModelBatches(prepared, cfg.train.batch_size, cfg.run.seed, world, tokenizer.pad_id).stream(consumed)
+    batches = ModelBatches(prepared, cfg.train.batch_size, cfg.run.seed, world, data.collate).stream(consumed)
 
     telemetry = Telemetry(run_dir, cfg.to_dict(), cfg.train.loggers, registry, cfg.train.steps,
                           trainer.step, enabled=world.is_main, progress=progress)
@@ -226,8 +285,14 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
     def evaluate(final: bool = False) -> dict[str, float]:
         if validation is None or not world.is_main:
             return {}
-        from vantage_core.train.evaluation import predict, score
+        from vantage_core.train.evaluation import predict, score, teacher_forced
 
+        if cfg.data.target == "actions":
+            t = time.perf_counter()
+            scores = teacher_forced(model, validation, tokenizer)
+            telemetry.log({"step": trainer.step, "kind": "eval", **scores, "examples": len(validation),
+                           "seconds": time.perf_counter() - t})
+            return scores
         n = len(validation) if final and cfg.train.eval_examples <= 0 else cfg.train.eval_examples
         t = time.perf_counter()
         preds = predict(model, tokenizer, validation, limit=n, max_new_tokens=cfg.inference.max_new_tokens,
@@ -246,9 +311,15 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
 
     stopped = None
     last_scores: dict[str, float] = {}
+    budget_s = cfg.train.minutes * 60 if cfg.train.minutes else None
+    t_train = time.perf_counter()
     try:
         with StopFlag() as flag:
             while trainer.step < cfg.train.steps:
+                if budget_s is not None and time.perf_counter() - t_train > budget_s:
+                    telemetry.write(f"train.minutes: the {cfg.train.minutes:g}-minute budget ends training "
+                                    f"at step {trainer.step} of {cfg.train.steps}")
+                    break
                 t0 = time.perf_counter()
                 micro = []
                 for _ in range(cfg.train.grad_accum):

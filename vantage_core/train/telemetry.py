@@ -38,13 +38,32 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         raise VantageError(f"{path}: no such file; was the run's 'jsonl' logger turned off "
                            f"(train.loggers)?")
     records = []
-    with path.open() as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    for _, line in _text_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):  # a bare number or list is no record
+            records.append(record)
     return records
+
+
+def _text_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, text)`` of each line that is UTF-8; the others (a line torn by a crash
+    mid-character, bytes written by something else) are skipped with one warning naming them."""
+    lines, bad = [], []
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                lines.append((lineno, raw.decode("utf-8")))
+            except UnicodeDecodeError:
+                bad.append(lineno)
+    if bad:
+        import sys
+
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        print(f"warning: {path}: line {shown} not valid UTF-8, skipped", file=sys.stderr)
+    return lines
 
 
 def trim_metrics(run_dir: str | Path, after_step: int) -> None:
@@ -53,7 +72,8 @@ def trim_metrics(run_dir: str | Path, after_step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for _, line in _text_lines(path):
+        line = line.rstrip("\n")
         try:
             if json.loads(line).get("step", 0) <= after_step:
                 kept.append(line)

@@ -445,7 +445,7 @@ class SQLSchemaConstraint:
         self._surfaces: dict[int, list[str]] = {}
         self._bound: dict[tuple, SQLSchemaProcessor] = {}
 
-    def bind(self, schema: Any, tokenizer: Any, eos_id: int) -> SQLSchemaProcessor:
+    def bind(self, schema: Any, tokenizer: Any, eos_id: int, features: dict | None = None) -> SQLSchemaProcessor:
         from vantage_core.inference.constraints import token_surfaces
 
         vocab = int(tokenizer.vocab_size)

@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from vantage_core.data.example import Example, LoadReport
-from vantage_core.data.files import read_jsonl
+from vantage_plugins.datasets.files import read_jsonl_utf8 as read_jsonl
 from vantage_core.data.schemas import connect_readonly, schema_from_sqlite
 from vantage_core.errors import DataError
 

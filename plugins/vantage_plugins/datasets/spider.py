@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vantage_core.data.example import Example, LoadReport, Schema
-from vantage_core.data.files import read_json
+from vantage_plugins.datasets.files import non_text_fields, read_json_utf8 as read_json
 from vantage_core.data.schemas import missing_in_database, schema_from_spider_tables
 from vantage_core.errors import DataError
 
@@ -81,14 +81,22 @@ class SpiderStyleRelease:
         return self._db_problem[db_id]
 
     def examples(self, rows: list, file: Path, split: str, keep=None, extras=None) -> LoadReport:
+        """The usable rows as examples; ``report.source_rows`` holds each one's index in ``rows``
+        (so predictions written one per row of the file can be matched to them)."""
         report = LoadReport([])
+        report.source_rows = []
         if not isinstance(rows, list):
             raise DataError(f"{file}: expected a JSON list of examples, got {type(rows).__name__}")
+        fields = ("db_id", "question", self.sql_field)
         for i, row in enumerate(rows):
             where = f"{file.name}: item {i}"
-            if not isinstance(row, dict) or any(k not in row for k in ("db_id", "question", self.sql_field)):
+            if not isinstance(row, dict) or any(k not in row for k in fields):
                 have = ", ".join(map(repr, row)) if isinstance(row, dict) else type(row).__name__
                 report.skip("malformed row", f"{where}: needs db_id, question, {self.sql_field}; has {have}")
+                continue
+            wrong_type = non_text_fields(row, fields)
+            if wrong_type:
+                report.skip("malformed row", f"{where}: {wrong_type}")
                 continue
             db_id = row["db_id"]
             if keep is not None and db_id not in keep:
@@ -102,6 +110,7 @@ class SpiderStyleRelease:
                          extras=extras(row) if extras else {},
                          id=f"{self.source}/{split}/{row.get('question_id', i)}")
             report.examples.append(ex)
+            report.source_rows.append(i)
         return report
 
 
@@ -130,7 +139,7 @@ class SpiderDataset:
     def held_out_databases(self) -> set[str]:
         """The databases of the training file that form the validation split."""
         dbs = sorted({r["db_id"] for f in self._train_files() for r in read_json(f)
-                      if isinstance(r, dict) and "db_id" in r})
+                      if isinstance(r, dict) and isinstance(r.get("db_id"), str)})
         random.Random(f"spider-holdout:{self.seed}").shuffle(dbs)
         return set(dbs[:max(1, round(self.holdout_fraction * len(dbs)))])
 
@@ -143,7 +152,8 @@ class SpiderDataset:
         report = LoadReport([])
         for f in self._train_files():
             rows = read_json(f)
-            keep = held if split == "validation" else {r.get("db_id") for r in rows if isinstance(r, dict)} - held
+            keep = held if split == "validation" else {r.get("db_id") for r in rows if isinstance(r, dict)
+                                                       and isinstance(r.get("db_id"), str)} - held
             part = self.release.examples(rows, f, split, keep=keep)
             report.examples += part.examples
             report.skipped.update(part.skipped)

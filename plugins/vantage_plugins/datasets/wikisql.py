@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from vantage_core.data.example import Column, Example, LoadReport, Schema, Table
-from vantage_core.data.files import read_jsonl
+from vantage_plugins.datasets.files import non_text_fields, read_jsonl_utf8 as read_jsonl
 from vantage_core.errors import DataError
 
 AGG_OPS = ["", "MAX", "MIN", "COUNT", "SUM", "AVG"]
@@ -94,6 +94,10 @@ class WikiSQLDataset:
                 continue
             if not isinstance(row, dict) or not {"table_id", "question", "sql"} <= set(row):
                 report.skip("malformed row", f"{where}: needs table_id, question, sql")
+                continue
+            wrong_type = non_text_fields(row, ("table_id", "question"))
+            if wrong_type:
+                report.skip("malformed row", f"{where}: {wrong_type}")
                 continue
             if row["table_id"] not in schemas:
                 report.skip("table not in tables file", f"{where}: table {row['table_id']!r} not in {tables_file.name}")

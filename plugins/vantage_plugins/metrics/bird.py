@@ -35,10 +35,10 @@ class BirdExecution(ExecutingMetric):
         gold = self.run_gold(db, example.sql)
         if not gold.ok:
             return {**out, "exec": None, "error": f"gold fails: {gold.error}"}, None, None
-        pred = self.run(db, " ".join(prediction.split()))
+        pred = self.run_prediction(db, " ".join(prediction.split()), gold)
         if not pred.ok:
             return {**out, "error": pred.error, "timed_out": pred.timed_out}, gold, pred
-        out["exec"] = int(set(pred.rows) == set(gold.rows))
+        out["exec"] = int(self.same_rows(gold, pred, False, lambda g, p, _: set(p) == set(g)))
         return out, gold, pred
 
     def score(self, example: Example, prediction: str) -> dict[str, Any]:

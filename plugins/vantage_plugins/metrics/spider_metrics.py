@@ -96,11 +96,11 @@ class ExecutionAccuracy(ExecutingMetric, _SpiderParsing):
             gold = self.run_gold(db_path, gold_sql)
             if not gold.ok:
                 return {"exec": None, "hardness": level, "error": f"gold fails on {db_path}: {gold.error}"}
-            pred = self.run(db_path, pred_sql)
+            pred = self.run_prediction(db_path, pred_sql, gold)
             if not pred.ok:
                 out.update(exec=0, error=pred.error, timed_out=pred.timed_out)
                 break
-            if not spider.results_equal(gold.rows, pred.rows, order_matters):
+            if not self.same_rows(gold, pred, order_matters, spider.results_equal):
                 out["exec"] = 0
                 break
         return out

@@ -131,10 +131,10 @@ class WikiSQLExecution(ExecutingMetric):
         gold = self.run_gold(example.db_paths[0], example.sql)
         if not gold.ok:
             return {"exec": None, "error": f"gold fails: {gold.error}"}
-        pred = self.run(example.db_paths[0], prediction)
+        pred = self.run_prediction(example.db_paths[0], prediction, gold)
         if not pred.ok:
             return {"exec": 0, "error": pred.error, "timed_out": pred.timed_out}
-        return {"exec": int(results_equal(gold.rows, pred.rows, order_matters=False))}
+        return {"exec": int(self.same_rows(gold, pred, False, results_equal))}
 
     def summarize(self, scores: list[dict[str, Any]]) -> dict[str, Any]:
         return summarize_by(scores, "exec", self.name, group=None)

@@ -15,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from vantage_core.errors import ConfigError
+from vantage_core.model.schema import TextSchemaEncoder
 
 
 def default_model_dir() -> Path:
@@ -93,7 +94,7 @@ class MiniLM(nn.Module):
         return x  # (B, S, 384)
 
 
-class MiniLMSchemaEncoder(nn.Module):
+class MiniLMSchemaEncoder(TextSchemaEncoder, nn.Module):
     """all-MiniLM-L6-v2 in MLX with its WordPiece tokenizer; ``freeze`` keeps BERT fixed."""
 
     provides_states = True

@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from vantage_core.errors import ConfigError
-from vantage_core.model.schema import pad_batch
+from vantage_core.model.schema import TextSchemaEncoder, pad_batch
 
 
 def padding_bias(mask: mx.array, dtype=mx.float32) -> mx.array:
@@ -41,7 +41,7 @@ class EncoderLayer(nn.Module):
         return x + self.down(nn.gelu_approx(self.up(self.mlp_norm(x))))
 
 
-class TransformerSchemaEncoder(nn.Module):
+class TransformerSchemaEncoder(TextSchemaEncoder, nn.Module):
     """A small trainable bidirectional transformer over the serialized question and schema,
     tokenized with the decoder's tokenizer, projected to the decoder's width."""
 
@@ -79,7 +79,7 @@ class TransformerSchemaEncoder(nn.Module):
         return self.proj(self.norm(x))  # (B, S, d_model)
 
 
-class NoSchemaEncoder(nn.Module):
+class NoSchemaEncoder(TextSchemaEncoder, nn.Module):
     """No schema states: the decoder sees the schema only in its prompt."""
 
     provides_states = False

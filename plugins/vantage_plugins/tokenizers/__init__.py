@@ -8,4 +8,7 @@ def register_tokenizers(register):
     # The class imports sentencepiece only when it trains or loads a model.
     from vantage_core.data.tokenizer import SentencePieceTokenizer
 
+    from vantage_plugins.tokenizers.actions import ActionVocabulary
+
     register("sentencepiece", SentencePieceTokenizer)
+    register("sql_actions", ActionVocabulary)

@@ -1,0 +1,44 @@
+"""The core's JSON readers with one clear error for a file that is not UTF-8 (the line and
+column of its first bad byte), and the check that a row's text fields hold text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from vantage_core.data.files import read_json, read_jsonl
+from vantage_core.errors import DataError
+from vantage_core.textfiles import utf8_error
+
+
+def not_utf8(path: Path) -> DataError:
+    """The error naming the first byte of ``path`` that is not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return utf8_error(path, data, exc)
+    return DataError(f"{path}: not valid UTF-8")
+
+
+def read_json_utf8(path: Path) -> Any:
+    """:func:`read_json`, with a file that is not UTF-8 reported where it goes wrong."""
+    try:
+        return read_json(path)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def read_jsonl_utf8(path: Path, *, strict: bool = True) -> Iterator[tuple[int, Any]]:
+    """:func:`read_jsonl`, with a file that is not UTF-8 reported where it goes wrong."""
+    try:
+        yield from read_jsonl(path, strict=strict)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def non_text_fields(row: dict, fields: tuple[str, ...]) -> str | None:
+    """Why ``row`` cannot be used when one of ``fields`` is not a string (``question: 123``),
+    else None."""
+    bad = [f"{f} is {type(row[f]).__name__}" for f in fields if f in row and not isinstance(row[f], str)]
+    return f"{', '.join(bad)}, not text" if bad else None

@@ -1,0 +1,224 @@
+"""``linked``: a question-aware schema encoder for pointer models (``data.target: actions``).
+
+The question's word pieces and every schema item (a table, or a column with its table) enter as
+frozen all-MiniLM-L6-v2 states (a piece's contextual state; an item's mean-pooled name),
+plus learned embeddings of the item's type and key role and of the ``schema_linker`` plugin's
+features (which question words name which items, by name or by a stored cell value). A small
+trainable transformer mixes question and items jointly; the decoder cross-attends to the result,
+points at items and copies question pieces. The frozen states are computed once per text and
+kept in a cache on disk keyed by content, so training runs MiniLM once over its data and a new
+database costs one pass over its names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from vantage_core.errors import ConfigError
+from vantage_core.model.schema import Memory
+
+ITEM_TYPES = 6  # vantage_core.data.actions.ITEM_TYPES
+INPUTS = ("q_mask", "item_mask", "item_type", "item_key", "item_link_name", "item_link_value",
+          "q_link_table", "q_link_column", "q_link_value")
+
+
+class FrozenMiniLM:
+    """MiniLM states per text, computed once: per question its piece states (L, 384), per name
+    its mean-pooled state (384,). Not a submodule: checkpoints do not carry the frozen weights."""
+
+    def __init__(self, path: str | None = None, max_len: int = 128, cache_dir: str | None = None):
+        from vantage_plugins.schema_encoders.minilm import default_model_dir
+
+        self.folder = Path(path) if path else default_model_dir()
+        self.max_len = max_len
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._bert = None
+        self._tokenizer = None
+        self.pieces: dict[str, np.ndarray] = {}  # question -> (L, 384) float16
+        self.pooled: dict[str, np.ndarray] = {}  # name -> (384,) float16
+
+    @property
+    def tokenizer(self):
+        """MiniLM's WordPiece tokenizer (``tokenizers.Tokenizer``), unpadded."""
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+            tok.enable_truncation(self.max_len)
+            tok.no_padding()
+            self._tokenizer = tok
+        return self._tokenizer
+
+    @property
+    def bert(self):
+        if self._bert is None:
+            from vantage_plugins.schema_encoders.minilm import MiniLM, _rename
+
+            cfg = json.loads((self.folder / "config.json").read_text())
+            bert = MiniLM(cfg)
+            weights = {_rename(k): v for k, v in mx.load(str(self.folder / "model.safetensors")).items()}
+            bert.load_weights([(k, v) for k, v in weights.items() if k is not None], strict=True)
+            bert.freeze()
+            bert.eval()
+            self._bert = bert
+        return self._bert
+
+    def _run(self, texts: list[str]) -> list[np.ndarray]:
+        """MiniLM over ``texts`` (one batch) -> per text its piece states (L_i, 384) float32."""
+        enc = self.tokenizer.encode_batch(list(texts))
+        L = max(len(e.ids) for e in enc)
+        ids = np.zeros((len(enc), L), np.int32)
+        mask = np.zeros((len(enc), L), bool)
+        for i, e in enumerate(enc):
+            ids[i, :len(e.ids)], mask[i, :len(e.ids)] = e.ids, True
+        states = np.array(self.bert(mx.array(ids), mx.array(mask)))
+        return [states[i, :len(e.ids)] for i, e in enumerate(enc)]
+
+    def compute(self, questions: list[str], names: list[str], progress: bool = False, batch: int = 64) -> None:
+        """Fill the caches for the texts not in them yet (sorted by length: little padding)."""
+        from tqdm.auto import tqdm
+
+        for texts, store, pool in ((sorted(set(names) - set(self.pooled), key=len), self.pooled, True),
+                                   (sorted(set(questions) - set(self.pieces), key=len), self.pieces, False)):
+            steps = range(0, len(texts), batch)
+            for s in tqdm(steps, desc=f"MiniLM {'names' if pool else 'questions'}", disable=not progress or not texts,
+                          file=sys.stderr, dynamic_ncols=True):
+                chunk = texts[s:s + batch]
+                for t, st in zip(chunk, self._run(chunk)):
+                    store[t] = (st.mean(0) if pool else st).astype(np.float16)
+
+    def precompute(self, questions: list[str], names: list[str], progress: bool = True) -> Path | None:
+        """:meth:`compute` through a file in ``cache_dir`` keyed by the texts' content."""
+        if self.cache_dir is None:
+            self.compute(questions, names, progress)
+            return None
+        key = hashlib.sha1(json.dumps([str(self.folder.name), self.max_len, sorted(set(questions)),
+                                       sorted(set(names))]).encode()).hexdigest()[:20]
+        path = self.cache_dir / "minilm" / f"{key}.npz"
+        if path.is_file():
+            data = np.load(path)
+            qs, ns = json.loads(str(data["questions"])), json.loads(str(data["names"]))
+            lengths = data["lengths"]
+            for q, st in zip(qs, np.split(data["pieces"], np.cumsum(lengths)[:-1])):
+                self.pieces.setdefault(q, st)
+            self.pooled.update({n: v for n, v in zip(ns, data["pooled"]) if n not in self.pooled})
+            return path
+        self.compute(questions, names, progress)
+        qs, ns = sorted(set(questions)), sorted(set(names))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, questions=json.dumps(qs), names=json.dumps(ns),
+                 lengths=np.array([len(self.pieces[q]) for q in qs], np.int64),
+                 pieces=np.concatenate([self.pieces[q] for q in qs]) if qs else np.zeros((0, 384), np.float16),
+                 pooled=np.stack([self.pooled[n] for n in ns]) if ns else np.zeros((0, 384), np.float16))
+        os.replace(tmp, path)
+        return path
+
+
+class LinkEmbedding(nn.Module):
+    """Learned embeddings of the linking features, added to item and question-piece states."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.item_name = nn.Embedding(3, d_model)
+        self.item_value = nn.Embedding(2, d_model)
+        self.word_table = nn.Embedding(3, d_model)
+        self.word_column = nn.Embedding(3, d_model)
+        self.word_value = nn.Embedding(2, d_model)
+        for emb in (self.item_name, self.item_value, self.word_table, self.word_column, self.word_value):
+            emb.weight = emb.weight * 0.02  # start near zero: the features nudge, then learn
+
+    def item_states(self, name: mx.array, value: mx.array) -> mx.array:
+        """(B, N) int features -> (B, N, d)."""
+        return self.item_name(name) + self.item_value(value)
+
+    def piece_states(self, table: mx.array, column: mx.array, value: mx.array) -> mx.array:
+        """(B, Q) int features -> (B, Q, d)."""
+        return self.word_table(table) + self.word_column(column) + self.word_value(value)
+
+
+class LinkedSchemaEncoder(nn.Module):
+    """Frozen MiniLM states of the question and the item names, linking features, and a
+    trainable mixer over [question pieces; items]."""
+
+    provides_states = True
+    provides_items = True  # pointer and copy heads can use it
+
+    def __init__(self, d_model: int, tokenizer=None, n_layers: int = 2, n_heads: int = 4, hidden: int = 512,
+                 dropout: float = 0.1, link_features: bool = True, max_question: int = 128,
+                 path: str | None = None, cache_dir: str | None = None):
+        super().__init__()
+        if d_model % n_heads:
+            raise ConfigError(f"model.schema_encoder.n_heads: {n_heads} must divide d_model ({d_model})")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"model.schema_encoder.dropout: {dropout}; valid: 0 <= dropout < 1")
+        if cache_dir is None:
+            cache_dir = str(Path(os.environ.get("VANTAGE_CACHE") or Path.home() / ".cache" / "vantage"))
+        object.__setattr__(self, "frozen", FrozenMiniLM(path, max_question, cache_dir))
+        self.link_features = link_features
+        self.max_question = max_question
+        width = 384  # MiniLM's
+        self.q_proj = nn.Linear(width, d_model)
+        self.name_proj = nn.Linear(width, d_model)
+        self.table_proj = nn.Linear(width, d_model)
+        self.q_pos = nn.Embedding(max_question, d_model)
+        self.segment = nn.Embedding(2, d_model)
+        self.item_type = nn.Embedding(ITEM_TYPES, d_model)
+        self.item_key = nn.Embedding(4, d_model)  # primary * 1 + foreign * 2
+        if link_features:
+            self.links = LinkEmbedding(d_model)
+        self.mixer = nn.TransformerEncoder(n_layers, d_model, n_heads, hidden, dropout=dropout) if n_layers else None
+        self.drop = nn.Dropout(dropout)
+
+    @property
+    def question_tokenizer(self):
+        """The tokenizer whose pieces the question states (and copied spans) are counted in."""
+        return self.frozen.tokenizer
+
+    def precompute(self, questions: list[str], names: list[str], progress: bool = True):
+        """Compute (or read from the cache) the frozen states of these texts once."""
+        return self.frozen.precompute(questions, names, progress)
+
+    def inputs(self, batch: dict) -> dict[str, mx.array]:
+        B, Q = batch["q_mask"].shape
+        N = batch["item_mask"].shape[1]
+        frozen = self.frozen
+        frozen.compute(batch["questions"], [t for ts in batch["item_texts"] + batch["table_texts"] for t in ts])
+        q_states = np.zeros((B, Q, 384), np.float32)
+        names = np.zeros((B, N, 384), np.float32)
+        tables = np.zeros((B, N, 384), np.float32)
+        for i, question in enumerate(batch["questions"]):
+            st = frozen.pieces[question][:Q]
+            q_states[i, :len(st)] = st
+            for j, (t, tt) in enumerate(zip(batch["item_texts"][i], batch["table_texts"][i])):
+                names[i, j], tables[i, j] = frozen.pooled[t], frozen.pooled[tt]
+        out = {k: mx.array(batch[k]) for k in INPUTS}
+        out.update(q_states=mx.array(q_states), item_vec=mx.array(names), item_table_vec=mx.array(tables))
+        return out
+
+    def memory(self, inputs: dict[str, mx.array]) -> Memory:
+        qmask, imask = inputs["q_mask"].astype(mx.bool_), inputs["item_mask"].astype(mx.bool_)
+        Q = qmask.shape[1]
+        q = self.q_proj(inputs["q_states"])  # (B, Q, d)
+        q = q + self.q_pos(mx.minimum(mx.arange(Q), self.max_question - 1)) + self.segment(mx.zeros((Q,), mx.int32))
+        items = self.name_proj(inputs["item_vec"]) + self.table_proj(inputs["item_table_vec"])  # (B, N, d)
+        items = items + self.item_type(inputs["item_type"]) + self.item_key(inputs["item_key"]) \
+            + self.segment(mx.ones((1,), mx.int32))
+        if self.link_features:
+            q = q + self.links.piece_states(inputs["q_link_table"], inputs["q_link_column"], inputs["q_link_value"])
+            items = items + self.links.item_states(inputs["item_link_name"], inputs["item_link_value"])
+        x = mx.concatenate([q, items], axis=1)  # (B, Q + N, d)
+        mask = mx.concatenate([qmask, imask], axis=1)
+        if self.mixer is not None:
+            bias = mx.where(mask[:, None, None, :], 0.0, -1e9).astype(x.dtype)
+            x = self.mixer(self.drop(x), bias)
+        return Memory(states=x, mask=mask, items=x[:, Q:], item_mask=imask, question=x[:, :Q], question_mask=qmask)

@@ -1,0 +1,242 @@
+"""Hostile files and values (issue 15, failures 7-9): one ``error: ...`` line naming the file,
+line or field, never a traceback; values that cannot work are refused by ``config validate``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fixtures.releases import write_spider
+from vantage_core.cli import main
+from vantage_core.errors import VantageError
+
+BAD_BYTES = b"\xff\xfe"
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exit_info.value.code or 0, out.out, out.err
+
+
+def assert_one_error_line(err: str, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+# ---------------------------------------------------------------------------- config values (8)
+
+@pytest.mark.parametrize("yaml_text, line, field", [
+    ("train:\n  batch_size: -4\n", 2, "train.batch_size"),
+    ("train:\n  lr: .nan\n", 2, "train.lr"),
+    ("train:\n  log_every: 0\n", 2, "train.log_every"),
+    ("model:\n  num_experts: 4\n  router: {name: topk, k: -3}\n", 3, "model.router"),
+    ("model:\n  num_experts: 4\n  router: {name: topk, k: 9}\n", 3, "model.router"),
+    ("model:\n  d_model: 0\n", 2, "model.d_model"),
+    ("inference:\n  top_p: 1.5\n", 2, "inference.top_p"),
+    ("evaluate:\n  timeout_s: .inf\n", 2, "evaluate.timeout_s"),
+], ids=["batch_size-negative", "lr-nan", "log_every-zero", "k-negative", "k-over-experts", "d_model-zero",
+        "top_p-over-1", "timeout-infinite"])
+def test_config_validate_refuses_values_that_cannot_work(tmp_path, capsys, yaml_text, line, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    code, out, err = run_cli(["config", "validate", "--config", str(path)], capsys)
+    assert code == 2 and "valid" not in out
+    assert_one_error_line(err, f"{path}:{line}: {field}")
+
+
+def test_router_k_within_the_experts_is_valid():
+    from vantage_core.config import load_config
+
+    cfg = load_config(None, base={"model": {"num_experts": 4, "router": {"name": "topk", "k": 4}}}, registry=False)
+    assert cfg.model.router.params["k"] == 4
+
+
+# ---------------------------------------------------------------------------- YAML files (7)
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"train: &a [*a]\n", "anchor refers to itself"),
+    (b"model: &m {sub: *m}\n", "anchor refers to itself"),
+    (b"train:\n  steps: 3\n  # caf" + BAD_BYTES + b"\n", ":3:"),
+    (b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+], ids=["self-list", "self-map", "not-utf8", "deep"])
+def test_hostile_yaml_is_one_error_line(tmp_path, capsys, content, fragment):
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(content)
+    code, _, err = run_cli(["config", "validate", "--config", str(path)], capsys)
+    assert code == 2
+    assert_one_error_line(err, str(path), fragment)
+
+
+def test_a_yaml_alias_used_twice_is_fine(tmp_path):
+    from vantage_core.config import load_config
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("x: &r {name: topk, k: 1}\nmodel:\n  router: *r\n")
+    with pytest.raises(VantageError, match="x"):  # the unknown section, not the alias, is wrong
+        load_config(path, registry=False)
+
+
+# ---------------------------------------------------------------------------- predictions and data (7, 9)
+
+@pytest.fixture()
+def spider(tmp_path):
+    """A Spider release whose dev.json has 4 rows: 2 usable, 1 with ``question: 123``, 1 on a
+    missing database."""
+    root = write_spider(tmp_path / "spider", n_dbs=2, per_db=1)
+    good = {"db_id": "dev_shop", "question": "Total amount of orders?", "query": "SELECT sum(amount) FROM orders"}
+    rows = [good, {**good, "question": 123}, {**good, "db_id": "gone_db"},
+            {**good, "question": "How many orders?", "query": "SELECT count(*) FROM orders"}]
+    (root / "dev.json").write_text(json.dumps(rows))
+    return root
+
+
+def _evaluate(spider, predictions, tmp_path, capsys, *extra):
+    return run_cli(["evaluate", "--predictions", str(predictions), "--dataset", "spider", "--split", "dev",
+                    "--dataset-param", f"path={spider}", "--metric", "execution", "--out", str(tmp_path / "out"),
+                    *extra], capsys)
+
+
+def test_a_row_with_a_number_for_question_is_skipped_with_its_reason(spider):
+    from vantage_core.plugins import registry
+
+    report = registry().build("dataset", "spider", path=str(spider)).load("dev")
+    assert len(report.examples) == 2 and report.source_rows == [0, 3]
+    assert report.skipped["malformed row"] == 1
+    assert any("item 1" in d and "question is int, not text" in d for d in report.details)
+
+
+def test_predictions_one_per_row_are_aligned_by_row(spider, tmp_path, capsys):
+    """Failure 9: one prediction per dev.json row was refused ("4 predictions for 2 examples")."""
+    predictions = tmp_path / "pred.sql"
+    predictions.write_text("SELECT 1\nSELECT 2\nSELECT 3\nSELECT count(*) FROM orders\n")
+    code, out, err = _evaluate(spider, predictions, tmp_path, capsys)
+    assert code == 0, err
+    assert "rows 1, 2 (0-based) are not scored" in err
+    assert "execution: 50.00 (n=2)" in out  # row 0 is wrong (SELECT 1), row 3 is right
+    code, _, err = _evaluate(spider, predictions, tmp_path, capsys, "--align", "order")
+    assert code == 2
+    assert_one_error_line(err, "4 predictions for 2 examples", "--align row")
+
+
+def test_predictions_file_that_is_not_utf8(spider, tmp_path, capsys):
+    predictions = tmp_path / "pred.sql"
+    predictions.write_bytes(b"SELECT 1\nSELECT '" + BAD_BYTES + b"'\n")
+    code, _, err = _evaluate(spider, predictions, tmp_path, capsys)
+    assert code == 2
+    assert_one_error_line(err, f"{predictions}:2:9: not valid UTF-8")
+
+
+def test_dev_json_that_is_not_utf8(spider, tmp_path, capsys):
+    (spider / "dev.json").write_bytes(b'[{"db_id": "dev_shop",\n "question": "caf' + BAD_BYTES + b'", "query": "x"}]')
+    predictions = tmp_path / "pred.sql"
+    predictions.write_text("SELECT 1\n")
+    code, _, err = _evaluate(spider, predictions, tmp_path, capsys)
+    assert code == 2
+    assert_one_error_line(err, f"{spider / 'dev.json'}:2:", "not valid UTF-8")
+
+
+def test_a_form_feed_inside_a_line_stays_in_its_prediction(tmp_path):
+    """Failure 9: str.splitlines split one prediction in two at a form feed."""
+    from vantage_core.cli.evaluate import read_predictions
+
+    path = tmp_path / "pred.sql"
+    path.write_bytes(b"SELECT 1\x0c FROM t\r\nSELECT 2\x0b\nSELECT '\xe2\x80\xa8'\n")
+    assert read_predictions(path) == ["SELECT 1\x0c FROM t", "SELECT 2\x0b", "SELECT '\u2028'"]
+
+
+# ---------------------------------------------------------------------------- generate (7, 9)
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from infer_fixture import make_db, make_model_dir
+
+    root = tmp_path_factory.mktemp("generate")
+    make_db(root / "concerts.sqlite")
+    return make_model_dir(root / "model")
+
+
+def test_questions_file_that_is_not_utf8(model_dir, tmp_path, capsys):
+    questions = tmp_path / "questions.txt"
+    questions.write_bytes(b"how many singers?\nwho sang " + BAD_BYTES + b"?\n")
+    code, _, err = run_cli(["generate", "-m", str(model_dir), "--db", str(model_dir.parent / "concerts.sqlite"),
+                            "--questions", str(questions)], capsys)
+    assert code == 2
+    assert_one_error_line(err, f"{questions}:2:10: not valid UTF-8")
+
+
+def test_generate_run_exits_1_when_the_sql_fails(model_dir, tmp_path, capsys):
+    """Failure 9: `vantage generate --run` exited 0 when the SQL failed to run."""
+    import sqlite3
+
+    empty = tmp_path / "empty.sqlite"
+    conn = sqlite3.connect(empty)
+    conn.execute("CREATE TABLE vacant (x INTEGER)")
+    conn.commit()
+    conn.close()
+    # the untrained model writes pieces of its corpus (singer, concert): nothing here has them
+    code, out, err = run_cli(["generate", "-m", str(model_dir), "--db", str(empty), "--run", "--max-new-tokens", "8",
+                              "--constraint", "none", "how many singers?"], capsys)
+    assert code == 1 and "error: the SQL did not run" in err, (out, err)
+
+
+# ---------------------------------------------------------------------------- checkpoints, metrics (7, 9)
+
+def _tiny_checkpoint(path):
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    from vantage_core.train.checkpoint import save_checkpoint
+
+    model, optimizer = nn.Linear(8, 4), optim.AdamW(1e-3)
+    optimizer.init(model.trainable_parameters())
+    save_checkpoint(path, model=model, optimizer=optimizer, trainer_state={"step": 3})
+    return model, optimizer
+
+
+def test_a_truncated_model_file_is_a_clear_error_on_resume(tmp_path):
+    from vantage_core.train.checkpoint import restore_checkpoint
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last"
+    model, optimizer = _tiny_checkpoint(ckpt)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:60])
+    with pytest.raises(VantageError, match=r"model\.safetensors: cannot be read, truncated or corrupt"):
+        restore_checkpoint(ckpt, model=model, optimizer=optimizer)
+
+
+def test_a_killed_saves_temporary_folder_is_cleaned(tmp_path):
+    """Failure 9: a .tmp-<pid> folder left by a killed save was never removed."""
+    ckpt = tmp_path / "checkpoints" / "last"
+    ckpt.parent.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    stale = ckpt.parent / f".last.tmp-{dead.pid}"
+    (stale / "tokenizer").mkdir(parents=True)
+    live = ckpt.parent / f".last.tmp-{os.getppid()}"  # a save in progress elsewhere stays
+    live.mkdir()
+    _tiny_checkpoint(ckpt)
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == sorted(["last", live.name])
+
+
+def test_plot_skips_a_metrics_line_that_is_not_utf8(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [json.dumps({"kind": "train", "step": s, "loss": 2.0 / s, "ce": 1.5 / s}).encode() for s in range(1, 6)]
+    records.insert(2, b'{"kind": "train", "note": "' + BAD_BYTES + b'"}')
+    (run / "metrics.jsonl").write_bytes(b"\n".join(records) + b"\n")
+    code, out, err = run_cli(["plot", str(run)], capsys)
+    assert code == 0 and "Traceback" not in err
+    assert "line 3 not valid UTF-8, skipped" in err
+    assert (run / "plots" / "loss.png").is_file()

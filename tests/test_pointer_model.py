@@ -1,0 +1,181 @@
+"""The schema-pointing model (``data.target: actions``): pointer and copy heads, the KV cache,
+a self-contained checkpoint answering on a database it never saw, export and reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vantage_core  # noqa: F401
+import mlx.core as mx
+
+from infer_fixture import make_db
+from vantage_core.config import load_config
+
+TINY = {
+    "run": {"name": "tiny_pointer"},
+    "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 96, "num_experts": 4,
+              "expert_hidden": 32, "cross_attention_every": 1, "tie_embeddings": False,
+              "heads": ["vocab", "pointer", "copy"], "router": {"name": "topk", "k": 2},
+              "schema_encoder": {"name": "linked", "n_layers": 1, "n_heads": 2, "hidden": 64, "dropout": 0.0}},
+    "data": {"target": "actions", "linker": {"name": "lexical"},
+             "train": [{"name": "synthetic", "n_databases": 12, "examples_per_db": 4}],
+             "validation": [{"name": "synthetic", "n_databases": 12, "examples_per_db": 4, "limit": 8}],
+             "tokenizer": {"name": "sql_actions"}},
+    "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "save_every": 2, "select_metric": "action_exact",
+              "warmup_steps": 1},
+    "inference": {"decoding": "beam", "beam_size": 3, "max_new_tokens": 24, "length_penalty": 0.0,
+                  "constraint": {"name": "sql_actions"}},
+}
+QUESTIONS = ["How many singers are there?", "What are the names of singers from France?",
+             "List the concerts of 2014 with the singer's name."]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run trained for a few steps (its own cache folder), and a database it never saw."""
+    from vantage_core.train.run import train
+
+    root = tmp_path_factory.mktemp("pointer")
+    old = os.environ.get("VANTAGE_CACHE")
+    os.environ["VANTAGE_CACHE"] = str(root / "cache")
+    try:
+        cfg = load_config(base={**TINY, "run": {**TINY["run"], "dir": str(root / "run")}})
+        summary = train(cfg, overwrite=True, progress=False, echo=lambda *_: None)
+    finally:
+        if old is None:
+            os.environ.pop("VANTAGE_CACHE")
+        else:
+            os.environ["VANTAGE_CACHE"] = old
+    return root, cfg, summary, make_db(root / "concerts.sqlite")
+
+
+def test_training_writes_a_self_contained_checkpoint(trained):
+    root, cfg, summary, _ = trained
+    best = root / "run" / "checkpoints" / "best"
+    assert summary["steps"] == 4 and "action_exact" in summary["validation"]
+    assert {p.name for p in best.iterdir()} >= {"model.safetensors", "config.yaml", "tokenizer", "plugins.json"}
+    vocab = json.loads((best / "tokenizer" / "tokenizer.json").read_text())
+    assert vocab["name"] == "sql_actions" and {"select", "from", "<val>"} <= set(vocab["itos"])
+    records = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("kind") == "eval" and "heldout_ce" in r for r in records)
+    assert all(len(r["expert_load"]) == 2 for r in records if r.get("kind") == "train")
+    assert list((root / "cache" / "minilm").glob("*.npz"))  # the frozen states, cached by content
+
+
+def test_pointer_and_copy_heads_score_this_databases_items_and_question(trained):
+    from vantage_core.inference.engine import load_engine
+
+    root, _, _, db = trained
+    engine = load_engine(root / "run")
+    model, vocab = engine.model, engine.tokenizer
+    schema = engine.schema_of(db)
+    small = schema.__class__(schema.db_id, schema.tables[:1], [])
+    reqs = [engine.request(QUESTIONS[0], schema, str(db)), engine.request(QUESTIONS[2], small, str(db))]
+    from vantage_core.data.actions import collate
+    from vantage_core.data.example import Example
+
+    feats = [r.features for r in reqs]
+    exs = [Example(question=q, sql="", db_id="c", schema=s, db_paths=[]) for q, s in ((QUESTIONS[0], schema), (QUESTIONS[2], small))]
+    batch = collate(feats, exs, vocab, with_targets=False)
+    memory = model.encode_schema(model.schema_inputs(batch))
+    V = vocab.vocab_size
+    N, Q = batch["item_mask"].shape[1], batch["q_mask"].shape[1]
+    n_small, q_first = int(batch["item_mask"][1].sum()), int(batch["q_mask"][0].sum())
+    assert n_small < N and q_first < Q  # row 1 pads items, row 0 pads question pieces
+    tokens = mx.array([[vocab.bos_id, V + 2, V + N + 1], [vocab.bos_id, V + 0, vocab.stoi["select"]]])
+    logits, aux = model(tokens, memory)
+    assert logits.shape == (2, 3, V + N + Q) and len(aux["loads"]) == 2
+    assert float(logits[1, :, V + n_small:V + N].max()) < -1e8  # padded items are never chosen
+    assert float(logits[0, :, V + N + q_first:].max()) < -1e8  # nor padded question pieces
+    x = model.embed_ids(tokens, memory)  # an item enters as its encoded state
+    assert np.allclose(np.array(x[0, 1]), np.array(model.item_in(memory.items[0, 2])), atol=1e-5)
+    assert np.allclose(np.array(x[0, 2]), np.array(model.question_in(memory.question[0, 1])), atol=1e-5)
+    assert np.allclose(np.array(x[1, 2]), np.array(model.embed(mx.array(vocab.stoi["select"]))), atol=1e-6)
+
+
+class _History:
+    """A stand-in cache that keeps the ids so far (``reorder_cache`` reorders its rows)."""
+
+    def __init__(self):
+        self.tokens = None
+
+
+class Uncached:
+    """The model run over the whole sequence at every step: no KV cache."""
+
+    def __init__(self, model):
+        self.model, self.args = model, model.args
+
+    def make_cache(self):
+        return [_History()]
+
+    def __call__(self, tokens, memory=None, cache=None):
+        h = cache[0]
+        h.tokens = tokens if h.tokens is None else mx.concatenate([h.tokens, tokens], axis=1)
+        return self.model(h.tokens, memory)
+
+
+def test_cached_and_uncached_decoding_give_identical_candidates(trained):
+    from vantage_core.inference.decoding import beam_search, greedy
+    from vantage_core.plugins import registry
+
+    root, _, _, db = trained
+    from vantage_core.inference.engine import load_engine
+
+    engine = load_engine(root / "run")
+    model, vocab = engine.model, engine.tokenizer
+    schema = engine.schema_of(db)
+    constraint = registry().build("constraint", "sql_actions")
+    for question in QUESTIONS:
+        req = engine.request(question, schema, str(db))
+        memory = model.encode_schema(model.schema_inputs(req.inputs))
+        runs = []
+        for m in (model, Uncached(model)):
+            proc = constraint.bind(schema, vocab, vocab.eos_id, features=req.features)
+            beams = beam_search(m, req.prompt, eos_id=vocab.eos_id, beam_size=3, max_new_tokens=20,
+                                schema=memory, processor=proc, length_penalty=0.0)
+            g = greedy(m, req.prompt, eos_id=vocab.eos_id, max_new_tokens=20, schema=memory,
+                       processor=constraint.bind(schema, vocab, vocab.eos_id, features=req.features))
+            runs.append(([h.tokens for h in beams], [h.logprob for h in beams], g.tokens))
+        (tok_a, lp_a, g_a), (tok_b, lp_b, g_b) = runs
+        assert tok_a == tok_b and g_a == g_b
+        assert np.allclose(lp_a, lp_b, atol=1e-3)
+
+
+def test_checkpoint_answers_on_a_new_database_in_a_fresh_process(trained):
+    """Load the run in a fresh process and generate on a database made here: nothing but the
+    checkpoint folder (and the installed MiniLM) is needed."""
+    from vantage_core.inference.engine import load_engine
+
+    root, _, _, db = trained
+    env = {**os.environ, "VANTAGE_CACHE": str(root / "fresh-cache")}  # no cached states to lean on
+    out = subprocess.run([sys.executable, "-m", "vantage_core.cli", "generate", "--checkpoint", str(root / "run"),
+                          "--db", str(db), "--json", "--run", QUESTIONS[1]],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode in (0, 1), out.stderr
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    here = load_engine(root / "run").generate(QUESTIONS[1], db_path=db)
+    assert answer["sql"] == here.sql and answer["sql"]
+    assert [c["sql"] for c in answer["candidates"]] == [c.sql for c in here.candidates]
+
+
+def test_export_quantized_and_reload(trained):
+    from vantage_core.inference.engine import load_engine
+    from vantage_core.inference.export import export_model
+
+    root, _, _, db = trained
+    plain = export_model(root / "run", root / "export")
+    q8 = export_model(root / "run", root / "export-q8", bits=8, group_size=32)
+    assert q8["parameter_bytes"] < plain["parameter_bytes"]
+    a, b = load_engine(root / "run"), load_engine(root / "export")
+    for q in QUESTIONS:
+        assert a.generate(q, db_path=db).sql == b.generate(q, db_path=db).sql
+    c = load_engine(root / "export-q8")
+    assert c.generate(QUESTIONS[0], db_path=db).candidates  # the quantized model still decodes

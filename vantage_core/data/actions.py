@@ -1,0 +1,261 @@
+"""Examples for a pointer model (``data.target: actions``): question pieces, schema items,
+schema-linking features and the gold SQL as actions, prepared once per split and cached on disk
+by content (as the token pipeline caches its encodings).
+
+    split = prepare_action_split(cfg.data, "train", question_tokenizer, registry=registry)
+    batch = collate(split.feats[:32], split.examples[:32], vocab)   # numpy arrays and texts
+
+The question is cut into the word pieces of the schema encoder's tokenizer (its states and the
+copy head's spans are per piece); the items are :func:`vantage_core.data.linking.schema_items`;
+the ``schema_linker`` plugin ``data.linker`` gives the linking features.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from vantage_core.data.example import Example
+from vantage_core.data.linking import column_values, schema_items
+from vantage_core.data.pipeline import SourceReport, SplitData, default_cache_dir, load_split
+from vantage_core.data.sql_actions import BOS, EOS, ITEM, QUESTION, VOCAB, SQLCodecError, encode_sql
+
+ACTIONS_VERSION = 1  # bump when the features below change, so caches are rebuilt
+ITEM_TYPES = ("table", "text", "number", "time", "boolean", "others")
+
+
+def question_pieces(question: str, tokenizer: Any) -> tuple[list[int], list[tuple[int, int]], list[int | None]]:
+    """(piece ids, character offsets, word index or None for [CLS]/[SEP]) of a question."""
+    enc = tokenizer.encode(question)
+    n = sum(enc.attention_mask)
+    return list(enc.ids[:n]), [tuple(o) for o in enc.offsets[:n]], list(enc.word_ids[:n])
+
+
+def featurize(ex: Example, tokenizer: Any, linker: Any, values: dict | None) -> dict[str, Any]:
+    """One example -> its question pieces, items' features, linking features and gold actions
+    (``None`` with ``codec_error`` when the codec cannot express the SQL). JSON-serializable."""
+    ids, offsets, word_ids = question_pieces(ex.question, tokenizer)
+    copyable = [w is not None for w in word_ids]
+    words: dict[int, tuple[int, int]] = {}
+    for (s, e), w in zip(offsets, word_ids):
+        if w is not None:
+            words[w] = (words[w][0], e) if w in words else (s, e)
+    word_list = [ex.question[s:e] for _, (s, e) in sorted(words.items())]
+    items = schema_items(ex.schema)
+    links = linker.link(word_list, items, values)
+    order = {w: i for i, w in enumerate(sorted(words))}
+
+    def per_piece(tags: list[int]) -> list[int]:
+        return [tags[order[w]] if w is not None else 0 for w in word_ids]
+
+    actions, error = None, None
+    if ex.sql:
+        try:
+            actions = [[k, v] for k, v in encode_sql(ex.sql, items, ex.question, offsets, copyable)]
+        except SQLCodecError as exc:
+            error = str(exc)
+    start = [c and (ex.question[s:e][:1].isalnum() or ex.question[s:e][:1] in "%-$")
+             for c, (s, e) in zip(copyable, offsets)]  # where a copied value may begin
+    return {"q_ids": ids, "offsets": offsets, "copy": copyable, "start": start,
+            "item_key": [int(it.primary) + 2 * int(it.foreign) for it in items],
+            "item_type": [ITEM_TYPES.index(it.col_type) if it.col_type in ITEM_TYPES else len(ITEM_TYPES) - 1
+                          for it in items],
+            "item_link_name": links.item_name, "item_link_value": links.item_value,
+            "q_link_table": per_piece(links.word_table), "q_link_column": per_piece(links.word_column),
+            "q_link_value": per_piece(links.word_value), "actions": actions, "codec_error": error,
+            "item_texts": [it.text for it in items], "table_texts": [items[it.table_index].text for it in items]}
+
+
+def featurize_request(ex: Example, tokenizer: Any, linker: Any) -> dict[str, Any]:
+    """:func:`featurize` for a question at inference time (reads cell values when the linker uses them)."""
+    values = column_values(ex.db_paths[0], ex.schema) if linker.uses_values and ex.db_paths else None
+    return featurize(ex, tokenizer, linker, values)
+
+
+@dataclass
+class ActionSplit:
+    """A split ready for batching: per example, its features (aligned with ``examples``)."""
+
+    slot: str
+    examples: list[Example]
+    feats: list[dict]
+    sources: list[SourceReport]
+    source_index: np.ndarray
+    cache_file: str | None = None
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """The sort key of length-bucketed batches."""
+        # schema size first, then SQL length: batches pad little in either
+        return np.array([1000 * len(f["item_texts"]) + len(f["actions"] or ()) for f in self.feats], dtype=np.int32)
+
+    @property
+    def weights(self) -> list[float]:
+        return [s.weight for s in self.sources]
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self.examples]
+
+    def record(self) -> dict[str, Any]:
+        return {"slot": self.slot, "examples": len(self), "from_cache": self.from_cache, "target": "actions",
+                "sources": [s.to_dict() for s in self.sources]}
+
+    def frozen_texts(self) -> tuple[list[str], list[str]]:
+        """The questions and the distinct item names, for encoders that precompute states."""
+        names = sorted({t for f in self.feats for t in f["item_texts"] + f["table_texts"]})
+        return [e.question for e in self.examples], names
+
+
+def _cache_key(split: SplitData, tokenizer: Any, linker_spec: Any) -> str:
+    h = hashlib.sha1()
+    fp = tokenizer.get_vocab_size() if hasattr(tokenizer, "get_vocab_size") else repr(tokenizer)
+    spec = linker_spec.model_dump() if hasattr(linker_spec, "model_dump") else linker_spec
+    h.update(json.dumps([ACTIONS_VERSION, fp, spec], sort_keys=True, default=str).encode())
+    for ex in split.examples:  # the content, so a changed release never reads a stale cache
+        h.update(f"{ex.id}\x00{ex.question}\x00{ex.sql}\x00{ex.db_id}\x00{ex.db_paths}\n".encode())
+        h.update(json.dumps(ex.schema.to_dict() if hasattr(ex.schema, "to_dict") else repr(ex.schema),
+                            sort_keys=True, default=str).encode())
+    return h.hexdigest()[:20]
+
+
+def prepare_action_split(data_cfg: Any, slot: str, tokenizer: Any, *, registry: Any = None, cache: bool = True,
+                         echo: Callable[[str], None] | None = None, split: SplitData | None = None,
+                         progress: bool = True) -> ActionSplit:
+    """Load one slot and featurize every example (cached on disk by content).
+
+    In the train slot, examples the codec cannot express are dropped (counted per source in
+    ``dropped``); in the other slots they are kept (they are scored, and count as wrong when
+    the model cannot write them).
+    """
+    from tqdm.auto import tqdm
+
+    from vantage_core.config import plugin_params
+
+    if registry is None:
+        from vantage_core.plugins import registry as default_registry
+        registry = default_registry()
+    split = split or load_split(data_cfg, slot, registry, echo)
+    linker = registry.build("schema_linker", data_cfg.linker.name, **plugin_params(data_cfg.linker))
+    key = _cache_key(split, tokenizer, data_cfg.linker)
+    cache_file = default_cache_dir(data_cfg) / "prepared" / f"{slot}-actions-{key}.json.gz"
+    from_cache = cache and cache_file.is_file()
+    if from_cache:
+        with gzip.open(cache_file, "rt", encoding="utf-8") as f:
+            feats = json.load(f)
+    else:
+        feats = []
+        for ex in tqdm(split.examples, desc=f"featurizing {slot}", unit="ex", disable=not progress,
+                       dynamic_ncols=True):
+            values = column_values(ex.db_paths[0], ex.schema) if linker.uses_values and ex.db_paths else None
+            feats.append(featurize(ex, tokenizer, linker, values))
+        if cache:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(cache_file.name + f".tmp-{os.getpid()}")
+            with gzip.open(tmp, "wt", encoding="utf-8") as f:
+                json.dump(feats, f)
+            os.replace(tmp, cache_file)
+    examples, source_index = list(split.examples), np.asarray(split.source_index, dtype=np.int64)
+    if slot == "train":
+        keep = [i for i, f in enumerate(feats) if f["actions"] is not None]
+        dropped = Counter(int(source_index[i]) for i, f in enumerate(feats) if f["actions"] is None)
+        for s, report in enumerate(split.sources):
+            report.dropped = {"SQL the action codec cannot express (self-joins, unknown names)": dropped[s]} \
+                if dropped[s] else {}
+            if echo and dropped[s]:
+                echo(f"{report.name}/{report.split}: dropped {dropped[s]} whose SQL the action codec cannot express")
+        feats, examples, source_index = [feats[i] for i in keep], [examples[i] for i in keep], source_index[keep]
+    for s, report in enumerate(split.sources):
+        report.kept = int((source_index == s).sum())
+    return ActionSplit(slot, examples, feats, split.sources, source_index,
+                       str(cache_file) if cache else None, from_cache)
+
+
+def vocab_corpus(split: ActionSplit) -> Iterator[str]:
+    """Every keyword action of the split's gold SQL (what the ``sql_actions`` vocabulary learns)."""
+    for f in split.feats:
+        for kind, value in f["actions"] or ():
+            if kind == VOCAB:
+                yield value
+
+
+def unified_ids(actions: Iterable, vocab: Any, n_items: int) -> list[int]:
+    """Actions -> ids of the model's output space: vocabulary ids, then ``V + item``, then
+    ``V + n_items + piece`` (``n_items``: the batch's padded item count)."""
+    V = vocab.vocab_size
+    return [vocab.encode(v)[0] if k == VOCAB else V + v if k == ITEM else V + n_items + v for k, v in actions]
+
+
+def to_actions(ids: Iterable[int], vocab: Any, n_items: int) -> list[tuple[int, Any]]:
+    """The inverse of :func:`unified_ids` (vocabulary actions as their tokens)."""
+    V = vocab.vocab_size
+    return [(VOCAB, vocab.id_to_piece(i)) if i < V else (ITEM, i - V) if i < V + n_items else (QUESTION, i - V - n_items)
+            for i in ids]
+
+
+ITEM_FIELDS = ("item_type", "item_key", "item_link_name", "item_link_value")
+PIECE_FIELDS = ("q_ids", "q_link_table", "q_link_column", "q_link_value")
+
+
+def collate(feats: list[dict], examples: list[Example], vocab: Any, with_targets: bool = True) -> dict[str, Any]:
+    """Pad featurized examples into one host-side batch.
+
+    ``q_mask``/``q_copy``/``q_start`` (B, Q) bool and the piece features (B, Q) int32;
+    ``item_mask`` (B, N) and the item features (B, N); the texts ``questions``, ``item_texts``,
+    ``table_texts`` (for the encoder's frozen states); with targets, ``tokens``, ``targets``,
+    ``loss_mask``, ``padding_mask`` (B, T) over the unified output space.
+    """
+    B = len(feats)
+    Q = max(len(f["q_ids"]) for f in feats)
+    N = max(len(f["item_texts"]) for f in feats)
+    b: dict[str, Any] = {"q_mask": np.zeros((B, Q), bool), "q_copy": np.zeros((B, Q), bool),
+                         "q_start": np.zeros((B, Q), bool), "item_mask": np.zeros((B, N), bool)}
+    for name in ITEM_FIELDS:
+        b[name] = np.zeros((B, N), np.int32)
+    for name in PIECE_FIELDS:
+        b[name] = np.zeros((B, Q), np.int32)
+    for i, f in enumerate(feats):
+        q, n = len(f["q_ids"]), len(f["item_texts"])
+        b["q_mask"][i, :q], b["q_copy"][i, :q], b["q_start"][i, :q] = True, f["copy"], f["start"]
+        b["item_mask"][i, :n] = True
+        for name in ITEM_FIELDS:
+            b[name][i, :n] = f[name]
+        for name in PIECE_FIELDS:
+            b[name][i, :q] = f[name]
+    b["questions"] = [e.question for e in examples]
+    b["item_texts"] = [f["item_texts"] for f in feats]
+    b["table_texts"] = [f["table_texts"] for f in feats]
+    b["example_ids"] = [e.id for e in examples]
+    if with_targets:
+        seqs = [[vocab.bos_id] + unified_ids(f["actions"], vocab, N) + [vocab.eos_id] for f in feats]
+        T = max(len(s) for s in seqs) - 1
+        tokens = np.full((B, T), vocab.pad_id, np.int32)
+        targets = np.full((B, T), vocab.pad_id, np.int32)
+        mask = np.zeros((B, T), np.float32)
+        for i, s in enumerate(seqs):
+            tokens[i, :len(s) - 1], targets[i, :len(s) - 1], mask[i, :len(s) - 1] = s[:-1], s[1:], 1.0
+        b.update(tokens=tokens, targets=targets, loss_mask=mask, padding_mask=mask.copy())
+    return b
+
+
+def collate_rows(split: ActionSplit, rows: np.ndarray, vocab: Any) -> dict[str, Any]:
+    """:func:`collate` of rows ``rows`` of a split (``rows`` kept, as the token batches do)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    batch = collate([split.feats[r] for r in rows], [split.examples[r] for r in rows], vocab)
+    batch["rows"] = rows
+    return batch
+
+
+__all__ = ["ActionSplit", "BOS", "EOS", "collate", "collate_rows", "featurize", "featurize_request",
+           "prepare_action_split", "to_actions", "unified_ids", "vocab_corpus"]
