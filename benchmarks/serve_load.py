@@ -58,7 +58,7 @@ def questions_from_databases(db_dirs: list[str]) -> tuple[list[tuple[str, str]],
             tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
         finally:
             conn.close()
-        asked += [(f"how many {t} are there?", db_id) for t in tables] + [(f"list every {t}", db_id) for t in tables]
+        asked += [(f"list {t} names", db_id) for t in tables] + [(f"how many {t} are there?", db_id) for t in tables]
     return asked, databases
 
 
@@ -141,7 +141,7 @@ def measure(base: str, bodies: list[dict], paths: dict[str, Path], clients: int,
     """Send ``requests`` requests from ``clients`` threads; latencies, codes and mismatches."""
     import httpx
 
-    latencies, codes, wrong, lock = [], [], [], threading.Lock()
+    latencies, codes, wrong, ran, lock = [], [], [], [], threading.Lock()
     next_i = iter(range(requests))
 
     def worker():
@@ -151,12 +151,15 @@ def measure(base: str, bodies: list[dict], paths: dict[str, Path], clients: int,
             t = time.perf_counter()
             r = c.post("/v1/generate", json=body)
             elapsed = time.perf_counter() - t
-            why = mismatch(body, r.json(), paths.get(body["db_id"])) if r.status_code == 200 else None
+            answer = r.json() if r.status_code == 200 else None
+            why = mismatch(body, answer, paths.get(body["db_id"])) if answer is not None else None
             with lock:
                 latencies.append(elapsed)
                 codes.append(r.status_code)
                 if why:
                     wrong.append(why)
+                if answer is not None and body.get("run"):
+                    ran.append(answer.get("error") is None)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(clients)]
@@ -164,7 +167,7 @@ def measure(base: str, bodies: list[dict], paths: dict[str, Path], clients: int,
         t.start()
     for t in threads:
         t.join()
-    return {"wall": time.perf_counter() - t0, "latencies": latencies, "codes": codes, "wrong": wrong}
+    return {"wall": time.perf_counter() - t0, "latencies": latencies, "codes": codes, "wrong": wrong, "ran": ran}
 
 
 def report(args: argparse.Namespace, clients: int, bodies: list[dict], m: dict) -> None:
@@ -177,7 +180,8 @@ def report(args: argparse.Namespace, clients: int, bodies: list[dict], m: dict) 
         print(f"  latency of answered requests: p50 {np.percentile(ok, 50) * 1000:.0f} ms, "
               f"p95 {np.percentile(ok, 95) * 1000:.0f} ms")
     print(f"  status codes: {dict(sorted((c, m['codes'].count(c)) for c in set(m['codes'])))}")
-    print(f"  answers matching their own request: {len(ok) - len(m['wrong'])}/{len(ok)}")
+    print(f"  answers matching their own request: {len(ok) - len(m['wrong'])}/{len(ok)} "
+          f"(run: true answers with rows {sum(m['ran'])}, with an SQL error {len(m['ran']) - sum(m['ran'])})")
     for why in m["wrong"][:5]:
         print(f"    MISMATCH {why}")
 

@@ -33,6 +33,7 @@ def root(tmp_path_factory):
         conn = sqlite3.connect(path)
         # rows that differ per database, so one database's answer cannot pass for another's
         conn.execute("UPDATE singer SET name = name || ?, age = age + ?", (f"-{k}", 100 * k))
+        conn.execute("UPDATE concert SET concert_name = concert_name || ?", (f"-{k}",))
         conn.executemany("INSERT INTO singer VALUES (?, ?, 'Peru', ?)", [(10 + j, f"extra{k}-{j}", j) for j in range(k)])
         conn.commit()
         conn.close()
@@ -79,17 +80,22 @@ def test_concurrent_run_requests_each_get_their_own_rows(engine, root):
     rows and errors. Every response must match its SQL run on its own database."""
     app = create_app(engine, ServeSettings(db_dirs=[str(root / "dbs")], max_concurrency=16, timeout_s=60))
     threads, per_thread = DATABASES, 6
+    # the untrained model answers the first with SQL that runs (rows that differ per database),
+    # the second with SQL that fails: both kinds of answer must reach their own client
+    questions = ["list singer names", "how many concerts?"]
+    answered_rows = []
     with LoopbackServer(app) as client:
         def ask(k: int) -> list[str]:
             problems = []
             for i in range(per_thread):
-                body = {"question": f"list singer names {i}", "db_id": f"music{k}", "run": True,
-                        "constraint": "sql_schema", "decoding": "greedy", "max_new_tokens": 16}
+                body = {"question": questions[i % 2], "db_id": f"music{k}", "run": True,
+                        "constraint": "sql_schema", "decoding": "greedy", "max_new_tokens": 48}
                 r = client.post("/v1/generate", json=body)
                 if r.status_code != 200:
                     problems.append(f"music{k} #{i}: {r.status_code} {r.text[:200]}")
                     continue
                 got = r.json()
+                answered_rows.append(bool(got["rows"]))
                 own = execute_unisolated(str(root / "dbs" / f"music{k}.sqlite"), got["sql"])
                 want_rows = [list(row) for row in own.rows] if own.ok else None
                 if got["rows"] != want_rows or (got["error"] is None) != own.ok:
@@ -100,6 +106,7 @@ def test_concurrent_run_requests_each_get_their_own_rows(engine, root):
         with ThreadPoolExecutor(threads) as pool:
             results = [f.result(timeout=120) for f in [pool.submit(ask, k) for k in range(threads)]]
     assert [p for ps in results for p in ps] == []
+    assert any(answered_rows) and not all(answered_rows)  # rows and errors were both checked
 
 
 def test_the_limit_counts_work_still_running_after_a_timeout(engine, root):

@@ -172,6 +172,7 @@ class InferenceConfig(Section):
     retry_beam: int = 0  # execution-guided: no candidate runs -> search again this wide (0: never)
     fallback: bool = False  # still none runs -> SELECT count(*) FROM the first table (counted)
     length_penalty: float = Field(1.0, allow_inf_nan=False)  # beam ranking: log-probability / length**penalty
+    batch_size: int = Field(32, ge=1)  # questions decoded together by `vantage evaluate --checkpoint`
 
 
 class Config(Section):

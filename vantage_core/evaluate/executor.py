@@ -335,14 +335,14 @@ class Sandbox:
 
     def _execute_locked(self, db_path: str, sql: str, timeout_s: float, max_rows: int,
                         max_result_bytes: int, digest: bool) -> ExecutionResult:
-        if self.process is None or self.process.poll() is not None:
-            if self.process is not None:
-                self._kill()
-                self.restarts += 1
-            self._start()
         start = time.monotonic()
         request_id = next(self._ids)
         try:
+            if self.process is None or self.process.poll() is not None:
+                if self.process is not None:
+                    self._kill()
+                    self.restarts += 1
+                self._start()  # may fail too (no processes left): an error result, not a raise
             _write_message(self.process.stdin, (request_id, db_path, sql, timeout_s, max_rows, max_result_bytes, digest))
             ready, _, _ = select.select([self.process.stdout], [], [], timeout_s + self.grace_s)
             if ready:

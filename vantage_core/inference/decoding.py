@@ -186,67 +186,118 @@ def beam_search(model: Any, prompt: Sequence[int], *, eos_id: int, beam_size: in
                 max_new_tokens: int = 160, schema: Memory | None = None,
                 processor: LogitsProcessor | None = None, length_penalty: float = 1.0,
                 cancel: Any = None) -> list[Hypothesis]:
-    """Keep the ``beam_size`` best partial outputs; return the finished ones, best first.
+    """Keep the ``beam_size`` best partial outputs of one prompt; return the finished ones, best
+    first (:func:`beam_search_batch` with one request)."""
+    return beam_search_batch(model, [prompt], eos_id=eos_id, beam_size=beam_size, max_new_tokens=max_new_tokens,
+                             memory=schema, processors=[processor], length_penalty=length_penalty,
+                             cancel=cancel)[0]
 
-    The live beams run as one batch: after each step the cache rows are reordered to the
-    surviving beams' parents. A beam ends at EOS; search stops when no live beam can beat the
-    worst kept finished one (scores are length-normalized with ``length_penalty``).
+
+def beam_search_batch(model: Any, prompts: Sequence[Sequence[int]], *, eos_id: int, beam_size: int = 4,
+                      max_new_tokens: int = 160, memory: Memory | None = None,
+                      processors: Sequence[LogitsProcessor | None] | None = None,
+                      spaces: Sequence[tuple[int, int]] | None = None, length_penalty: float = 1.0,
+                      cancel: Any = None) -> list[list[Hypothesis]]:
+    """Beam search for several requests at once, on one KV cache; per request its candidates,
+    best first (each request gets exactly what a search of its own would give).
+
+    Every request keeps its ``beam_size`` best partial outputs; all live beams of all requests
+    run as one batch, the cache rows reordered to the surviving beams' parents after each step.
+    A beam ends at EOS; a request stops when no live beam beats its worst kept finished one
+    (scores length-normalized with ``length_penalty``). The prompts must have equal lengths.
+
+    ``memory``: one row per request. ``spaces``: per request ``(N_i, Q_i)``, its own items and
+    question pieces when a pointer model's batch pads them to ``(N, Q)``: hypotheses (and the
+    request's processor) use the request's own ids ``V .. V+N_i+Q_i-1``.
     """
-    schema = schema or Memory()
+    B = len(prompts)
+    if len({len(p) for p in prompts}) > 1:
+        raise ValueError("beam_search_batch: prompts of different lengths; decode them one at a time")
+    memory = memory or Memory()
+    processors = list(processors) if processors is not None else [None] * B
     cache = _make_cache(model)
-    logits, aux = _forward(model, mx.array([list(prompt)], dtype=mx.int32), schema, cache)
-    beams: list[Hypothesis] = [Hypothesis([], 0.0, False)]
-    finished: list[Hypothesis] = []
-    expanded = False
+    logits, aux = _forward(model, mx.array([list(p) for p in prompts], dtype=mx.int32), memory, cache)
+    width = logits.shape[-1]
+    N = memory.n_items
+    if spaces is None:
+        columns = [None] * B
+    else:  # a request's own columns of the batch's output space, and its ids -> the batch's
+        V = width - N - (memory.question.shape[1] if memory.question is not None else 0)
+        columns = [np.concatenate([np.arange(V + n), V + N + np.arange(q)]) for n, q in spaces]
+    beams: list[list[Hypothesis]] = [[Hypothesis([], 0.0, False)] for _ in range(B)]
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    live = list(range(B))  # requests still searching, in row order
+    rows_of = {i: [i] for i in range(B)}  # request -> its rows in the current batch
     for step in range(max_new_tokens):
         _check(cancel)
-        pending = routing_of(aux, len(beams))
-        if processor is not None:
-            logits = processor([b.tokens for b in beams], logits)
-        logp = np.array(_log_softmax(logits))  # (B, V)
-        totals = logp + np.array([b.logprob for b in beams])[:, None]
-        flat = totals.reshape(-1)
-        n_take = min(flat.size, 2 * beam_size)
-        best = np.argpartition(-flat, n_take - 1)[:n_take]
-        best = best[np.argsort(-flat[best])]
-        V = logp.shape[1]
-        parents, next_tokens, survivors = [], [], []
-        for j in best:
-            if not np.isfinite(flat[j]):
-                break
-            parent, tok = divmod(int(j), V)
-            src = beams[parent]
-            if tok == eos_id:
-                finished.append(Hypothesis(list(src.tokens), float(flat[j]), True, list(src.routing)))
-            else:
-                survivors.append(Hypothesis(src.tokens + [tok], float(flat[j]), False,
-                                            src.routing + [pending[parent]] if pending else []))
-                parents.append(parent)
-                next_tokens.append(tok)
-            if len(survivors) == beam_size:
-                break
-        finished = sorted(finished, key=lambda h: -h.score(length_penalty))[:beam_size]
-        if not survivors:
-            break
-        if len(finished) >= beam_size and \
-                max(h.score(length_penalty) for h in survivors) < finished[-1].score(length_penalty):
-            break  # the usual heuristic: no live beam currently beats the worst kept one
-        if step == max_new_tokens - 1:
-            beams = survivors
+        n_rows = sum(len(rows_of[i]) for i in live)
+        pending = routing_of(aux, n_rows)
+        scores = np.array(logits.astype(mx.float32))  # (R, width)
+        parents, next_ids, still = [], [], []
+        for i in live:
+            rows = rows_of[i]
+            local = scores[rows] if columns[i] is None else scores[rows][:, columns[i]]
+            if processors[i] is not None:
+                local = np.array(processors[i]([b.tokens for b in beams[i]], mx.array(local)))
+            logp = local - _logsumexp(local)
+            totals = logp + np.array([b.logprob for b in beams[i]])[:, None]
+            flat = totals.reshape(-1)
+            n_take = min(flat.size, 2 * beam_size)
+            best = np.argpartition(-flat, n_take - 1)[:n_take]
+            best = best[np.argsort(-flat[best], kind="stable")]
+            W = logp.shape[1]
+            survivors, chosen = [], []
+            for j in best:
+                if not np.isfinite(flat[j]):
+                    break
+                parent, tok = divmod(int(j), W)
+                src = beams[i][parent]
+                if tok == eos_id:
+                    finished[i].append(Hypothesis(list(src.tokens), float(flat[j]), True, list(src.routing)))
+                else:
+                    survivors.append(Hypothesis(src.tokens + [tok], float(flat[j]), False,
+                                                src.routing + [pending[rows[parent]]] if pending else []))
+                    chosen.append((rows[parent], tok))
+                if len(survivors) == beam_size:
+                    break
+            finished[i] = sorted(finished[i], key=lambda h: -h.score(length_penalty))[:beam_size]
+            done = not survivors or step == max_new_tokens - 1 or (
+                len(finished[i]) >= beam_size and
+                max(h.score(length_penalty) for h in survivors) < finished[i][-1].score(length_penalty))
+            if survivors and (done and step == max_new_tokens - 1 or not done):
+                beams[i] = survivors
+            if done:
+                continue
+            still.append(i)
+            rows_of[i] = list(range(len(parents), len(parents) + len(chosen)))
+            for row, tok in chosen:
+                parents.append(row)
+                next_ids.append(tok if columns[i] is None else int(columns[i][tok]))
+        live = still
+        if not live:
             break
         index = mx.array(parents, dtype=mx.int32)
-        if not expanded or parents != list(range(len(beams))):
-            cache = reorder_cache(cache, index)
-        expanded = True
-        schema_b = schema.repeat(len(survivors))
-        logits, aux = _forward(model, mx.array(next_tokens, dtype=mx.int32)[:, None], schema_b, cache)
-        beams = survivors
-    # Beams cut at max_new_tokens still count, after every finished one.
-    unfinished = [b for b in beams if not b.finished and b.tokens and
-                  all(b.tokens != f.tokens for f in finished)]
-    out = finished + sorted(unfinished, key=lambda h: -h.score(length_penalty))
-    out = [_finalized(h, processor) for h in out[:beam_size]]
-    return out if out else [Hypothesis([], 0.0, False)]
+        cache = reorder_cache(cache, index)
+        request_of_row = mx.array([i for i in live for _ in rows_of[i]], dtype=mx.int32)
+        logits, aux = _forward(model, mx.array(next_ids, dtype=mx.int32)[:, None],
+                               memory.take(request_of_row) if memory.states is not None else memory, cache)
+    out = []
+    for i in range(B):
+        # Beams cut at max_new_tokens still count, after every finished one.
+        unfinished = [b for b in beams[i] if not b.finished and b.tokens and
+                      all(b.tokens != f.tokens for f in finished[i])]
+        hyps = finished[i] + sorted(unfinished, key=lambda h: -h.score(length_penalty))
+        hyps = [_finalized(h, processors[i]) for h in hyps[:beam_size]]
+        out.append(hyps if hyps else [Hypothesis([], 0.0, False)])
+    return out
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-sum-exp of (R, W) scores (rows that are all -inf give -inf)."""
+    top = np.max(x, axis=-1, keepdims=True)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return safe + np.log(np.sum(np.exp(x - safe), axis=-1, keepdims=True))
 
 
 # ---------------------------------------------------------------------------- one entry point

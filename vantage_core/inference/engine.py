@@ -59,9 +59,12 @@ class Generation:
     # how the SQL was chosen: top (the model's first), rows / runs (execution-guided), retry-rows /
     # retry-runs (after the wider search), fallback, none (nothing ran: the model's first)
     choice: str = "top"
+    _results: dict = field(default_factory=dict, repr=False)  # executed candidates (not serialized)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("_results", None)
+        return out
 
 
 # ---------------------------------------------------------------------------- loading
@@ -223,11 +226,11 @@ class Engine:
 
         enc = encode_example(ex, self.tokenizer, self.config.data.serialization)
         tokenizer = self.tokenizer
-        return Request(list(enc["tokens"][:enc["sql_start"] + 1]), {"encoder_texts": [enc["encoder_text"]]},
-                       None, lambda ids: tokenizer.decode(ids).strip())
+        return Request(ex, list(enc["tokens"][:enc["sql_start"] + 1]), None, enc["encoder_text"],
+                       lambda ids: tokenizer.decode(ids).strip())
 
     def _action_request(self, ex: Example) -> "Request":
-        from vantage_core.data.actions import collate, featurize_request, to_actions
+        from vantage_core.data.actions import featurize_request, to_actions
         from vantage_core.data.linking import cased_values, schema_items
         from vantage_core.data.sql_actions import render_sql
 
@@ -237,7 +240,6 @@ class Engine:
             spec = self.config.data.linker
             self._linker = registry().build("schema_linker", spec.name, **plugin_params(spec))
         feats = featurize_request(ex, self.model.schema_encoder.question_tokenizer, self._linker)
-        batch = collate([feats], [ex], self.tokenizer, with_targets=False)
         items = schema_items(ex.schema)
         values = cased_values(ex.db_paths[0]) if ex.db_paths else None
         vocab = self.tokenizer
@@ -245,7 +247,16 @@ class Engine:
         def to_sql(ids: list[int]) -> str:
             return render_sql(to_actions(ids, vocab, len(items)), items, ex.question, feats["offsets"], values)
 
-        return Request([vocab.bos_id], batch, feats, to_sql)
+        return Request(ex, [vocab.bos_id], feats, None, to_sql)
+
+    def host_batch(self, requests: list["Request"]) -> dict[str, Any]:
+        """The host-side batch the schema encoder reads for these requests (one row each)."""
+        if self.config.data.target == "actions":
+            from vantage_core.data.actions import collate
+
+            return collate([r.features for r in requests], [r.example for r in requests], self.tokenizer,
+                           with_targets=False)
+        return {"encoder_texts": [r.encoder_text for r in requests]}
 
     def constraint(self, spec: Any) -> Any:
         if spec is None:
@@ -288,63 +299,102 @@ class Engine:
         ``overrides``: any :class:`~vantage_core.config.InferenceConfig` field for this call.
         """
         opts = options or self.options(**overrides)
-        if not question or not question.strip():
-            raise DataError("question: empty; ask something about the database")
-        if schema is None:
-            if db_path is None:
-                raise DataError("give a database (db_path) or a schema")
-            schema = self.schema_of(db_path)
-        if not schema.tables:
-            raise DataError(f"schema {schema.db_id!r}: no tables")
-        if (run or opts.execution_guided) and db_path is None:
-            raise DataError("running the SQL (run, execution_guided) needs a database file, not only a schema")
+        return self.generate_many([Question(question, db_path, schema, extras)], run=run, routing=routing,
+                                  options=opts, cancel=cancel)[0]
+
+    def generate_many(self, questions: list["Question"], *, run: bool = False, routing: bool = False,
+                      options: InferenceConfig | None = None, cancel: Any = None) -> list[Generation]:
+        """:meth:`generate` for several questions, decoded together (one batched beam search
+        where the prompts have the same length, as a pointer model's always do)."""
+        opts = options or self.options()
         t0 = time.perf_counter()
+        for q in questions:
+            self._check_question(q, run or opts.execution_guided)
         with self.lock:
-            req = self.request(question, schema, str(db_path) if db_path else None, extras)
-            room = self.model.args.max_seq_len - len(req.prompt)
-            if room <= 1:
-                raise DataError(f"the prompt takes {len(req.prompt)} tokens, the model's limit is "
-                                f"{self.model.args.max_seq_len}; shorten the question or the schema")
-            memory = self.model.encode_schema(self.model.schema_inputs(req.inputs))
-            constraint = self.constraint(opts.constraint)
-            processor = constraint.bind(schema, self.tokenizer, self.tokenizer.eos_id, features=req.features) \
-                if constraint else None
+            reqs = [self.request(q.text, q.schema, str(q.db_path) if q.db_path else None, q.extras) for q in questions]
+            for r in reqs:
+                if self.model.args.max_seq_len - len(r.prompt) <= 1:
+                    raise DataError(f"the prompt takes {len(r.prompt)} tokens, the model's limit is "
+                                    f"{self.model.args.max_seq_len}; shorten the question or the schema")
+            hyps = self._decode(reqs, opts, opts.beam_size, routing, cancel)
+        gens = []
+        for q, r, h in zip(questions, reqs, hyps):
+            gens.append(self._generation(q, r, h, opts))
+        retry = [i for i, g in enumerate(gens) if g.choice == "none"] \
+            if opts.execution_guided and opts.retry_beam > opts.beam_size and opts.decoding != "greedy" else []
+        if retry:  # nothing ran: search wider before giving up
+            with self.lock:
+                wide = self._decode([reqs[i] for i in retry], opts, opts.retry_beam, routing, cancel)
+            for i, h in zip(retry, wide):
+                g = self._generation(questions[i], reqs[i], h, opts)
+                if g.choice != "none":
+                    g.choice = f"retry-{g.choice}"
+                    gens[i] = g
+        for q, g in zip(questions, gens):
+            if g.choice == "none" and opts.fallback:
+                g.candidates.append(Candidate(fallback_sql(q.schema), 0.0, False))
+                g.chosen, g.sql, g.choice, g.tokens, g.routing, g.n_tokens = \
+                    len(g.candidates) - 1, g.candidates[-1].sql, "fallback", [], None, 0
+            if run:
+                res = g._results.get(g.chosen) or self._execute(str(q.db_path), g.sql)
+                g.rows = [list(row) for row in res.rows] if res.ok else None
+                g.error = None if res.ok else res.error
+                g.truncated = bool(res.truncated)
+            g.seconds = round((time.perf_counter() - t0) / len(questions), 4)
+        return gens
 
-            def candidates_at(beam_size: int):
-                hyps = decode(self.routing_model if routing else self.model, req.prompt,
-                              eos_id=self.tokenizer.eos_id, mode=opts.decoding, beam_size=beam_size,
-                              temperature=opts.temperature, top_p=opts.top_p,
-                              max_new_tokens=min(opts.max_new_tokens, room), schema=memory, processor=processor,
-                              length_penalty=opts.length_penalty, cancel=cancel)
-                return hyps, [Candidate(req.to_sql(h.tokens), round(h.logprob, 4), h.finished) for h in hyps]
+    def _check_question(self, q: "Question", needs_db: bool) -> None:
+        if not q.text or not q.text.strip():
+            raise DataError("question: empty; ask something about the database")
+        if q.schema is None:
+            if q.db_path is None:
+                raise DataError("give a database (db_path) or a schema")
+            q.schema = self.schema_of(q.db_path)
+        if not q.schema.tables:
+            raise DataError(f"schema {q.schema.db_id!r}: no tables")
+        if needs_db and q.db_path is None:
+            raise DataError("running the SQL (run, execution_guided) needs a database file, not only a schema")
 
-            hyps, candidates = candidates_at(opts.beam_size)
+    def _decode(self, reqs: list["Request"], opts: InferenceConfig, beam_size: int, routing: bool,
+                cancel: Any) -> list[list[Any]]:
+        """Candidate hypotheses per request (call with the lock held)."""
+        from vantage_core.inference.decoding import beam_search_batch
+
+        model = self.routing_model if routing else self.model
+        constraint = self.constraint(opts.constraint)
+        procs = [constraint.bind(r.example.schema, self.tokenizer, self.tokenizer.eos_id, features=r.features)
+                 if constraint else None for r in reqs]
+        room = min(self.model.args.max_seq_len - len(r.prompt) for r in reqs)
+        eos, new = self.tokenizer.eos_id, min(opts.max_new_tokens, room)
+        if opts.decoding == "beam" and len({len(r.prompt) for r in reqs}) == 1:
+            memory = self.model.encode_schema(self.model.schema_inputs(self.host_batch(reqs)))
+            spaces = [(len(r.features["item_texts"]), len(r.features["q_ids"])) for r in reqs] \
+                if self.config.data.target == "actions" else None
+            return beam_search_batch(model, [r.prompt for r in reqs], eos_id=eos, beam_size=beam_size,
+                                     max_new_tokens=new, memory=memory, processors=procs, spaces=spaces,
+                                     length_penalty=opts.length_penalty, cancel=cancel)
+        out = []
+        for r, proc in zip(reqs, procs):
+            memory = self.model.encode_schema(self.model.schema_inputs(self.host_batch([r])))
+            out.append(decode(model, r.prompt, eos_id=eos, mode=opts.decoding, beam_size=beam_size,
+                              temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=new, schema=memory,
+                              processor=proc, length_penalty=opts.length_penalty, cancel=cancel))
+        return out
+
+    def _generation(self, q: "Question", req: "Request", hyps: list[Any], opts: InferenceConfig) -> Generation:
+        """The candidates of one request, and the one chosen (execution-guided where asked)."""
+        candidates = [Candidate(req.to_sql(h.tokens), round(h.logprob, 4), h.finished) for h in hyps]
         chosen, how, results = 0, "top", {}
         if opts.execution_guided:
-            chosen, how = self._choose(candidates, str(db_path), opts, results)
-            if chosen is None and opts.retry_beam > opts.beam_size and opts.decoding != "greedy":
-                with self.lock:  # nothing ran: search wider before giving up
-                    wide_hyps, wide = candidates_at(opts.retry_beam)
-                wide_results: dict[int, Any] = {}
-                chosen, how = self._choose(wide, str(db_path), opts, wide_results)
-                if chosen is not None:
-                    hyps, candidates, results, how = wide_hyps, wide, wide_results, f"retry-{how}"
-            if chosen is None and opts.fallback:
-                candidates.append(Candidate(fallback_sql(schema), 0.0, False))
-                chosen, how = len(candidates) - 1, "fallback"
-            elif chosen is None:
-                chosen, how = 0, "none"  # none qualifies: keep the model's favourite
-        hyp = hyps[chosen] if chosen < len(hyps) else None
-        out = Generation(sql=candidates[chosen].sql, candidates=candidates, chosen=chosen, choice=how,
-                         tokens=[self.tokenizer.decode([t]) for t in hyp.tokens] if hyp else [],
-                         routing=hyp.routing if routing and hyp else None, n_tokens=len(hyp.tokens) if hyp else 0)
-        if run:
-            res = results.get(chosen) or self._execute(str(db_path), out.sql)
-            out.rows = [list(r) for r in res.rows] if res.ok else None
-            out.error = None if res.ok else res.error
-            out.truncated = bool(res.truncated)
-        out.seconds = round(time.perf_counter() - t0, 4)
-        return out
+            chosen, how = self._choose(candidates, str(q.db_path), opts, results)
+            if chosen is None:
+                chosen = 0  # none qualifies: keep the model's favourite (or the fallback, later)
+        h = hyps[chosen]
+        g = Generation(sql=candidates[chosen].sql, candidates=candidates, chosen=chosen, choice=how,
+                       tokens=[self.tokenizer.decode([t]) for t in h.tokens], routing=h.routing or None,
+                       n_tokens=len(h.tokens))
+        g._results = results
+        return g
 
     def _execute(self, db_path: str, sql: str):
         from vantage_core.evaluate.executor import execute
@@ -368,15 +418,36 @@ class Engine:
 
 
 @dataclass
-class Request:
-    """One question made ready for decoding: the decoder's prompt ids, the host-side batch the
-    schema encoder reads, the featurized question (pointer models; for the constraint), and how
-    output ids become SQL."""
+class Question:
+    """One question for :meth:`Engine.generate_many`: over the database at ``db_path``, or the
+    given ``schema`` (then nothing can run)."""
 
+    text: str
+    db_path: str | Path | None = None
+    schema: Schema | None = None
+    extras: dict | None = None
+
+
+@dataclass
+class Request:
+    """One question made ready for decoding: the example, the decoder's prompt ids, the
+    featurized question (pointer models: the schema encoder's and the constraint's input) or
+    the encoder's schema text (token models), and how output ids become SQL."""
+
+    example: Example
     prompt: list[int]
-    inputs: dict[str, Any]
     features: dict | None
+    encoder_text: str | None
     to_sql: Callable[[list[int]], str]
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """This request alone as the schema encoder's host-side batch (see Engine.host_batch)."""
+        if self.features is not None:
+            from vantage_core.data.actions import collate
+
+            return collate([self.features], [self.example], None, with_targets=False)
+        return {"encoder_texts": [self.encoder_text]}
 
 
 def fallback_sql(schema: Schema) -> str:
@@ -389,29 +460,48 @@ def predict_examples(engine: Engine, examples: list[Example], *, progress: bool 
                      choices: Any = None, **overrides: Any) -> list[str]:
     """The engine's SQL for each dataset example, in order (for ``vantage evaluate --checkpoint``).
 
-    Uses the example's own schema and its first database (for execution-guided choice); a
+    Uses the example's own schema and its first database (for execution-guided choice), and
+    decodes ``inference.batch_size`` questions together (similar schema sizes side by side). A
     request that fails gives an empty prediction, which scores 0, instead of stopping the run.
+    ``choices`` (a Counter) counts how each SQL was chosen (:attr:`Generation.choice`, or ``error``).
     """
     from tqdm.auto import tqdm
 
     opts = engine.options(**overrides)
-    out = []
-    for ex in tqdm(examples, desc="generating", unit="q", disable=not progress, dynamic_ncols=True):
+    out = [""] * len(examples)
+
+    def question(ex: Example) -> Question:
         db = ex.db_paths[0] if ex.db_paths and Path(ex.db_paths[0]).is_file() else None
-        if db is None and opts.execution_guided:
-            opts_ex = opts.model_copy(update={"execution_guided": False})
-        else:
-            opts_ex = opts
-        try:
-            gen = engine.generate(ex.question, db_path=db, schema=ex.schema, options=opts_ex, extras=ex.extras)
-        except VantageError:
-            out.append("")
-            if choices is not None:
-                choices["error"] += 1
-            continue
-        out.append(gen.sql)
+        return Question(ex.question, db, ex.schema, ex.extras)
+
+    def count(choice: str) -> None:
         if choices is not None:
-            choices[gen.choice] += 1
+            choices[choice] += 1
+
+    order = sorted(range(len(examples)), key=lambda i: sum(len(t.columns) + 1 for t in examples[i].schema.tables))
+    with tqdm(total=len(examples), desc="generating", unit="q", disable=not progress, dynamic_ncols=True) as bar:
+        for s in range(0, len(order), opts.batch_size):
+            chunk = order[s:s + opts.batch_size]
+            qs = [question(examples[i]) for i in chunk]
+            guided = [q.db_path is not None for q in qs]
+            groups = [[j for j, g in enumerate(guided) if g], [j for j, g in enumerate(guided) if not g]]
+            for group, eg in zip(groups, (opts.execution_guided, False)):
+                if not group:
+                    continue
+                o = opts if eg == opts.execution_guided else opts.model_copy(update={"execution_guided": False})
+                try:
+                    gens = engine.generate_many([qs[j] for j in group], options=o)
+                except VantageError:  # one bad question: the others still get answers
+                    gens = []
+                    for j in group:
+                        try:
+                            gens.append(engine.generate_many([qs[j]], options=o)[0])
+                        except VantageError:
+                            gens.append(None)
+                for j, g in zip(group, gens):
+                    out[chunk[j]] = g.sql if g is not None else ""
+                    count(g.choice if g is not None else "error")
+            bar.update(len(chunk))
     return out
 
 
