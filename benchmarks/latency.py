@@ -1,6 +1,14 @@
 """Latency per question (p50, p95) and generation tokens/s, beside mlx-lm's generate.
 
     python benchmarks/latency.py --checkpoint MODEL_DIR [--config configs/tiny.yaml] [--n 30]
+    python benchmarks/latency.py --checkpoint runs/spider_seed0 --new-databases 21
+
+``--new-databases N``: what `vantage generate --db NEW.sqlite "question" --run` costs on a
+database the process has never seen: for each of N databases of the checkpoint's validation
+split, every cache is emptied first (the schema read from the file, its cell values for the
+linker, the MiniLM states of its names and of the question), then one question is answered
+with the checkpoint's own decoding (beam, constraint, execution-guided choice) and run. A second
+question on the same database shows the warm cost. Reported: p50 and p95 of each.
 
 Decodes ``--n`` questions of the checkpoint's test split greedily (no constraint) and reports
 the per-question wall time and the decode rate. With ``--config``, the model is rebuilt from
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import vantage_core  # noqa: F401  (BLAS before mlx)
 import mlx.core as mx
@@ -26,13 +35,62 @@ def pct(xs, q):
     return float(np.percentile(np.array(xs), q))
 
 
+def forget_everything(engine) -> None:
+    """Empty every cache a new database would miss: schema, cell values, frozen states."""
+    from vantage_core.data import linking
+
+    engine._schemas.clear()
+    linking._column_values.cache_clear()
+    linking.cased_values.cache_clear()
+    frozen = getattr(engine.model.schema_encoder, "frozen", None)
+    if frozen is not None:
+        frozen.pieces.clear()
+        frozen.pooled.clear()
+
+
+def new_database_latency(checkpoint: str, n: int) -> None:
+    from vantage_core.data.pipeline import load_split
+    from vantage_core.inference.engine import load_engine
+
+    import tempfile
+
+    engine = load_engine(checkpoint)
+    frozen = getattr(engine.model.schema_encoder, "frozen", None)
+    if frozen is not None:  # an empty disk store too: nothing of these databases computed before
+        frozen.cache_dir = Path(tempfile.mkdtemp(prefix="vantage-latency-"))
+    by_db: dict[str, list] = {}
+    for ex in load_split(engine.config.data, "validation").examples:
+        by_db.setdefault(ex.db_id, []).append(ex)
+    dbs = sorted(by_db)[:n]
+    first = by_db[dbs[0]][0]
+    engine.generate(first.question, db_path=first.db_paths[0], run=True)  # warm-up: imports, MiniLM weights
+    cold, warm = [], []
+    for db in dbs:
+        forget_everything(engine)
+        for times, ex in ((cold, by_db[db][0]), (warm, by_db[db][1 % len(by_db[db])])):
+            t = time.perf_counter()
+            engine.generate(ex.question, db_path=ex.db_paths[0], run=True)
+            times.append(time.perf_counter() - t)
+    inf = engine.config.inference
+    print(f"{checkpoint}: {inf.decoding} {inf.beam_size}, constraint "
+          f"{inf.constraint.name if inf.constraint else 'none'}, execution-guided {inf.execution_guided}, run=True")
+    print(f"  first question on a new database ({len(cold)} databases): p50 {pct(cold, 50) * 1000:.0f} ms, "
+          f"p95 {pct(cold, 95) * 1000:.0f} ms, max {max(cold) * 1000:.0f} ms")
+    print(f"  second question on it: p50 {pct(warm, 50) * 1000:.0f} ms, p95 {pct(warm, 95) * 1000:.0f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--new-databases", type=int, default=0, metavar="N",
+                    help="Time one question on each of N databases never seen by the process.")
     ap.add_argument("--config", help="Rebuild the model from this config's model section (random weights).")
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--tokens", type=int, default=64, help="Tokens per question with --config (EOS masked).")
     args = ap.parse_args()
+    if args.new_databases:
+        new_database_latency(args.checkpoint, args.new_databases)
+        return
 
     from vantage_core.config import load_config
     from vantage_core.data.pipeline import load_split
@@ -74,7 +132,7 @@ def main() -> None:
         g = engine.generate(ex.question, db_path=ex.db_paths[0], schema=ex.schema, options=opts)
         secs.append(time.perf_counter() - t)
         toks.append(g.n_tokens)
-        prompt_lens.append(len(engine.prompt(ex.question, ex.schema)[0]))
+        prompt_lens.append(len(engine.request(ex.question, ex.schema).prompt))
     print(f"vantage  {label}")
     print(f"  {len(examples)} questions, prompt {statistics.mean(prompt_lens):.0f} tokens on average, "
           f"{statistics.mean(toks):.1f} generated on average")
@@ -83,20 +141,20 @@ def main() -> None:
 
     # Decode-only rate of our model, prompt prefilled first (comparable with mlx-lm's step loop).
 
-    prompt, enc_text = engine.prompt(ex0.question, ex0.schema)
-    ctx = engine.schema_context(enc_text)
+    req = engine.request(ex0.question, ex0.schema)
+    memory = model.encode_schema(model.schema_inputs(req.inputs))
     cache = model.make_cache()
-    logits, _ = model(mx.array([prompt], dtype=mx.int32), schema_states=ctx.states, schema_mask=ctx.mask, cache=cache)
+    logits, _ = model(mx.array([req.prompt], dtype=mx.int32), memory, cache=cache)
     y = mx.argmax(logits[:, -1], axis=-1)
     mx.eval(y)
     n = args.tokens
     t = time.perf_counter()
     for _ in range(n):
-        logits, _ = model(y[:, None].astype(mx.int32), cache=cache)
+        logits, _ = model(y[:, None].astype(mx.int32), memory, cache=cache)
         y = mx.argmax(logits[:, -1], axis=-1)
         mx.eval(y)
     ours = n / (time.perf_counter() - t)
-    print(f"  decode-only: {ours:.1f} tokens/s ({n} tokens after a {len(prompt)}-token prompt)")
+    print(f"  decode-only: {ours:.1f} tokens/s ({n} tokens after a {len(req.prompt)}-token prompt)")
 
     try:
         from mlx_lm.generate import generate_step
@@ -118,7 +176,7 @@ def main() -> None:
         t = time.perf_counter()
         got = 0
         first = None
-        for (tok_id, _), _i in zip(generate_step(mx.array(prompt), ref, max_tokens=n + 1), range(n + 1)):
+        for (tok_id, _), _i in zip(generate_step(mx.array(req.prompt), ref, max_tokens=n + 1), range(n + 1)):
             got += 1
             if first is None:
                 first = time.perf_counter()  # after the prefill and the first token

@@ -13,7 +13,8 @@ import pytest
 import vantage_core  # noqa: F401  (BLAS before mlx)
 import mlx.core as mx
 
-from vantage_core.analysis.atlas import (capture_routing, collect_routing, count_matrix, entropy,
+from vantage_core.model.moe import capture_routing
+from vantage_core.analysis.atlas import (collect_routing, count_matrix, entropy,
                                          expert_specialization, moe_blocks, mutual_information,
                                          shuffled_baseline, summarize, write_atlas)
 from vantage_core.analysis.roles import ROLES, piece_roles, sql_token_roles

@@ -105,3 +105,26 @@ def test_agreement_with_official_verdicts_on_a_sample():
         hd = sum(s["exact_match"]["hardness"] == r["hardness"] for s, r in zip(scores, rows)) / len(rows)
         assert em >= 0.99 and ex >= 0.995 and hd >= 0.99, (name, em, ex, hd)
     metrics[1].close()
+
+
+def test_training_scores_apply_the_configured_limits(tmp_path):
+    """train.evaluation.score passes evaluate.timeout_s to the executing metrics: a query that
+    counts to 3 million (about a second in SQLite) is right under the default 5 s limit and
+    stopped under a 0.05 s one (both margins 20x)."""
+    import sqlite3
+
+    from vantage_core.config import PluginSpec
+    from vantage_core.data.example import Example
+    from vantage_core.data.schemas import schema_from_sqlite
+    from vantage_core.train.evaluation import score
+
+    db = tmp_path / "n.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE n (x INTEGER)")
+    con.commit()
+    con.close()
+    ex = Example(question="count to 3 million", sql="SELECT 3000000", db_id="n", schema=schema_from_sqlite(db),
+                 db_paths=[str(db)])
+    slow = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000000) SELECT count(*) FROM c"
+    assert score([ex], [slow], [PluginSpec(name="execution")], out_dir=None)["execution"] == 1.0
+    assert score([ex], [slow], [PluginSpec(name="execution")], out_dir=None, timeout_s=0.05)["execution"] == 0.0

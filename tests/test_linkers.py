@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,9 @@ from vantage_core.errors import ConfigError, PluginError
 from vantage_core.plugins import Registry, registry
 from vantage_plugins.linkers.lexical import link
 
-from test_spider_recipe import toy_db, toy_schema  # noqa: F401  (toy_db is a fixture)
+from test_sql_actions import toy_db, toy_schema  # noqa: F401  (toy_db is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 QUESTIONS = ["How many singers from France sang in concerts , by singer id ?".split(),
              "Which country is Rose White from ?".split(), [], ["hello"]]
@@ -90,41 +88,48 @@ def test_third_party_linker_is_found_by_name(fresh_pm):
         reg.get("schema_linker", "lexcal")
 
 
-def test_recipe_builds_the_configured_linker(tmp_path):
-    from spider_recipe import load_config, make_linker
+def test_config_builds_the_configured_linker():
+    from vantage_core.config import load_config, plugin_params
+    from vantage_core.plugins import registry
 
-    cfg = load_config(str(REPO / "configs" / "spider_cpu.yaml"))
-    assert cfg.data.linker.name == "lexical" and cfg.data.linker.params == {"cell_values": True}
-    assert make_linker(cfg).uses_values
-    cfg = load_config(str(REPO / "configs" / "spider_cpu.yaml"), ["data.linker={name: none}"])
-    assert type(make_linker(cfg)).__name__ == "NoLinker" and not make_linker(cfg).uses_values
-    cfg = load_config(str(REPO / "configs" / "spider_cpu.yaml"), ["data.linker.params.cell_values=false"])
-    assert not make_linker(cfg).uses_values
+    def linker(*sets):
+        spec = load_config(REPO / "configs" / "spider.yaml", list(sets)).data.linker
+        return spec, registry().build("schema_linker", spec.name, **plugin_params(spec))
+
+    spec, built = linker()
+    assert spec.name == "lexical" and spec.params == {"cell_values": True} and built.uses_values
+    spec, built = linker("data.linker={name: none}")
+    assert type(built).__name__ == "NoLinker" and not built.uses_values
+    assert not linker("data.linker.cell_values=false")[1].uses_values
 
 
-def test_recipe_rejects_unknown_linker_and_old_key(tmp_path):
-    from spider_recipe import load_config
+def test_config_rejects_an_unknown_linker_or_parameter():
+    from vantage_core.config import load_config
 
-    with pytest.raises(ConfigError, match=r"data\.linker: unknown schema_linker 'lexcal'; registered: .*lexical.*none"):
-        load_config(str(REPO / "configs" / "spider_cpu.yaml"), ["data.linker.name=lexcal"])
+    with pytest.raises(ConfigError, match=r"data\.linker\.name: unknown schema_linker 'lexcal'; registered: .*lexical.*none"):
+        load_config(REPO / "configs" / "spider.yaml", ["data.linker.name=lexcal"])
     with pytest.raises(ConfigError, match=r"schema_linker 'lexical' takes no parameter 'ngrams'; it accepts: cell_values, max_ngram"):
-        load_config(str(REPO / "configs" / "spider_cpu.yaml"), ["data.linker.params.ngrams=3"])
-    old = tmp_path / "old.yaml"
-    old.write_text("data: {cell_values: false}\n")
-    with pytest.raises(ConfigError, match=r"data\.cell_values .*data\.linker: \{name: lexical, params: \{cell_values: false\}\}"):
-        load_config(str(old))
+        load_config(REPO / "configs" / "spider.yaml", ["data.linker.ngrams=3"])
+    with pytest.raises(ConfigError, match=r"data\.linker: data\.target: actions needs a schema_linker"):
+        load_config(REPO / "configs" / "spider.yaml", ["data.linker=null"])
 
 
-def test_recipe_refuses_a_cache_prepared_with_another_linker(tmp_path):
-    """Features cached by `prepare` belong to its linker: another linker's config must not reuse them."""
-    import pickle
+def test_featurized_cache_belongs_to_its_linker(tmp_path, monkeypatch):
+    """Features are cached by content, the linker included: another linker never reads them."""
+    from vantage_core.config import load_config
+    from vantage_core.data.actions import prepare_action_split
+    from vantage_core.train.run import question_tokenizer
+    from vantage_core.plugins import registry
 
-    from spider_recipe import load_cache, load_config
-
-    cfg = load_config(str(REPO / "configs" / "spider_cpu.yaml"), [f"dir={tmp_path}"])
-    with open(tmp_path / "cache.pkl", "wb") as fh:
-        pickle.dump({"itos": [], "splits": {}, "data": cfg.data.model_dump()}, fh)
-    assert load_cache(cfg)["data"]["linker"]["name"] == "lexical"
-    other = load_config(str(REPO / "configs" / "spider_cpu.yaml"), [f"dir={tmp_path}", "data.linker={name: none}"])
-    with pytest.raises(ConfigError, match=r"data.linker: .*'lexical'.* in the cache.*'none'.*prepare --force"):
-        load_cache(other)
+    monkeypatch.setenv("VANTAGE_CACHE", str(tmp_path))
+    sets = ["data.train=[{name: synthetic, n_databases: 3, examples_per_db: 2}]", "data.validation=[]"]
+    cfg = load_config(REPO / "configs" / "spider.yaml", sets)
+    qtok = question_tokenizer(cfg, registry())
+    first = prepare_action_split(cfg.data, "train", qtok, progress=False)
+    again = prepare_action_split(cfg.data, "train", qtok, progress=False)
+    other = prepare_action_split(load_config(REPO / "configs" / "spider.yaml", sets + ["data.linker={name: none}"]).data,
+                                 "train", qtok, progress=False)
+    assert not first.from_cache and again.from_cache and again.feats == first.feats
+    assert not other.from_cache and other.cache_file != first.cache_file
+    assert any(f["item_link_name"] != [0] * len(f["item_link_name"]) for f in first.feats)
+    assert all(set(f["item_link_name"]) == {0} for f in other.feats)

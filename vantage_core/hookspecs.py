@@ -60,11 +60,18 @@ def register_experts(register: Register) -> None:
 
 @hookspec
 def register_schema_encoders(register: Register) -> None:
-    """Register schema encoders: the states the decoder cross-attends to.
+    """Register schema encoders: what the decoder reads besides its own tokens.
 
     ``factory(d_model: int, tokenizer, **params)`` (``tokenizer``: the decoder's
     :class:`vantage_core.data.tokenizer.Tokenizer`, for encoders that share it) returns an ``mlx.nn.Module``
-    implementing :class:`vantage_core.model.schema.SchemaEncoder`.
+    implementing :class:`vantage_core.model.schema.SchemaEncoder`: ``inputs(batch)`` turns a
+    host-side batch into arrays (outside the gradient: frozen models and caches belong here),
+    ``memory(arrays)`` gives a :class:`vantage_core.model.schema.Memory`, the states
+    cross-attention reads and, for pointer models, the schema items and question pieces the
+    pointer and copy heads choose from (then ``provides_items = True`` and a
+    ``question_tokenizer``, whose pieces the data pipeline counts copied spans in).
+    Encoders over serialized schema text get both methods from
+    :class:`vantage_core.model.schema.TextSchemaEncoder`.
     """
 
 
@@ -123,8 +130,9 @@ def register_constraints(register: Register) -> None:
     """Register decoding constraints (logits processors).
 
     ``factory(**params)`` returns an object implementing
-    :class:`vantage_core.inference.constraints.Constraint`: given the schema and the tokens
-    decoded so far, it masks the tokens that cannot continue a valid query.
+    :class:`vantage_core.inference.constraints.Constraint`: ``bind(schema, tokenizer, eos_id,
+    features=None)`` gives, per request, a processor that masks the next-token logits that
+    cannot continue a valid query (``features``: a pointer model's featurized question).
     """
 
 

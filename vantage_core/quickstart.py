@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+from vantage_core.resources import configs_dir
+
+CONFIG = configs_dir() / "quickstart.yaml"  # the checkout's configs/, else the wheel's copy
 SHOWN_EXAMPLES = 5
 
 

@@ -20,19 +20,19 @@ token). From it:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from vantage_core.analysis.roles import ROLE_INDEX, ROLES, piece_roles
 from vantage_core.errors import DataError, VantageError
+from vantage_core.model.moe import capture_routing, moe_blocks
 
 COPIED = ("generated", "copied")  # whether a token names a table or column of the schema
 
@@ -96,49 +96,6 @@ def shuffled_baseline(experts: np.ndarray, labels: np.ndarray, num_experts: int,
 
 
 # ---------------------------------------------------------------------------- routing capture
-
-class _RouterTap:
-    """Stands in front of a router, passing every call through and keeping the decisions."""
-
-    def __init__(self, router: Any):
-        self.router = router
-        self.calls: list[Any] = []
-
-    def __call__(self, x):
-        routing = self.router(x)
-        self.calls.append(routing)
-        return routing
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.router, name)
-
-
-def moe_blocks(model: Any) -> list[Any]:
-    """The model's MoE blocks, in layer order."""
-    from vantage_core.model.moe import MoEBlock
-
-    return [layer.ffn for layer in getattr(model, "layers", []) if isinstance(getattr(layer, "ffn", None), MoEBlock)]
-
-
-@contextlib.contextmanager
-def capture_routing(model: Any) -> Iterator[list[_RouterTap]]:
-    """Within the block, every MoE layer's router decisions are kept in ``tap.calls`` (one tap
-    per MoE layer, in order). The router modules and parameters are untouched: an instance
-    attribute shadows each block's ``router`` child and is removed on exit."""
-    blocks = moe_blocks(model)
-    shadowed = [b.__dict__.get("router") for b in blocks]  # another tap already in place (the engine's)
-    taps = [_RouterTap(b.router) for b in blocks]
-    for block, tap in zip(blocks, taps):
-        object.__setattr__(block, "router", tap)
-    try:
-        yield taps
-    finally:
-        for block, previous in zip(blocks, shadowed):
-            if previous is None:
-                object.__delattr__(block, "router")
-            else:
-                object.__setattr__(block, "router", previous)
-
 
 # ---------------------------------------------------------------------------- collection
 
@@ -225,6 +182,74 @@ def collect_routing(model: Any, tokenizer: Any, examples: Sequence[Any], ser_cfg
                          copied=np.asarray(copied, dtype=bool), pieces=piece_text,
                          experts=[np.concatenate(x) for x in experts], weights=[np.concatenate(x) for x in weights],
                          n_examples=len(encoded), seconds=time.perf_counter() - t0, skipped=dict(skipped))
+
+
+def collect_action_routing(model: Any, vocab: Any, examples: Sequence[Any], data_cfg: Any, *,
+                           batch_size: int = 16, progress: bool = True) -> RoutingRecord:
+    """:func:`collect_routing` for a pointer model (``data.target: actions``): the gold actions
+    as inputs, each action's routing at the position that reads it."""
+    import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
+    import mlx.core as mx
+
+    from vantage_core.analysis.roles import action_roles
+    from vantage_core.config import plugin_params
+    from vantage_core.data.actions import collate, featurize_request
+    from vantage_core.data.linking import schema_items
+    from vantage_core.plugins import registry
+
+    if not moe_blocks(model):
+        raise VantageError("the model has no MoE layer (model.moe_every is 0): there is no routing to analyse")
+    t0 = time.perf_counter()
+    linker = registry().build("schema_linker", data_cfg.linker.name, **plugin_params(data_cfg.linker))
+    qtok = model.schema_encoder.question_tokenizer
+    encoded, skipped = [], Counter()
+    for ex in examples:
+        feats = featurize_request(ex, qtok, linker)
+        if feats["actions"] is None:
+            skipped[f"SQL the action codec cannot express: {feats['codec_error']}"[:80]] += 1
+            continue
+        encoded.append((ex, feats, action_roles(feats["actions"], schema_items(ex.schema))))
+    if not encoded:
+        raise DataError(f"none of the {len(examples)} examples could be analysed: {dict(skipped)}")
+    encoded.sort(key=lambda e: (len(e[1]["item_texts"]), len(e[1]["actions"])))
+    n_layers = len(moe_blocks(model))
+    roles, copied, piece_text = [], [], []
+    experts: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
+    weights: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
+    num_experts = moe_blocks(model)[0].router.num_experts
+    batches = [encoded[i:i + batch_size] for i in range(0, len(encoded), batch_size)]
+    with capture_routing(model) as taps:
+        for batch in _progress(batches, progress, "routing"):
+            b = collate([f for _, f, _ in batch], [ex for ex, _, _ in batch], vocab)
+            memory = model.encode_schema(model.schema_inputs(b))
+            for tap in taps:
+                tap.calls.clear()
+            out, _ = model.hidden(mx.array(b["tokens"]), memory)
+            mx.eval(out, *[c.indices for t in taps for c in t.calls], *[c.weights for t in taps for c in t.calls])
+            B, T = b["tokens"].shape
+            per_layer = [(np.array(t.calls[-1].indices).reshape(B, T, -1),
+                          np.array(t.calls[-1].weights, dtype=np.float32).reshape(B, T, -1)) for t in taps]
+            for i, (_, _, pieces) in enumerate(batch):
+                pos = np.arange(1, 1 + len(pieces))  # each action as an input (after <s>)
+                roles += [ROLE_INDEX[p.role] for p in pieces]
+                copied += [p.copied for p in pieces]
+                piece_text += [p.piece for p in pieces]
+                for layer, (idx, w) in enumerate(per_layer):
+                    experts[layer].append(idx[i, pos])
+                    weights[layer].append(w[i, pos])
+    return RoutingRecord(num_experts=num_experts, roles=np.asarray(roles, dtype=np.int64),
+                         copied=np.asarray(copied, dtype=bool), pieces=piece_text,
+                         experts=[np.concatenate(x) for x in experts], weights=[np.concatenate(x) for x in weights],
+                         n_examples=len(encoded), seconds=time.perf_counter() - t0, skipped=dict(skipped))
+
+
+def route_examples(model: Any, tokenizer: Any, examples: Sequence[Any], cfg: Any, *, batch_size: int = 16,
+                   progress: bool = True) -> RoutingRecord:
+    """The routing record of ``examples`` for either target format of ``cfg``."""
+    if cfg.data.target == "actions":
+        return collect_action_routing(model, tokenizer, examples, cfg.data, batch_size=batch_size, progress=progress)
+    return collect_routing(model, tokenizer, examples, cfg.data.serialization, batch_size=batch_size,
+                           progress=progress)
 
 
 def _progress(items: list, enabled: bool, desc: str):
@@ -481,8 +506,7 @@ def init_baseline(atlas: Atlas, cfg: Any, tokenizer: Any, examples: Sequence[Any
     fresh = build_model(cfg.model, tokenizer)
     mx.eval(fresh.parameters())
     fresh.eval()
-    record = collect_routing(fresh, tokenizer, examples, cfg.data.serialization, batch_size=batch_size,
-                             progress=progress)
+    record = route_examples(fresh, tokenizer, examples, cfg, batch_size=batch_size, progress=progress)
     for la, idx in zip(atlas.layers, record.experts):
         la.mi_init = mutual_information(count_matrix(idx, record.roles, atlas.num_experts, len(ROLES)))
 
@@ -499,8 +523,7 @@ def analyze_run(run_dir: str | Path, dataset: str, split: str, *, limit: int | N
 
     model, tokenizer, cfg, info = load_model(run_dir)
     examples = load_examples(cfg, dataset, split, limit, echo)
-    record = collect_routing(model, tokenizer, examples, cfg.data.serialization, batch_size=batch_size,
-                             progress=progress)
+    record = route_examples(model, tokenizer, examples, cfg, batch_size=batch_size, progress=progress)
     run_name = name or Path(run_dir).resolve().name
     router = cfg.model.router.name
     atlas = summarize(record, name=run_name if router in run_name else f"{run_name} ({router})", n_shuffles=n_shuffles)

@@ -220,3 +220,51 @@ def piece_roles(tokenizer: Any, sql: str, schema: Any = None, ids: Sequence[int]
         else:
             out.append(PieceRole(tid, piece, start, end, hit.role, hit.copied))
     return out
+
+
+_ACTION_CLAUSES = {"select": "kw_select", "from": "kw_from", "join": "kw_from", "where": "kw_where",
+                   "group": "kw_group_by", "having": "kw_having", "order": "kw_order_by", "limit": "kw_limit",
+                   "union": "kw_set_op", "intersect": "kw_set_op", "except": "kw_set_op"}
+_ACTION_FUNCTIONS = {"count", "sum", "avg", "min", "max", "cast"}
+_ACTION_OPERATORS = {"=", "!=", "<", ">", "<=", ">=", "and", "or", "not", "in", "like", "between", "is", "exists",
+                     "+", "-", "/", "%", "||"}
+
+
+def action_roles(actions: Sequence[tuple[int, Any]], items: Sequence[Any]) -> list[PieceRole]:
+    """The role of each action of a pointer model's SQL (``vantage_core.data.sql_actions``:
+    ``(VOCAB, token)``, ``(ITEM, index into items)``, ``(QUESTION, piece)``), tracked left to
+    right like :func:`sql_token_roles`: a pointer names a table or a column of the schema
+    (copied), a question piece and a literal are values."""
+    from vantage_core.data.sql_actions import ITEM, QUESTION, VALUE_MARKERS
+
+    out, clause, stack = [], "kw_select", []
+    for kind, value in actions:
+        if kind == ITEM:
+            it = items[value]
+            role, text, copied = ("table" if it.column is None else "column"), it.column or it.table, True
+        elif kind == QUESTION:
+            role, text, copied = "value", f"<q{value}>", False
+        else:
+            text, copied = str(value), False
+            if text in _ACTION_CLAUSES:
+                clause = role = _ACTION_CLAUSES[text]
+            elif text == "(":
+                stack.append(clause)
+                role = "punctuation"
+            elif text == ")":
+                clause = stack.pop() if stack else clause
+                role = "punctuation"
+            elif text == ",":
+                role = "punctuation"
+            elif text in _ACTION_FUNCTIONS:
+                role = "function"
+            elif text in _ACTION_OPERATORS:
+                role = "operator"
+            elif text == "*":
+                role = "column"
+            elif text in VALUE_MARKERS or text.startswith("'") or text[:1].isdigit() or text == "<lit>":
+                role = "value"
+            else:
+                role = clause  # distinct, by, as, on, asc, desc: a keyword of the current clause
+        out.append(PieceRole(-1, text, 0, 0, role, copied))
+    return out

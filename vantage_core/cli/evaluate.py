@@ -10,6 +10,7 @@ import click
 
 from vantage_core.cli.options import config_options, load_from_options
 from vantage_core.errors import DataError
+from vantage_core.evaluate.runner import build_metrics
 
 
 def read_predictions(path: str | Path) -> list[str]:
@@ -128,23 +129,6 @@ def _dataset_params_from(config, dataset: str) -> dict:
     return {}
 
 
-def build_metrics(specs, timeout_s: float, max_rows: int) -> list:
-    """Metric objects from config specs; executing metrics get the config's time and row limits
-    unless their spec sets them."""
-    from vantage_core.config import plugin_params
-    from vantage_core.plugins import registry
-
-    metrics = []
-    for spec in specs:
-        params = dict(plugin_params(spec))
-        accepted = registry().get("metric", spec.name).parameters()
-        for key, value in (("timeout_s", timeout_s), ("max_rows", max_rows)):
-            if key in accepted and key not in params:
-                params[key] = value
-        metrics.append(registry().build("metric", spec.name, **params))
-    return metrics
-
-
 @click.command()
 @click.option("--predictions", "-p", "predictions_path", type=click.Path(dir_okay=False), default=None,
               help="Predictions: one SQL per line (Spider), BIRD's JSON, or JSON lines.")
@@ -179,12 +163,13 @@ def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metri
         raise click.UsageError("give exactly one of --predictions FILE and --checkpoint DIR")
     engine = None
     if checkpoint is not None:
-        from vantage_core.inference.engine import load_engine
+        from vantage_core.inference.export import config_file_of, open_engine
 
-        engine = load_engine(checkpoint)
-        if not options.get("config"):
+        engine = open_engine(checkpoint)
+        own = config_file_of(engine)
+        if not options.get("config") and own is not None:
             # The run's own config: its metrics, and the parameters it gave this dataset.
-            options = {**options, "config": str(Path(engine.info["folder"]) / "config.yaml")}
+            options = {**options, "config": str(own)}
     cfg = load_from_options(options)
     if engine is not None:  # --set inference.* changes how the model decodes
         engine.config = engine.config.model_copy(update={"inference": cfg.inference})

@@ -63,7 +63,7 @@ def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_j
     Exits with status 1 when a question got no SQL or, with --run, its SQL failed to run."""
     from vantage_core.cli.evaluate import text_lines
     from vantage_core.errors import VantageError
-    from vantage_core.inference.engine import load_engine
+    from vantage_core.inference.export import open_engine
     from vantage_core.textfiles import read_utf8
 
     asked = [question] if question else []
@@ -72,7 +72,7 @@ def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_j
         asked += [q.strip() for q in lines if q.strip() and not q.lstrip().startswith("#")]
     if not asked:
         raise click.UsageError("give a QUESTION or --questions FILE")
-    engine = load_engine(checkpoint)
+    engine = open_engine(checkpoint)
     opts = engine.options(**_inference_overrides(**decoding))
     failed = 0
     for q in asked:
@@ -118,7 +118,8 @@ def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_j
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=float,
               help="Seconds a request may take, waiting included (504 beyond).")
 def serve(checkpoint, host, port, db_dir, max_concurrency, timeout_s) -> None:
-    """Serve the model over HTTP (OpenAPI document at /docs, playground at /)."""
+    """Serve the model over HTTP (OpenAPI document at /docs, playground at /, and the OpenAI-compatible
+    /v1/models and /v1/chat/completions)."""
     import uvicorn
 
     from vantage_core.inference.serve import ServeSettings, create_app
@@ -136,7 +137,7 @@ def serve(checkpoint, host, port, db_dir, max_concurrency, timeout_s) -> None:
 @click.option("--overwrite", is_flag=True)
 @decoding_options
 def export(checkpoint, out, quantize, group_size, overwrite, **decoding) -> None:
-    """Write a self-contained model folder (weights, config, tokenizer, plugin list)."""
+    """Write a self-contained model folder: config.json, model.safetensors, vantage_tokenizer/, a model card."""
     from vantage_core.inference.export import export_model
 
     inference = {k: v for k, v in _inference_overrides(**decoding).items() if v is not None}

@@ -31,11 +31,11 @@ ACTIONS_VERSION = 1  # bump when the features below change, so caches are rebuil
 ITEM_TYPES = ("table", "text", "number", "time", "boolean", "others")
 
 
-def question_pieces(question: str, tokenizer: Any) -> tuple[list[int], list[tuple[int, int]], list[int | None]]:
+def question_pieces(question: str, tokenizer: Any) -> tuple[list[int], list[list[int]], list[int | None]]:
     """(piece ids, character offsets, word index or None for [CLS]/[SEP]) of a question."""
     enc = tokenizer.encode(question)
     n = sum(enc.attention_mask)
-    return list(enc.ids[:n]), [tuple(o) for o in enc.offsets[:n]], list(enc.word_ids[:n])
+    return list(enc.ids[:n]), [list(o) for o in enc.offsets[:n]], list(enc.word_ids[:n])  # lists: as JSON reads them back
 
 
 def featurize(ex: Example, tokenizer: Any, linker: Any, values: dict | None) -> dict[str, Any]:

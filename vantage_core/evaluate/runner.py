@@ -189,6 +189,23 @@ def plot_summary(metrics: Sequence[Metric], scores: list[dict], path: Path, titl
     plt.close(fig)
 
 
+def build_metrics(specs, timeout_s: float, max_rows: int) -> list:
+    """Metric objects from config specs; executing metrics get the config's time and row limits
+    unless their spec sets them."""
+    from vantage_core.config import plugin_params
+    from vantage_core.plugins import registry
+
+    metrics = []
+    for spec in specs:
+        params = dict(plugin_params(spec))
+        accepted = registry().get("metric", spec.name).parameters()
+        for key, value in (("timeout_s", timeout_s), ("max_rows", max_rows)):
+            if key in accepted and key not in params:
+                params[key] = value
+        metrics.append(registry().build("metric", spec.name, **params))
+    return metrics
+
+
 def evaluate_predictions(examples: Sequence[Example], predictions: Sequence[str], metrics: Iterable[Any],
                          out_dir: str | os.PathLike | None = None, workers: int = 1, split: str = "dev",
                          title: str | None = None) -> dict[str, Any]:

@@ -22,14 +22,18 @@ class LogitsProcessor(Protocol):
         tokens at ``-inf``. ``generated[b]`` holds row b's generated ids (prompt excluded).
 
         A processor may also have ``finalize(ids) -> ids | None``: decoding passes it every
-        output and keeps what it returns (a valid prefix), or marks the output unfinished on None."""
+        output and keeps what it returns (a valid prefix), or marks the output unfinished on None;
+        and ``masks(generated, width) -> np.ndarray`` (B, width) of additive masks, which beam
+        search then adds on the host instead of calling it."""
 
 
 class Constraint(Protocol):
     """What a registered constraint factory returns."""
 
-    def bind(self, schema: Schema, tokenizer: Any, eos_id: int) -> LogitsProcessor:
-        """A processor for one schema (it may keep caches across the requests on that schema)."""
+    def bind(self, schema: Schema, tokenizer: Any, eos_id: int, features: dict | None = None) -> LogitsProcessor:
+        """A processor for one request on ``schema`` (it may keep caches across the requests on
+        that schema). ``features``: for a pointer model (``data.target: actions``) the request's
+        featurized question (``vantage_core.data.actions.featurize``); None for a token model."""
 
 
 def apply_mask(logits: mx.array, allowed: np.ndarray) -> mx.array:

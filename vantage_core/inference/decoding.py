@@ -224,20 +224,30 @@ def beam_search_batch(model: Any, prompts: Sequence[Sequence[int]], *, eos_id: i
     else:  # a request's own columns of the batch's output space, and its ids -> the batch's
         V = width - N - (memory.question.shape[1] if memory.question is not None else 0)
         columns = [np.concatenate([np.arange(V + n), V + N + np.arange(q)]) for n, q in spaces]
+    # What the steps after the prefill read of the memory (a model that caches its cross-attention
+    # keys/values needs no states gathered for every beam).
+    step_memory = model.step_memory(memory) if hasattr(model, "step_memory") else memory
     beams: list[list[Hypothesis]] = [[Hypothesis([], 0.0, False)] for _ in range(B)]
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     live = list(range(B))  # requests still searching, in row order
     rows_of = {i: [i] for i in range(B)}  # request -> its rows in the current batch
+    n_rows = B
+    # A model with its own reorder_cache keeps one memory row (and cross-attention keys/values)
+    # per request and reads the beams of a request as one group: every live request then has
+    # exactly beam_size rows, padded with copies of a survivor whose outputs are ignored.
+    grouped = hasattr(model, "reorder_cache")
+    kv_requests = list(range(B))
     for step in range(max_new_tokens):
         _check(cancel)
-        n_rows = sum(len(rows_of[i]) for i in live)
         pending = routing_of(aux, n_rows)
         scores = np.array(logits.astype(mx.float32))  # (R, width)
         parents, next_ids, still = [], [], []
         for i in live:
             rows = rows_of[i]
             local = scores[rows] if columns[i] is None else scores[rows][:, columns[i]]
-            if processors[i] is not None:
+            if hasattr(processors[i], "masks"):  # a processor that masks on the host: no round trip
+                local = local + processors[i].masks([b.tokens for b in beams[i]], local.shape[-1])
+            elif processors[i] is not None:
                 local = np.array(processors[i]([b.tokens for b in beams[i]], mx.array(local)))
             logp = local - _logsumexp(local)
             totals = logp + np.array([b.logprob for b in beams[i]])[:, None]
@@ -257,7 +267,7 @@ def beam_search_batch(model: Any, prompts: Sequence[Sequence[int]], *, eos_id: i
                 else:
                     survivors.append(Hypothesis(src.tokens + [tok], float(flat[j]), False,
                                                 src.routing + [pending[rows[parent]]] if pending else []))
-                    chosen.append((rows[parent], tok))
+                    chosen.append((rows[parent], tok if columns[i] is None else int(columns[i][tok])))
                 if len(survivors) == beam_size:
                     break
             finished[i] = sorted(finished[i], key=lambda h: -h.score(length_penalty))[:beam_size]
@@ -270,17 +280,27 @@ def beam_search_batch(model: Any, prompts: Sequence[Sequence[int]], *, eos_id: i
                 continue
             still.append(i)
             rows_of[i] = list(range(len(parents), len(parents) + len(chosen)))
+            if grouped:  # pad the group to beam_size rows
+                chosen += [chosen[-1]] * (beam_size - len(chosen))
             for row, tok in chosen:
                 parents.append(row)
-                next_ids.append(tok if columns[i] is None else int(columns[i][tok]))
+                next_ids.append(tok)
         live = still
         if not live:
             break
+        n_rows = len(parents)
         index = mx.array(parents, dtype=mx.int32)
-        cache = reorder_cache(cache, index)
-        request_of_row = mx.array([i for i in live for _ in rows_of[i]], dtype=mx.int32)
-        logits, aux = _forward(model, mx.array(next_ids, dtype=mx.int32)[:, None],
-                               memory.take(request_of_row) if memory.states is not None else memory, cache)
+        if grouped:
+            requests = None
+            if live != kv_requests:
+                requests = mx.array([kv_requests.index(i) for i in live], dtype=mx.int32)
+                kv_requests = list(live)
+            cache = model.reorder_cache(cache, index, requests)
+            step_rows = step_memory.take(mx.array(live, dtype=mx.int32))
+        else:
+            cache = reorder_cache(cache, index)
+            step_rows = step_memory.take(mx.array([i for i in live for _ in rows_of[i]], dtype=mx.int32))
+        logits, aux = _forward(model, mx.array(next_ids, dtype=mx.int32)[:, None], step_rows, cache)
     out = []
     for i in range(B):
         # Beams cut at max_new_tokens still count, after every finished one.

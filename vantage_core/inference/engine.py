@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
-import mlx.core as mx
 
 from vantage_core.config import Config, InferenceConfig, load_config, plugin_params
 from vantage_core.data.example import Example, Schema
@@ -94,6 +93,10 @@ def load_model(path: str | Path) -> tuple[Any, Any, Config, dict]:
     from vantage_core.train.checkpoint import load_weights_file
 
     folder = resolve_model_dir(path)
+    from vantage_core.inference.export import is_export, load_export
+
+    if is_export(folder):  # `vantage export`'s layout: config.json, vantage_tokenizer/
+        return load_export(folder)
     for need in ("config.yaml", "tokenizer"):
         if not (folder / need).exists():
             raise VantageError(f"{folder}: missing {need}; a model folder holds model.safetensors, "
@@ -142,45 +145,31 @@ def quantize_model(model: Any, bits: int, group_size: int = 64) -> int:
 
 # ---------------------------------------------------------------------------- routing capture
 
-class _RouterTap:
-    """Stands in front of a router and keeps its last decision (the parameters stay where they are)."""
-
-    def __init__(self, router: Any):
-        self.router = router
-        self.last = None
-
-    def __call__(self, x: mx.array):
-        self.last = self.router(x)
-        return self.last
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.router, name)
-
-
 class _RoutingModel:
-    """The model, with each MoE layer's routing of the last call added to its aux as ``routing``."""
+    """The model, with each MoE layer's routing of the last call added to its aux as ``routing``
+    (through :func:`vantage_core.model.moe.capture_routing`, which leaves the model as it was)."""
 
     def __init__(self, model: Any):
-        from vantage_core.model.moe import MoEBlock
-
         self.model = model
-        self.taps = []
-        for layer in getattr(model, "layers", []):
-            block = getattr(layer, "ffn", None)
-            if isinstance(block, MoEBlock):
-                tap = _RouterTap(block.router)
-                # An instance attribute shadows the module's child without touching parameters().
-                object.__setattr__(block, "router", tap)
-                self.taps.append(tap)
+        self.args = model.args
 
     def __call__(self, tokens, memory=None, cache=None):
-        logits, aux = self.model(tokens, memory, cache=cache)
-        if self.taps and not (isinstance(aux, dict) and aux.get("routing")):
-            aux = {**(aux if isinstance(aux, dict) else {}), "routing": [t.last for t in self.taps]}
+        from vantage_core.model.moe import capture_routing
+
+        with capture_routing(self.model) as taps:
+            logits, aux = self.model(tokens, memory, cache=cache)
+        if taps and not (isinstance(aux, dict) and aux.get("routing")):
+            aux = {**(aux if isinstance(aux, dict) else {}), "routing": [t.calls[-1] for t in taps]}
         return logits, aux
 
     def make_cache(self):
         return self.model.make_cache()
+
+    def step_memory(self, memory):
+        return self.model.step_memory(memory)
+
+    def reorder_cache(self, cache, rows, requests=None):
+        return self.model.reorder_cache(cache, rows, requests)
 
 
 # ---------------------------------------------------------------------------- the engine
@@ -227,12 +216,12 @@ class Engine:
         enc = encode_example(ex, self.tokenizer, self.config.data.serialization)
         tokenizer = self.tokenizer
         return Request(ex, list(enc["tokens"][:enc["sql_start"] + 1]), None, enc["encoder_text"],
-                       lambda ids: tokenizer.decode(ids).strip())
+                       lambda ids: tokenizer.decode(ids).strip(), lambda ids: [tokenizer.decode([t]) for t in ids])
 
     def _action_request(self, ex: Example) -> "Request":
         from vantage_core.data.actions import featurize_request, to_actions
         from vantage_core.data.linking import cased_values, schema_items
-        from vantage_core.data.sql_actions import render_sql
+        from vantage_core.data.sql_actions import ITEM, QUESTION, render_sql
 
         if self._linker is None:
             from vantage_core.plugins import registry
@@ -247,7 +236,20 @@ class Engine:
         def to_sql(ids: list[int]) -> str:
             return render_sql(to_actions(ids, vocab, len(items)), items, ex.question, feats["offsets"], values)
 
-        return Request(ex, [vocab.bos_id], feats, None, to_sql)
+        def to_tokens(ids: list[int]) -> list[str]:  # what each action writes, for the routing view
+            out = []
+            for kind, value in to_actions(ids, vocab, len(items)):
+                if kind == ITEM:
+                    it = items[value]
+                    out.append(it.table if it.column is None else f"{it.table}.{it.column}")
+                elif kind == QUESTION:
+                    s, e = feats["offsets"][value]
+                    out.append(ex.question[s:e])
+                else:
+                    out.append(str(value))
+            return out
+
+        return Request(ex, [vocab.bos_id], feats, None, to_sql, to_tokens)
 
     def host_batch(self, requests: list["Request"]) -> dict[str, Any]:
         """The host-side batch the schema encoder reads for these requests (one row each)."""
@@ -391,7 +393,7 @@ class Engine:
                 chosen = 0  # none qualifies: keep the model's favourite (or the fallback, later)
         h = hyps[chosen]
         g = Generation(sql=candidates[chosen].sql, candidates=candidates, chosen=chosen, choice=how,
-                       tokens=[self.tokenizer.decode([t]) for t in h.tokens], routing=h.routing or None,
+                       tokens=req.to_tokens(h.tokens), routing=h.routing or None,
                        n_tokens=len(h.tokens))
         g._results = results
         return g
@@ -439,6 +441,7 @@ class Request:
     features: dict | None
     encoder_text: str | None
     to_sql: Callable[[list[int]], str]
+    to_tokens: Callable[[list[int]], list[str]]  # what each output id writes (the routing view's labels)
 
     @property
     def inputs(self) -> dict[str, Any]:

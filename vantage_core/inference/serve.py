@@ -1,4 +1,6 @@
-"""The HTTP API (FastAPI): ``POST /v1/generate``, ``GET /health``, known databases, a playground.
+"""The HTTP API (FastAPI): ``POST /v1/generate``, ``GET /health``, known databases, a playground,
+and the OpenAI-compatible ``GET /v1/models`` and ``POST /v1/chat/completions``
+(:mod:`vantage_core.inference.openai_api`).
 
 Limits: at most ``max_concurrency`` requests are admitted at once (waiting or running; the model
 itself runs one request at a time), the next ones get 503 at once; a request body over
@@ -304,10 +306,11 @@ def public_validation_errors(errors: list[dict]) -> list[dict]:
 
 def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     """The API for ``model`` (a model folder path, or a loaded :class:`Engine`)."""
-    from vantage_core.inference.engine import Engine, load_engine
+    from vantage_core.inference.engine import Engine
+    from vantage_core.inference.export import open_engine
 
     settings = settings or ServeSettings()
-    engine: Engine = model if isinstance(model, Engine) else load_engine(model)
+    engine: Engine = model if isinstance(model, Engine) else open_engine(model)
     databases = find_databases(settings.db_dirs)
     app = FastAPI(title="Vantage text-to-SQL", version="1",
                   description="Questions in, SQL out, from a Mixture-of-Experts model.")
@@ -380,17 +383,23 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
         if opts.beam_size > settings.max_beam_size or opts.max_new_tokens > settings.max_new_tokens:
             opts = opts.model_copy(update={"beam_size": min(opts.beam_size, settings.max_beam_size),
                                            "max_new_tokens": min(opts.max_new_tokens, settings.max_new_tokens)})
+        g = await run_generation(req.question, db_path=db_path, schema=schema, run=req.run,
+                                 routing=req.routing, options=opts)
+        return _response(g)
+
+    async def run_generation(question: str, **kwargs: Any) -> Any:
+        """``engine.generate(question, **kwargs)`` under the server's limits: a slot held until the
+        work has really ended (503 when none is free), the time limit (504), then cancellation."""
         if not admission.try_enter():
             state["rejected"] += 1
             raise HTTPException(503, f"busy: {settings.max_concurrency} requests in flight; retry later",
                                 headers={"Retry-After": "1"})
         cancel = threading.Event()
         generate = engine.generate
-        kwargs = dict(db_path=db_path, schema=schema, run=req.run, routing=req.routing, options=opts)
         if accepts_cancel(generate):
             kwargs["cancel"] = cancel
         try:
-            g = await asyncio.wait_for(run_in_own_thread(lambda: generate(req.question, **kwargs), admission.leave),
+            g = await asyncio.wait_for(run_in_own_thread(lambda: generate(question, **kwargs), admission.leave),
                                        timeout=settings.timeout_s)
         except asyncio.TimeoutError:
             # The client is answered now; the generation stops at its next step (its slot is
@@ -398,11 +407,15 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
             cancel.set()
             raise HTTPException(504, f"no answer within {settings.timeout_s:g} s") from None
         state["served"] += 1
-        return _response(g)
+        return g
 
     def _response(g: Any) -> GenerateResponse:
         candidates = [{**c.__dict__, "error": public_message(c.error)} for c in g.candidates]
         return GenerateResponse(**{**g.to_dict(), "candidates": candidates, "error": public_message(g.error)})
+
+    from vantage_core.inference.openai_api import add_openai_routes
+
+    add_openai_routes(app, engine, databases, settings, run_generation, public_message)
 
     from vantage_core.playground import mount_playground
 

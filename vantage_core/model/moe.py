@@ -10,9 +10,10 @@ the indices carry ``stop_gradient``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -155,3 +156,46 @@ class MoEBlock(nn.Module):
         if shared is not None:
             y = y + shared
         return y.reshape(shape), routing
+
+
+# ---------------------------------------------------------------------------- routing capture
+
+class RouterTap:
+    """Stands in front of a router, passing every call through and keeping the decisions."""
+
+    def __init__(self, router: Any):
+        self.router = router
+        self.calls: list[Any] = []
+
+    def __call__(self, x):
+        routing = self.router(x)
+        self.calls.append(routing)
+        return routing
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.router, name)
+
+
+def moe_blocks(model: Any) -> list[Any]:
+    """The model's MoE blocks, in layer order."""
+    return [layer.ffn for layer in getattr(model, "layers", []) if isinstance(getattr(layer, "ffn", None), MoEBlock)]
+
+
+@contextlib.contextmanager
+def capture_routing(model: Any) -> Iterator[list[RouterTap]]:
+    """Within the block, every MoE layer's router decisions are kept in ``tap.calls`` (one tap
+    per MoE layer, in order). The router modules and parameters are untouched: an instance
+    attribute shadows each block's ``router`` child and is removed on exit."""
+    blocks = moe_blocks(model)
+    shadowed = [b.__dict__.get("router") for b in blocks]  # another tap already in place (nested captures)
+    taps = [RouterTap(b.router) for b in blocks]
+    for block, tap in zip(blocks, taps):
+        object.__setattr__(block, "router", tap)
+    try:
+        yield taps
+    finally:
+        for block, previous in zip(blocks, shadowed):
+            if previous is None:
+                object.__delattr__(block, "router")
+            else:
+                object.__setattr__(block, "router", previous)

@@ -32,12 +32,6 @@ class Memory:
         return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self)
                                 if getattr(self, f.name) is not None})
 
-    def repeat(self, n: int) -> "Memory":
-        """Row 0 repeated ``n`` times (one request's memory for ``n`` beams)."""
-        if self.states is None or self.states.shape[0] == n:
-            return self
-        return self.take(mx.zeros((n,), dtype=mx.int32))
-
     @property
     def n_items(self) -> int:
         return 0 if self.items is None else self.items.shape[1]

@@ -55,7 +55,7 @@ class KVCache:
     """Self-attention keys/values of one layer, grown in steps; plus the schema cross-attention
     keys/values, computed once per request."""
 
-    step = 256
+    step = 16  # small: beam search reorders the whole buffer every step
 
     def __init__(self):
         self.keys = self.values = None  # (B, H_kv, capacity, hd)
@@ -107,6 +107,16 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
 
 
+def grouped(x: mx.array, n: int) -> tuple[mx.array, tuple[int, ...]]:
+    """(R, T, ...) -> (n, R // n * T, ...) and R's shape: the rows of each of ``n`` requests side
+    by side, for layers without positions that read one memory row per request."""
+    if x.shape[0] == n:
+        return x, x.shape
+    if x.shape[0] % n:
+        raise ValueError(f"{x.shape[0]} rows do not split into {n} equal groups")
+    return x.reshape(n, -1, *x.shape[2:]), x.shape
+
+
 class CrossAttention(nn.Module):
     """Attention from the decoder to the schema states (no positions: the encoder has them)."""
 
@@ -127,10 +137,13 @@ class CrossAttention(nn.Module):
         return k, v
 
     def __call__(self, x: mx.array, kv: tuple[mx.array, mx.array], bias: mx.array | None) -> mx.array:
+        # With fewer memory rows than x rows (beams of one request share its memory), x's rows
+        # come request-major in equal groups: each group attends as extra query positions.
+        x, rows = grouped(x, kv[0].shape[0])
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, self.n_heads, -1).transpose(0, 2, 1, 3)
         out = mx.fast.scaled_dot_product_attention(q, *kv, scale=self.scale, mask=bias)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1)).reshape(rows)
 
 
 class SwiGLU(nn.Module):
@@ -212,11 +225,31 @@ class Transformer(nn.Module):
         """A fresh per-layer cache for one batch of requests."""
         return [KVCache() for _ in self.layers]
 
+    def reorder_cache(self, cache: list[KVCache], rows: mx.array, requests: mx.array | None = None) -> list[KVCache]:
+        """Beam search's cache update: self-attention keys/values of rows ``rows`` (each new
+        row's parent); the cross-attention keys/values, one row per request, of ``requests``
+        (None: the same requests as before). Steps then pass one memory row per request."""
+        for c in cache:
+            if c.keys is not None:
+                c.keys, c.values = c.keys[rows], c.values[rows]
+            if requests is not None and c.cross_kv is not None:
+                c.cross_kv = (c.cross_kv[0][requests], c.cross_kv[1][requests])
+                c.cross_bias = c.cross_bias[requests] if c.cross_bias is not None else None
+        return cache
+
+    def step_memory(self, memory: Memory) -> Memory:
+        """What decoding steps after the first read of ``memory``: the cross-attention keys and
+        values are in the cache by then, so only the pointer and copy heads' states."""
+        return Memory(items=memory.items, item_mask=memory.item_mask, question=memory.question,
+                      question_mask=memory.question_mask)
+
     def embed_ids(self, ids: mx.array, memory: Memory) -> mx.array:
         """(B, T) ids of the unified output space -> input embeddings (B, T, d)."""
         V = self.args.vocab_size
         if len(self.args.heads) == 1:
             return self.embed(ids)
+        states = memory.items if memory.items is not None else memory.question
+        ids, rows = grouped(ids, states.shape[0]) if states is not None else (ids, ids.shape)
         x = self.embed(mx.where(ids < V, ids, 0))
         offset = V
         for head, states, proj in (("pointer", memory.items, "item_in"), ("copy", memory.question, "question_in")):
@@ -227,7 +260,7 @@ class Transformer(nn.Module):
             picked = mx.take_along_axis(states, mx.clip(rel, 0, n - 1)[..., None], axis=1)  # (B, T, d)
             x = mx.where(((rel >= 0) & (rel < n))[..., None], getattr(self, proj)(picked), x)
             offset += n
-        return x
+        return x.reshape(*rows, x.shape[-1])
 
     def hidden(self, tokens: mx.array, memory: Memory | None = None, cache=None):
         """(B, T) ids -> (final hidden states (B, T, d), aux); see :meth:`__call__`."""
@@ -261,13 +294,16 @@ class Transformer(nn.Module):
         if len(self.args.heads) == 1:
             return vocab
         scale = 1 / math.sqrt(h.shape[-1])
+        states = memory.items if memory.items is not None else memory.question
+        (h, rows), vocab = grouped(h, states.shape[0]), grouped(vocab, states.shape[0])[0]
         out = [vocab]
         for head, states, smask, proj in (("pointer", memory.items, memory.item_mask, "item_query"),
                                           ("copy", memory.question, memory.question_mask, "question_query")):
             if head in self.args.heads and states is not None:
                 scores = (getattr(self, proj)(h) @ states.swapaxes(-1, -2)) * scale  # (B, T, N) or (B, T, Q)
                 out.append(mx.where(smask[:, None, :], scores, -1e9) if smask is not None else scores)
-        return mx.concatenate(out, axis=-1)
+        out = mx.concatenate(out, axis=-1)
+        return out.reshape(*rows[:-1], out.shape[-1])
 
     def __call__(self, tokens: mx.array, memory: Memory | None = None, cache: list[KVCache] | None = None):
         """(B, T) int32 ids -> (logits (B, T, V [+ N] [+ Q]), aux).

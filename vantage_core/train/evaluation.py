@@ -51,13 +51,13 @@ def score(examples: list, predictions: list[str], metric_specs: list, *, out_dir
           workers: int = 1, timeout_s: float = 5.0, max_rows: int = 10000) -> dict[str, float]:
     """Each configured metric's summary over ``predictions`` (aligned with ``examples``).
 
-    Uses the evaluation package's ``evaluate_predictions`` (which applies its own time and row
-    limits; ``timeout_s``/``max_rows`` are accepted for when it takes them); returns
-    ``{metric: value}``.
+    Executing metrics run each query under ``timeout_s`` and ``max_rows`` (unless their spec
+    sets its own); returns ``{metric: value}``.
     """
-    from vantage_core.evaluate.runner import evaluate_predictions
+    from vantage_core.evaluate.runner import build_metrics, evaluate_predictions
 
-    result = evaluate_predictions(examples, predictions, metric_specs, out_dir=out_dir, workers=workers,
+    metrics = build_metrics(metric_specs, timeout_s, max_rows)
+    result = evaluate_predictions(examples, predictions, metrics, out_dir=out_dir, workers=workers,
                                   split="validation")
     return summarize(result)
 

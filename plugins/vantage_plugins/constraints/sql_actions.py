@@ -273,13 +273,16 @@ class SQLActionsProcessor:
         return _allowed(self.state(generated), self.V, self.N, self.Q, self.vocab_ok, self.item_ok, self.q_ok,
                         self.ids, self.q_start, self.items, self.itos, self.fks)
 
-    def __call__(self, generated: Sequence[Sequence[int]], logits: mx.array) -> mx.array:
-        width = logits.shape[-1]
-        masks = np.stack([self.mask(g) for g in generated])  # (B, V + N + Q)
+    def masks(self, generated: Sequence[Sequence[int]], width: int) -> np.ndarray:
+        """Additive masks (B, V + N + Q) for each row; ``width``: what the model scores."""
+        masks = np.stack([self.mask(g) for g in generated])
         if masks.shape[1] != width:
             raise ValueError(f"sql_actions: the model scores {width} actions, the request has "
                              f"{masks.shape[1]} (vocabulary {self.V}, items {self.N}, question pieces {self.Q})")
-        return logits + mx.array(masks)
+        return masks
+
+    def __call__(self, generated: Sequence[Sequence[int]], logits: mx.array) -> mx.array:
+        return logits + mx.array(self.masks(generated, logits.shape[-1]))
 
     def finalize(self, generated: list[int]) -> list[int] | None:
         """``generated`` when it is a whole query (the end is allowed after it), else None."""

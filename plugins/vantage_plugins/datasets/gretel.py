@@ -122,14 +122,12 @@ class GretelDataset:
 
     @staticmethod
     def download(out_dir: str) -> str:
-        from vantage_plugins.datasets.hub import load_from_hub
+        """The release's two parquet files, under the names the adapter reads, into ``out_dir``."""
+        from vantage_plugins.datasets.hub import fetch_repo
 
-        ds = load_from_hub("gretelai/synthetic_text_to_sql", "Gretel synthetic_text_to_sql",
-                           "download synthetic_text_to_sql_{train,test}.snappy.parquet from "
-                           "https://huggingface.co/datasets/gretelai/synthetic_text_to_sql on a machine with a "
-                           "network and set `path:` of the gretel dataset to their folder")
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for split in ds:
-            ds[split].to_parquet(str(out / f"{split}.parquet"))
-        return f"wrote {', '.join(f'{out}/{s}.parquet' for s in ds)}"
+        out = fetch_repo("gretelai/synthetic_text_to_sql", "Gretel synthetic_text_to_sql",
+                         "download synthetic_text_to_sql_{train,test}.snappy.parquet from "
+                         "https://huggingface.co/datasets/gretelai/synthetic_text_to_sql on a machine with a "
+                         "network and set `path:` of the gretel dataset to their folder",
+                         ["synthetic_text_to_sql_*.snappy.parquet"], local_dir=out_dir)
+        return f"wrote {', '.join(str(p) for p in sorted(out.glob('*.parquet')))}"

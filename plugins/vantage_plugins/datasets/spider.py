@@ -162,22 +162,23 @@ class SpiderDataset:
 
     @staticmethod
     def download(out_dir: str) -> str:
-        """Questions and queries from the hub (``xlangai/spider``); the hub copy has no databases."""
-        from vantage_plugins.datasets.hub import load_from_hub
+        """Questions and queries from the hub (``xlangai/spider``, parquet) as the release's
+        ``train_spider.json`` and ``dev.json``; the hub copy has no databases."""
+        from vantage_plugins.datasets.hub import fetch_repo, read_parquet_rows, write_json
 
-        ds = load_from_hub("xlangai/spider", "Spider",
-                           "download the release from https://yale-lily.github.io/spider and set "
-                           "`path:` of the spider dataset (or VANTAGE_SHARED_DATA) to its folder")
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        import json
-
+        folder = fetch_repo("xlangai/spider", "Spider",
+                            "download the release from https://yale-lily.github.io/spider and set "
+                            "`path:` of the spider dataset (or VANTAGE_SHARED_DATA) to its folder", ["*.parquet"])
+        rows = read_parquet_rows(folder, {"train": ("train",), "validation": ("validation", "dev")})
+        out, written = Path(out_dir), []
         for split, name in (("train", "train_spider.json"), ("validation", "dev.json")):
-            if split in ds:
-                rows = [{"db_id": r["db_id"], "question": r["question"], "query": r["query"]} for r in ds[split]]
-                (out / name).write_text(json.dumps(rows, indent=1))
-        return (f"wrote {out}/train_spider.json and dev.json; the hub copy holds no databases: add tables.json "
-                f"and database/ from the official release")
+            if split in rows:
+                keep = [{"db_id": r["db_id"], "question": r["question"], "query": r["query"]} for r in rows[split]]
+                written.append(str(write_json(out / name, keep)))
+        if not written:
+            raise DataError(f"xlangai/spider: no train or validation parquet file among the downloaded files in {folder}")
+        return (f"wrote {', '.join(written)}; the hub copy holds no databases: add tables.json and database/ "
+                f"from the official release (https://yale-lily.github.io/spider) to {out}")
 
 
 class BirdDataset:
@@ -212,10 +213,19 @@ class BirdDataset:
 
     @staticmethod
     def download(out_dir: str) -> str:
-        from vantage_plugins.datasets.hub import load_from_hub
+        """BIRD's mini-dev questions from the hub (``birdsql/bird_mini_dev``) as ``dev/dev.json``;
+        the databases and ``dev_tables.json`` are not on the hub."""
+        from vantage_plugins.datasets.hub import fetch_repo, read_parquet_rows, write_json
 
-        load_from_hub("birdsql/bird_mini_dev", "BIRD",
-                      "download the release from https://bird-bench.github.io and set `path:` of the bird "
-                      "dataset to its folder")
-        return ("BIRD's databases are not on the hub: download dev.zip/train.zip from https://bird-bench.github.io "
-                f"and unpack them into {out_dir}")
+        folder = fetch_repo("birdsql/bird_mini_dev", "BIRD",
+                            "download the release from https://bird-bench.github.io and set `path:` of the bird "
+                            "dataset to its folder", ["*.parquet"])
+        rows = [r for split_rows in read_parquet_rows(folder, {"dev": ("mini_dev_sqlite", "sqlite", "dev", "train",
+                                                                        "validation")}).values() for r in split_rows]
+        fields = ("question_id", "db_id", "question", "evidence", "SQL", "difficulty")
+        rows = [{k: r.get(k) for k in fields if k in r} for r in rows if r.get("SQL") and r.get("db_id")]
+        if not rows:
+            raise DataError(f"birdsql/bird_mini_dev: no rows with db_id and SQL in the parquet files under {folder}")
+        dev = write_json(Path(out_dir) / "dev" / "dev.json", rows)
+        return (f"wrote {dev} ({len(rows)} questions); BIRD's databases are not on the hub: download dev.zip from "
+                f"https://bird-bench.github.io and put dev_tables.json and dev_databases/ beside it")

@@ -115,10 +115,71 @@ class WikiSQLDataset:
 
     @staticmethod
     def download(out_dir: str) -> str:
-        from vantage_plugins.datasets.hub import load_from_hub
+        """WikiSQL from the hub's parquet copy (``Salesforce/wikisql``, revision
+        ``refs/convert/parquet``) written as the release: per split ``<split>.jsonl``,
+        ``<split>.tables.jsonl`` and ``<split>.db`` (built from the tables' rows)."""
+        from vantage_plugins.datasets.hub import fetch_repo, read_parquet_rows
 
-        load_from_hub("Salesforce/wikisql", "WikiSQL",
-                      "download data.tar.bz2 from https://github.com/salesforce/WikiSQL, unpack it and set "
-                      "`path:` of the wikisql dataset to its data/ folder")
-        return ("the hub copy holds no .db files: download data.tar.bz2 from https://github.com/salesforce/WikiSQL "
-                f"and unpack it into {out_dir}")
+        folder = fetch_repo("Salesforce/wikisql", "WikiSQL",
+                            "download data.tar.bz2 from https://github.com/salesforce/WikiSQL, unpack it and set "
+                            "`path:` of the wikisql dataset to its data/ folder", ["*.parquet"],
+                            revision="refs/convert/parquet")
+        rows = read_parquet_rows(folder, {"train": ("train",), "dev": ("validation", "dev"), "test": ("test",)})
+        if not rows:
+            raise DataError(f"Salesforce/wikisql: no train/validation/test parquet file under {folder}")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = [write_release_split(out, split, split_rows) for split, split_rows in sorted(rows.items())]
+        return "wrote " + "; ".join(written)
+
+
+def write_release_split(out: Path, split: str, rows: list[dict]) -> str:
+    """One split of the hub's rows (``question``, ``table{id, header, types, rows}``,
+    ``sql{sel, agg, conds{column_index, operator_index, condition}}``) as the release's files."""
+    import json
+    import sqlite3
+
+    tables: dict[str, dict] = {}
+    with open(out / f"{split}.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            t, q = r["table"], r["sql"]
+            tables.setdefault(t["id"], t)
+            conds = q.get("conds") or {}
+            triples = [list(c) for c in zip(conds.get("column_index", []), conds.get("operator_index", []),
+                                            conds.get("condition", []))]
+            f.write(json.dumps({"phase": r.get("phase"), "table_id": t["id"], "question": r["question"],
+                                "sql": {"sel": q["sel"], "agg": q["agg"], "conds": triples}}, ensure_ascii=False) + "\n")
+    with open(out / f"{split}.tables.jsonl", "w", encoding="utf-8") as f:
+        for t in tables.values():
+            f.write(json.dumps({k: t.get(k) for k in ("id", "header", "types", "rows", "page_title", "caption")},
+                               ensure_ascii=False) + "\n")
+    db = out / f"{split}.db"
+    db.unlink(missing_ok=True)
+    con = sqlite3.connect(db)
+    try:
+        for t in tables.values():
+            _write_table(con, t)
+        con.commit()
+    finally:
+        con.close()
+    return f"{out}/{split}.jsonl, .tables.jsonl, .db ({len(rows)} questions, {len(tables)} tables)"
+
+
+def _write_table(con, t: dict) -> None:
+    """A table as the release's database holds it: columns col0..colN, text lower-cased (the
+    official engine compares lower-cased values), reals as numbers where they parse."""
+    kinds = ["REAL" if ty == "real" else "TEXT" for ty in t["types"]]
+    cols = ", ".join(f"col{i} {k}" for i, k in enumerate(kinds))
+    con.execute(f'CREATE TABLE "{table_name(t["id"])}" ({cols})')
+    marks = ", ".join("?" for _ in kinds)
+    con.executemany(f'INSERT INTO "{table_name(t["id"])}" VALUES ({marks})',
+                    [[_cell(v, k) for v, k in zip(row, kinds)] for row in t.get("rows") or []])
+
+
+def _cell(value, kind: str):
+    if kind == "REAL":
+        try:
+            return float(str(value).replace(",", ""))
+        except ValueError:
+            return str(value).lower()
+    return str(value).lower()

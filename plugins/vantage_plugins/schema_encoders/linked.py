@@ -6,8 +6,8 @@ plus learned embeddings of the item's type and key role and of the ``schema_link
 features (which question words name which items, by name or by a stored cell value). A small
 trainable transformer mixes question and items jointly; the decoder cross-attends to the result,
 points at items and copies question pieces. The frozen states are computed once per text and
-kept in a cache on disk keyed by content, so training runs MiniLM once over its data and a new
-database costs one pass over its names.
+kept on disk keyed by content (``<cache>/minilm/states.sqlite``), so training runs MiniLM once
+over its data, evaluation reads the states back, and a new database costs one pass over its names.
 """
 
 from __future__ import annotations
@@ -72,56 +72,97 @@ class FrozenMiniLM:
             self._bert = bert
         return self._bert
 
-    def _run(self, texts: list[str]) -> list[np.ndarray]:
-        """MiniLM over ``texts`` (one batch) -> per text its piece states (L_i, 384) float32."""
-        enc = self.tokenizer.encode_batch(list(texts))
-        L = max(len(e.ids) for e in enc)
-        ids = np.zeros((len(enc), L), np.int32)
-        mask = np.zeros((len(enc), L), bool)
-        for i, e in enumerate(enc):
-            ids[i, :len(e.ids)], mask[i, :len(e.ids)] = e.ids, True
+    def _run(self, pieces: list[list[int]]) -> list[np.ndarray]:
+        """MiniLM over one batch of piece sequences -> per sequence its states (L_i, 384)."""
+        L = max(len(p) for p in pieces)
+        ids = np.zeros((len(pieces), L), np.int32)
+        mask = np.zeros((len(pieces), L), bool)
+        for i, p in enumerate(pieces):
+            ids[i, :len(p)], mask[i, :len(p)] = p, True
         states = np.array(self.bert(mx.array(ids), mx.array(mask)))
-        return [states[i, :len(e.ids)] for i, e in enumerate(enc)]
+        return [states[i, :len(p)] for i, p in enumerate(pieces)]
 
-    def compute(self, questions: list[str], names: list[str], progress: bool = False, batch: int = 64) -> None:
-        """Fill the caches for the texts not in them yet (sorted by length: little padding)."""
+    def compute(self, questions: list[str], names: list[str], progress: bool = False, batch: int = 128) -> None:
+        """Fill the in-memory caches for these texts: from the disk store where it has them,
+        else by running MiniLM over all that are missing, names and questions in the same
+        batches (sorted by length: little padding; one pass for a new database), then into the
+        store."""
         from tqdm.auto import tqdm
 
-        for texts, store, pool in ((sorted(set(names) - set(self.pooled), key=len), self.pooled, True),
-                                   (sorted(set(questions) - set(self.pieces), key=len), self.pieces, False)):
-            steps = range(0, len(texts), batch)
-            for s in tqdm(steps, desc=f"MiniLM {'names' if pool else 'questions'}", disable=not progress or not texts,
-                          file=sys.stderr, dynamic_ncols=True):
-                chunk = texts[s:s + batch]
-                for t, st in zip(chunk, self._run(chunk)):
-                    store[t] = (st.mean(0) if pool else st).astype(np.float16)
+        missing = []  # (text, pooled)
+        for texts, store, pool in ((names, self.pooled, True), (questions, self.pieces, False)):
+            wanted = sorted(set(texts) - set(store))
+            found = self._read(wanted, pool) if wanted else {}
+            store.update(found)
+            missing += [(t, pool) for t in wanted if t not in found]
+        computed: dict[bool, dict[str, np.ndarray]] = {True: {}, False: {}}
+        # Names (a few pieces) and questions (a few dozen) in separate batches, each sorted by
+        # length: little padding, and a new database costs about two passes. The cost is mostly
+        # MiniLM's exact GELU over every padded position (single-threaded on this CPU).
+        encoded = self.tokenizer.encode_batch([t for t, _ in missing]) if missing else []
+        rows = sorted(((pool, len(e.ids), t, e.ids) for (t, pool), e in zip(missing, encoded)))
+        chunks = [[r for r in rows if r[0] == pool][s:s + batch] for pool in (True, False)
+                  for s in range(0, sum(r[0] == pool for r in rows), batch)]
+        for chunk in tqdm(chunks, desc="MiniLM states", disable=not progress or not chunks, file=sys.stderr,
+                          dynamic_ncols=True):
+            for (pool, _, t, _), st in zip(chunk, self._run([ids for *_, ids in chunk])):
+                computed[pool][t] = (st.mean(0) if pool else st).astype(np.float16)
+        for pool, store in ((True, self.pooled), (False, self.pieces)):
+            store.update(computed[pool])
+            self._write(computed[pool], pool)
 
     def precompute(self, questions: list[str], names: list[str], progress: bool = True) -> Path | None:
-        """:meth:`compute` through a file in ``cache_dir`` keyed by the texts' content."""
-        if self.cache_dir is None:
-            self.compute(questions, names, progress)
-            return None
-        key = hashlib.sha1(json.dumps([str(self.folder.name), self.max_len, sorted(set(questions)),
-                                       sorted(set(names))]).encode()).hexdigest()[:20]
-        path = self.cache_dir / "minilm" / f"{key}.npz"
-        if path.is_file():
-            data = np.load(path)
-            qs, ns = json.loads(str(data["questions"])), json.loads(str(data["names"]))
-            lengths = data["lengths"]
-            for q, st in zip(qs, np.split(data["pieces"], np.cumsum(lengths)[:-1])):
-                self.pieces.setdefault(q, st)
-            self.pooled.update({n: v for n, v in zip(ns, data["pooled"]) if n not in self.pooled})
-            return path
+        """:meth:`compute` with a progress bar (training: every text of its splits, once)."""
         self.compute(questions, names, progress)
-        qs, ns = sorted(set(questions)), sorted(set(names))
+        return self._store_path
+
+    # -- the disk store: one SQLite file, a row per (model, kind, text); states as float16 bytes
+    @property
+    def _store_path(self) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / "minilm" / "states.sqlite"
+
+    def _connect(self):
+        import sqlite3
+
+        path = self._store_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, questions=json.dumps(qs), names=json.dumps(ns),
-                 lengths=np.array([len(self.pieces[q]) for q in qs], np.int64),
-                 pieces=np.concatenate([self.pieces[q] for q in qs]) if qs else np.zeros((0, 384), np.float16),
-                 pooled=np.stack([self.pooled[n] for n in ns]) if ns else np.zeros((0, 384), np.float16))
-        os.replace(tmp, path)
-        return path
+        con = sqlite3.connect(path, timeout=60)
+        con.execute("PRAGMA synchronous = OFF")  # a cache: a write lost in a crash is computed again
+        con.execute("CREATE TABLE IF NOT EXISTS states (key TEXT PRIMARY KEY, shape TEXT, data BLOB)")
+        return con
+
+    def _key(self, text: str, pooled: bool) -> str:
+        head = f"{self.folder.name}\x00{self.max_len}\x00{'pooled' if pooled else 'pieces'}\x00"
+        return hashlib.sha1((head + text).encode()).hexdigest()
+
+    def _read(self, texts: list[str], pooled: bool) -> dict[str, np.ndarray]:
+        if self._store_path is None or not self._store_path.is_file():
+            return {}
+        keys = {self._key(t, pooled): t for t in texts}
+        out = {}
+        con = self._connect()
+        try:
+            items = list(keys)
+            for s in range(0, len(items), 500):
+                chunk = items[s:s + 500]
+                rows = con.execute(f"SELECT key, shape, data FROM states WHERE key IN ({','.join('?' * len(chunk))})",
+                                   chunk).fetchall()
+                for key, shape, data in rows:
+                    out[keys[key]] = np.frombuffer(data, np.float16).reshape(json.loads(shape))
+        finally:
+            con.close()
+        return out
+
+    def _write(self, states: dict[str, np.ndarray], pooled: bool) -> None:
+        if self._store_path is None or not states:
+            return
+        con = self._connect()
+        try:
+            with con:
+                con.executemany("INSERT OR REPLACE INTO states VALUES (?, ?, ?)",
+                                [(self._key(t, pooled), json.dumps(list(v.shape)), v.tobytes()) for t, v in states.items()])
+        finally:
+            con.close()
 
 
 class LinkEmbedding(nn.Module):
