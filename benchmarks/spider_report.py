@@ -99,7 +99,7 @@ def mean_std(rows: list[dict], key: str) -> tuple[float, float]:
 
 
 def seed_table(seeds: dict[str, dict]) -> list[str]:
-    head = "| seed | training minutes | steps | EX | EM | outputs that run | " + \
+    head = "| seed | run minutes | steps | EX | EM | outputs that run | " + \
         " | ".join(f"EX {h}" for h in HARDNESS) + " | decoding s | fallback answers |"
     lines = [head, "|" + "---|" * (8 + len(HARDNESS))]
     for name, s in seeds.items():
@@ -212,7 +212,7 @@ def report(runs: Path, out: Path) -> str:
                   "`vantage train --config configs/spider.yaml --set run.seed=N --set run.name=spider_seedN`, then",
                   "`vantage evaluate --checkpoint runs/spider_seedN --dataset spider --split validation --out "
                   "runs/spider_seedN/eval` (beam 4, the `sql_actions` rules, execution-guided choice, a retry at beam 16, "
-                  "a counted fallback). Training minutes are wall time on the 2 shared cores.", ""]
+                  "a counted fallback). Run minutes: the whole `vantage train` (data preparation and MiniLM states included), wall time on the 2 shared cores, under the config's 45-minute ceiling on the training loop.", ""]
         lines += seed_table(seeds)
         lines += ["", "References (exact match, Spider's official dev/test sets, not available here): "
                   + "; ".join(f"{n} {v}" for n, v in PUBLISHED) + ".", "",

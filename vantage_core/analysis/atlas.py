@@ -123,7 +123,6 @@ def collect_routing(model: Any, tokenizer: Any, examples: Sequence[Any], ser_cfg
                     batch_size: int = 16, progress: bool = True) -> RoutingRecord:
     """Run ``model`` teacher-forced over ``examples`` and record the routing of their SQL tokens."""
     import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
-    import mlx.core as mx
 
     from vantage_core.data.pipeline import encode_example
 
@@ -148,30 +147,43 @@ def collect_routing(model: Any, tokenizer: Any, examples: Sequence[Any], ser_cfg
         raise DataError(f"none of the {len(examples)} examples could be analysed: {dict(skipped)}")
     encoded.sort(key=lambda e: e[0]["length"])  # similar lengths together: little padding
 
+    def batches():
+        for i in range(0, len(encoded), batch_size):
+            batch = encoded[i:i + batch_size]
+            T = max(e["length"] for e, _ in batch)
+            tokens = np.full((len(batch), T), tokenizer.pad_id, dtype=np.int32)
+            for b, (e, _) in enumerate(batch):
+                tokens[b, :e["length"]] = e["tokens"]
+            yield tokens, {"encoder_texts": [e["encoder_text"] for e, _ in batch]}, \
+                [(e["sql_start"] + 1, pieces) for e, pieces in batch]  # the SQL tokens, as inputs
+
+    return _routing_record(model, batches(), -(-len(encoded) // batch_size), progress, len(encoded), skipped, t0)
+
+
+def _routing_record(model: Any, batches: Any, n_batches: int, progress: bool, n_examples: int,
+                    skipped: Counter, t0: float) -> RoutingRecord:
+    """Run ``model`` over ``batches`` of (input ids (B, T), the schema encoder's host batch, per
+    example (first position, its pieces' roles)) and record each piece's routing."""
+    import mlx.core as mx
+
     n_layers = len(moe_blocks(model))
     roles, copied, piece_text = [], [], []
     experts: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
     weights: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
     num_experts = moe_blocks(model)[0].router.num_experts
-    batches = [encoded[i:i + batch_size] for i in range(0, len(encoded), batch_size)]
-    bar = _progress(batches, progress, "routing")
     with capture_routing(model) as taps:
-        for batch in bar:
-            T = max(e["length"] for e, _ in batch)
-            tokens = np.full((len(batch), T), tokenizer.pad_id, dtype=np.int32)
-            for b, (e, _) in enumerate(batch):
-                tokens[b, :e["length"]] = e["tokens"]
-            memory = model.encode_schema(model.schema_inputs({"encoder_texts": [e["encoder_text"] for e, _ in batch]}))
+        for tokens, host, spans in _progress(batches, progress, "routing", n_batches):
+            memory = model.encode_schema(model.schema_inputs(host))
             for tap in taps:
                 tap.calls.clear()
             forward = getattr(model, "hidden", model)  # the final projection is not needed
             out, _ = forward(mx.array(tokens), memory)
             mx.eval(out, *[c.indices for t in taps for c in t.calls], *[c.weights for t in taps for c in t.calls])
-            per_layer = [(np.array(t.calls[-1].indices).reshape(len(batch), T, -1),
-                          np.array(t.calls[-1].weights, dtype=np.float32).reshape(len(batch), T, -1)) for t in taps]
-            for b, (e, pieces) in enumerate(batch):
-                start = e["sql_start"] + 1
-                pos = np.arange(start, start + len(pieces))  # the SQL tokens, as inputs
+            B, T = tokens.shape
+            per_layer = [(np.array(t.calls[-1].indices).reshape(B, T, -1),
+                          np.array(t.calls[-1].weights, dtype=np.float32).reshape(B, T, -1)) for t in taps]
+            for b, (start, pieces) in enumerate(spans):
+                pos = np.arange(start, start + len(pieces))
                 roles += [ROLE_INDEX[p.role] for p in pieces]
                 copied += [p.copied for p in pieces]
                 piece_text += [p.piece for p in pieces]
@@ -181,7 +193,7 @@ def collect_routing(model: Any, tokenizer: Any, examples: Sequence[Any], ser_cfg
     return RoutingRecord(num_experts=num_experts, roles=np.asarray(roles, dtype=np.int64),
                          copied=np.asarray(copied, dtype=bool), pieces=piece_text,
                          experts=[np.concatenate(x) for x in experts], weights=[np.concatenate(x) for x in weights],
-                         n_examples=len(encoded), seconds=time.perf_counter() - t0, skipped=dict(skipped))
+                         n_examples=n_examples, seconds=time.perf_counter() - t0, skipped=dict(skipped))
 
 
 def collect_action_routing(model: Any, vocab: Any, examples: Sequence[Any], data_cfg: Any, *,
@@ -189,7 +201,6 @@ def collect_action_routing(model: Any, vocab: Any, examples: Sequence[Any], data
     """:func:`collect_routing` for a pointer model (``data.target: actions``): the gold actions
     as inputs, each action's routing at the position that reads it."""
     import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
-    import mlx.core as mx
 
     from vantage_core.analysis.roles import action_roles
     from vantage_core.config import plugin_params
@@ -212,35 +223,14 @@ def collect_action_routing(model: Any, vocab: Any, examples: Sequence[Any], data
     if not encoded:
         raise DataError(f"none of the {len(examples)} examples could be analysed: {dict(skipped)}")
     encoded.sort(key=lambda e: (len(e[1]["item_texts"]), len(e[1]["actions"])))
-    n_layers = len(moe_blocks(model))
-    roles, copied, piece_text = [], [], []
-    experts: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
-    weights: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
-    num_experts = moe_blocks(model)[0].router.num_experts
-    batches = [encoded[i:i + batch_size] for i in range(0, len(encoded), batch_size)]
-    with capture_routing(model) as taps:
-        for batch in _progress(batches, progress, "routing"):
-            b = collate([f for _, f, _ in batch], [ex for ex, _, _ in batch], vocab)
-            memory = model.encode_schema(model.schema_inputs(b))
-            for tap in taps:
-                tap.calls.clear()
-            out, _ = model.hidden(mx.array(b["tokens"]), memory)
-            mx.eval(out, *[c.indices for t in taps for c in t.calls], *[c.weights for t in taps for c in t.calls])
-            B, T = b["tokens"].shape
-            per_layer = [(np.array(t.calls[-1].indices).reshape(B, T, -1),
-                          np.array(t.calls[-1].weights, dtype=np.float32).reshape(B, T, -1)) for t in taps]
-            for i, (_, _, pieces) in enumerate(batch):
-                pos = np.arange(1, 1 + len(pieces))  # each action as an input (after <s>)
-                roles += [ROLE_INDEX[p.role] for p in pieces]
-                copied += [p.copied for p in pieces]
-                piece_text += [p.piece for p in pieces]
-                for layer, (idx, w) in enumerate(per_layer):
-                    experts[layer].append(idx[i, pos])
-                    weights[layer].append(w[i, pos])
-    return RoutingRecord(num_experts=num_experts, roles=np.asarray(roles, dtype=np.int64),
-                         copied=np.asarray(copied, dtype=bool), pieces=piece_text,
-                         experts=[np.concatenate(x) for x in experts], weights=[np.concatenate(x) for x in weights],
-                         n_examples=len(encoded), seconds=time.perf_counter() - t0, skipped=dict(skipped))
+
+    def batches():
+        for i in range(0, len(encoded), batch_size):
+            batch = encoded[i:i + batch_size]
+            host = collate([f for _, f, _ in batch], [ex for ex, _, _ in batch], vocab)
+            yield host["tokens"], host, [(1, pieces) for _, _, pieces in batch]  # each action as an input, after <s>
+
+    return _routing_record(model, batches(), -(-len(encoded) // batch_size), progress, len(encoded), skipped, t0)
 
 
 def route_examples(model: Any, tokenizer: Any, examples: Sequence[Any], cfg: Any, *, batch_size: int = 16,
@@ -252,12 +242,12 @@ def route_examples(model: Any, tokenizer: Any, examples: Sequence[Any], cfg: Any
                            progress=progress)
 
 
-def _progress(items: list, enabled: bool, desc: str):
+def _progress(items: Any, enabled: bool, desc: str, total: int | None = None):
     if not enabled:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="batch")
+    return tqdm(items, desc=desc, unit="batch", total=total)
 
 
 # ---------------------------------------------------------------------------- summary

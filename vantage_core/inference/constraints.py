@@ -23,7 +23,7 @@ class LogitsProcessor(Protocol):
 
         A processor may also have ``finalize(ids) -> ids | None``: decoding passes it every
         output and keeps what it returns (a valid prefix), or marks the output unfinished on None;
-        and ``masks(generated, width) -> np.ndarray`` (B, width) of additive masks, which beam
+        and ``host_masks(generated, width) -> np.ndarray`` (B, width) of additive masks, which beam
         search then adds on the host instead of calling it."""
 
 

@@ -245,8 +245,8 @@ def beam_search_batch(model: Any, prompts: Sequence[Sequence[int]], *, eos_id: i
         for i in live:
             rows = rows_of[i]
             local = scores[rows] if columns[i] is None else scores[rows][:, columns[i]]
-            if hasattr(processors[i], "masks"):  # a processor that masks on the host: no round trip
-                local = local + processors[i].masks([b.tokens for b in beams[i]], local.shape[-1])
+            if hasattr(processors[i], "host_masks"):  # a processor that masks on the host: no round trip
+                local = local + processors[i].host_masks([b.tokens for b in beams[i]], local.shape[-1])
             elif processors[i] is not None:
                 local = np.array(processors[i]([b.tokens for b in beams[i]], mx.array(local)))
             logp = local - _logsumexp(local)

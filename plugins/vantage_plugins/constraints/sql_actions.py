@@ -273,7 +273,7 @@ class SQLActionsProcessor:
         return _allowed(self.state(generated), self.V, self.N, self.Q, self.vocab_ok, self.item_ok, self.q_ok,
                         self.ids, self.q_start, self.items, self.itos, self.fks)
 
-    def masks(self, generated: Sequence[Sequence[int]], width: int) -> np.ndarray:
+    def host_masks(self, generated: Sequence[Sequence[int]], width: int) -> np.ndarray:
         """Additive masks (B, V + N + Q) for each row; ``width``: what the model scores."""
         masks = np.stack([self.mask(g) for g in generated])
         if masks.shape[1] != width:
@@ -282,7 +282,7 @@ class SQLActionsProcessor:
         return masks
 
     def __call__(self, generated: Sequence[Sequence[int]], logits: mx.array) -> mx.array:
-        return logits + mx.array(self.masks(generated, logits.shape[-1]))
+        return logits + mx.array(self.host_masks(generated, logits.shape[-1]))
 
     def finalize(self, generated: list[int]) -> list[int] | None:
         """``generated`` when it is a whole query (the end is allowed after it), else None."""
