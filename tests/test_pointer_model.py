@@ -227,3 +227,22 @@ def test_questions_decoded_together_get_what_each_gets_alone(trained):
         assert [c.sql for c in g.candidates] == [c.sql for c in alone.candidates]
         assert np.allclose([c.logprob for c in g.candidates], [c.logprob for c in alone.candidates], atol=1e-3)
         assert g.sql == alone.sql and g.choice == alone.choice
+
+
+def test_evaluate_an_export_with_its_own_config(trained, tmp_path):
+    """An export carries its config in config.json: `vantage evaluate --checkpoint EXPORT` reads
+    its metrics and dataset parameters from there, and --set still changes the decoding."""
+    from click.testing import CliRunner
+
+    from vantage_core.cli import cli
+    from vantage_core.inference.export import export_model
+
+    root, _, _, _ = trained
+    export_model(root / "run", tmp_path / "export")
+    res = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(tmp_path / "export"), "--dataset", "synthetic",
+                                   "--split", "validation", "--limit", "4", "--out", str(tmp_path / "eval"),
+                                   "--set", "inference.beam_size=2"])
+    assert res.exit_code == 0, res.output
+    decoding = json.loads((tmp_path / "eval" / "decoding.json").read_text())
+    assert decoding["examples"] == 4 and decoding["inference"]["beam_size"] == 2
+    assert "execution:" in res.output and "exact_match:" in res.output

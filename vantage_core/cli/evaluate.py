@@ -170,7 +170,12 @@ def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metri
         if not options.get("config") and own is not None:
             # The run's own config: its metrics, and the parameters it gave this dataset.
             options = {**options, "config": str(own)}
-    cfg = load_from_options(options)
+    if engine is not None and not options.get("config"):  # an export: the config it carries in config.json
+        from vantage_core.config import load_config
+
+        cfg = load_config(None, list(options.get("overrides") or ()), base=engine.config.to_dict())
+    else:
+        cfg = load_from_options(options)
     if engine is not None:  # --set inference.* changes how the model decodes
         engine.config = engine.config.model_copy(update={"inference": cfg.inference})
     params = dict(_param(p) for p in dataset_params)
