@@ -142,7 +142,7 @@ def main() -> None:
     # Decode-only rate of our model, prompt prefilled first (comparable with mlx-lm's step loop).
 
     req = engine.request(ex0.question, ex0.schema)
-    memory = model.encode_schema(model.schema_inputs(req.inputs))
+    memory = model.encode_schema(model.schema_inputs(engine.host_batch([req])))
     cache = model.make_cache()
     logits, _ = model(mx.array([req.prompt], dtype=mx.int32), memory, cache=cache)
     y = mx.argmax(logits[:, -1], axis=-1)

@@ -134,7 +134,7 @@ def test_cached_and_uncached_decoding_give_identical_candidates(trained):
     constraint = registry().build("constraint", "sql_actions")
     for question in QUESTIONS:
         req = engine.request(question, schema, str(db))
-        memory = model.encode_schema(model.schema_inputs(req.inputs))
+        memory = model.encode_schema(model.schema_inputs(engine.host_batch([req])))
         runs = []
         for m in (model, Uncached(model)):
             proc = constraint.bind(schema, vocab, vocab.eos_id, features=req.features)

@@ -41,13 +41,15 @@ def test_two_ranks_match_one_process(tmp_path):
 
 @needs_launcher
 @pytest.mark.slow
-def test_vantage_train_two_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("config", ["train_tiny.yaml", "train_tiny_pointer.yaml"])
+def test_vantage_train_two_ranks_match_one_process(tmp_path, config):
     """The real command: ``mlx.launch -n 2 --backend ring vantage train`` against one process,
-    same global batch. The routers' auxiliary losses are off here: they are computed per rank
-    (as in any data-parallel MoE), which is a different objective, not a float error."""
+    same global batch, for the token model and the pointer model. The routers' auxiliary losses
+    are off here: they are computed per rank (as in any data-parallel MoE), which is a different
+    objective, not a float error."""
     import mlx.core as mx
 
-    tiny = HERE / "fixtures" / "train_tiny.yaml"
+    tiny = HERE / "fixtures" / config
     common = ["--config", str(tiny), "--no-progress", "--set", "train.steps=4", "--set", "train.eval_every=0",
               "--set", "data.validation=[]", "--set", "model.router.balance_weight=0.0",
               "--set", "model.router.z_weight=0.0"]

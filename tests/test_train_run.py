@@ -29,8 +29,11 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VANTAGE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def tiny(run_dir, *sets):
-    return load_config(TINY, [f"run.dir={run_dir}", *sets])
+POINTER = Path(__file__).parent / "fixtures" / "train_tiny_pointer.yaml"
+
+
+def tiny(run_dir, *sets, config=TINY):
+    return load_config(config, [f"run.dir={run_dir}", *sets])
 
 
 def losses(run_dir):
@@ -83,19 +86,30 @@ def interrupt_after(monkeypatch, step):
     monkeypatch.setattr(Trainer, "train_step", train_step)
 
 
-def test_ctrl_c_saves_and_resume_gives_the_same_losses(tmp_path, monkeypatch):
+@pytest.mark.parametrize("config", [TINY, POINTER], ids=["tokens", "actions"])
+def test_ctrl_c_saves_and_resume_gives_the_same_losses(tmp_path, monkeypatch, config):
     sets = ["train.steps=12", "train.eval_every=0", "train.save_every=0", "data.validation=[]"]
-    train(tiny(tmp_path / "straight", *sets), progress=False, echo=lambda m: None)
+    train(tiny(tmp_path / "straight", *sets, config=config), progress=False, echo=lambda m: None)
     straight = losses(tmp_path / "straight")
     assert len(straight) == 12
 
     with monkeypatch.context() as m:
         interrupt_after(m, 5)
-        result = train(tiny(tmp_path / "split", *sets), progress=False, echo=lambda m: None)
+        result = train(tiny(tmp_path / "split", *sets, config=config), progress=False, echo=lambda m: None)
     assert result["stopped"] == "interrupted" and result["step"] == 5
     assert ckpt.load_trainer_state(tmp_path / "split" / "checkpoints" / "last")["step"] == 5
-    train(tiny(tmp_path / "split", *sets), resume=True, progress=False, echo=lambda m: None)
+    train(tiny(tmp_path / "split", *sets, config=config), resume=True, progress=False, echo=lambda m: None)
     assert losses(tmp_path / "split") == straight  # bitwise
+
+
+def test_the_minutes_budget_ends_training_early(tmp_path, monkeypatch):
+    """train.minutes: the loop stops (saves, evaluates, reports) once the budget is spent; the
+    clock is injected, so the test does not depend on this machine's speed."""
+    readings = iter(range(0, 10_000, 30))  # each reading 30 s after the last: 2 minutes = 4 steps
+    summary = train(tiny(tmp_path / "run", "train.minutes=2", "train.eval_every=0", "data.validation=[]"),
+                    progress=False, echo=lambda m: None, clock=lambda: float(next(readings)))
+    assert summary["steps"] == 4
+    assert ckpt.load_trainer_state(tmp_path / "run" / "checkpoints" / "last")["step"] == summary["steps"]
 
 
 def test_resume_refuses_a_different_experiment(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "expert": ("register_experts", ("d_model", "hidden", "num_experts")),
     "schema_encoder": ("register_schema_encoders", ("d_model", "tokenizer")),
     "schema_linker": ("register_schema_linkers", ()),
+    "database": ("register_databases", ("url",)),
     "dataset": ("register_datasets", ()),
     "metric": ("register_metrics", ()),
     "tokenizer": ("register_tokenizers", ()),

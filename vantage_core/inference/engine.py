@@ -443,15 +443,6 @@ class Request:
     to_sql: Callable[[list[int]], str]
     to_tokens: Callable[[list[int]], list[str]]  # what each output id writes (the routing view's labels)
 
-    @property
-    def inputs(self) -> dict[str, Any]:
-        """This request alone as the schema encoder's host-side batch (see Engine.host_batch)."""
-        if self.features is not None:
-            from vantage_core.data.actions import collate
-
-            return collate([self.features], [self.example], None, with_targets=False)
-        return {"encoder_texts": [self.encoder_text]}
-
 
 def fallback_sql(schema: Schema) -> str:
     """The answer when no candidate runs: a query that always does (counted as ``fallback``)."""

@@ -1,0 +1,40 @@
+"""Built-in database connectors (the ``database`` kind), one per URL scheme.
+
+``sqlite`` (:mod:`.sqlite`: the sandboxed worker pool of ``vantage_core.evaluate.executor``),
+``duckdb`` (:mod:`.duckdb`: the file opened read-only, external access off, a memory limit, an
+interrupt at the deadline) and ``postgresql`` (:mod:`.postgresql`, psycopg 3: a read-only
+transaction, ``statement_timeout``, a server-side cursor read up to the row cap).
+``vantage_core/hookspecs.py`` (``register_databases``) states the contract a connector meets.
+"""
+
+from __future__ import annotations
+
+from vantage_core import hookimpl
+
+
+def _sqlite(url: str, **params):
+    """SQLite files (sqlite:///path): the sandboxed, read-only worker pool."""
+    from vantage_plugins.databases.sqlite import SQLiteDatabase
+
+    return SQLiteDatabase(url, **params)
+
+
+def _duckdb(url: str, memory_limit: str = "1GB", threads: int = 1):
+    """DuckDB files (duckdb:///path), opened read-only with a memory limit and a time limit."""
+    from vantage_plugins.databases.duckdb import DuckDBDatabase
+
+    return DuckDBDatabase(url, memory_limit=memory_limit, threads=threads)
+
+
+def _postgresql(url: str):
+    """PostgreSQL (postgresql://user@host/db, psycopg 3): read-only transactions, statement_timeout."""
+    from vantage_plugins.databases.postgresql import PostgreSQLDatabase
+
+    return PostgreSQLDatabase(url)
+
+
+@hookimpl
+def register_databases(register):
+    register("sqlite", _sqlite)
+    register("duckdb", _duckdb)
+    register("postgresql", _postgresql)

@@ -1,0 +1,118 @@
+"""The ``duckdb`` connector (``duckdb:///path.duckdb``).
+
+The file is opened ``read_only`` with external access off (no file reads or writes, no
+ATTACH, COPY, INSTALL or LOAD), extension autoloading off, a memory limit and one thread, and
+the configuration locked so that a query cannot ``SET`` any of it back. Each statement runs on
+its own cursor, interrupted at the deadline by a timer (``interrupt`` is DuckDB's thread-safe
+cancel; a fresh cursor per statement keeps a late interrupt from reaching the next one).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from vantage_core.data.example import Column, ForeignKey, Schema, Table
+from vantage_core.data.sqlite_schema import coarse_type
+from vantage_core.databases import Database, fetch_bounded, file_of_url, quote_ident, refuse_functions, refuse_huge_strings
+from vantage_core.errors import DataError
+from vantage_core.evaluate.executor import ExecutionResult
+
+# table functions that read outside the database (refused even though external access is off)
+DENIED = frozenset({"read_csv", "read_csv_auto", "read_parquet", "parquet_scan", "read_json", "read_json_auto",
+                    "read_text", "read_blob", "glob", "sniff_csv", "duckdb_secrets", "getenv", "query", "query_table"})
+TEXT_TYPES = ("VARCHAR", "TEXT", "STRING", "CHAR")
+
+
+class DuckDBDatabase(Database):
+    dialect = "duckdb"
+
+    def __init__(self, url: str, memory_limit: str = "1GB", threads: int = 1):
+        super().__init__(url)
+        self.path = file_of_url(url)
+        if not Path(self.path).is_file():
+            raise DataError(f"{self.path}: no such DuckDB file")
+        self.memory_limit, self.threads = memory_limit, threads
+        self._conn = None
+        self._text: set[tuple[str, str]] = set()
+
+    def _connection(self):
+        import duckdb
+
+        if self._conn is None:
+            config = {"memory_limit": self.memory_limit, "threads": self.threads, "enable_external_access": False,
+                      "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                      "lock_configuration": True}
+            try:
+                self._conn = duckdb.connect(self.path, read_only=True, config=config)
+            except duckdb.Error as exc:
+                raise DataError(f"{self.path}: cannot open it with DuckDB: {exc}") from None
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- introspection ---------------------------------------------------------------------
+    def _introspect(self) -> Schema:
+        conn = self._connection()
+        names = [r[0] for r in conn.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT internal "
+            "ORDER BY table_oid").fetchall()]
+        tables = {n: Table(n, []) for n in names}
+        for t, c, dtype in conn.execute(
+                "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' "
+                "ORDER BY table_oid, column_index").fetchall():
+            if t in tables:
+                tables[t].columns.append(Column(c, coarse_type(dtype)))
+                if any(k in dtype.upper() for k in TEXT_TYPES):
+                    self._text.add((t.lower(), c.lower()))
+        fks = []
+        for t, kind, cols, ref_t, ref_cols in conn.execute(
+                "SELECT table_name, constraint_type, constraint_column_names, referenced_table, "
+                "referenced_column_names FROM duckdb_constraints() WHERE schema_name = 'main' "
+                "AND constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY')").fetchall():
+            if t not in tables:
+                continue
+            if kind == "PRIMARY KEY":
+                tables[t].primary_keys.extend(cols)
+            else:
+                fks += [ForeignKey(t, c, ref_t, rc) for c, rc in zip(cols, ref_cols or [])]
+        return Schema(Path(self.path).stem, list(tables.values()), fks)
+
+    def _distinct(self, table: str, column: str, limit: int) -> list[str]:
+        self.schema()
+        if (table.lower(), column.lower()) not in self._text:
+            return []
+        q, c = quote_ident(table), quote_ident(column)
+        res = self._run(f"SELECT DISTINCT {c} FROM {q} WHERE {c} IS NOT NULL LIMIT {int(limit)}", 10.0, limit,
+                        1 << 26, False)
+        return [r[0] for r in res.rows if isinstance(r[0], str)] if res.ok else []
+
+    # -- execution -------------------------------------------------------------------------
+    def _check_tree(self, tree) -> None:
+        refuse_functions(tree, DENIED, "DuckDB")
+        refuse_huge_strings(tree)
+
+    def _run(self, sql: str, timeout_s: float, max_rows: int, max_result_bytes: int, digest: bool) -> ExecutionResult:
+        import duckdb
+
+        cur = self._connection().cursor()
+        timer = threading.Timer(timeout_s, cur.interrupt)
+        t0 = time.perf_counter()
+        timer.start()
+        try:
+            cur.execute("EXPLAIN " + sql)  # plans only: names, types and functions are checked first
+            cur.execute(sql)
+            res = fetch_bounded(iter(lambda: cur.fetchmany(1000), []), max_rows, max_result_bytes, digest)
+        except duckdb.InterruptException:
+            res = ExecutionResult(False, error=f"timed out after {timeout_s:g} s", timed_out=True)
+        except duckdb.Error as exc:
+            res = ExecutionResult(False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        finally:
+            timer.cancel()
+            cur.close()
+        res.elapsed = round(time.perf_counter() - t0, 4)
+        return res

@@ -1,0 +1,179 @@
+"""The ``postgresql`` connector (``postgresql://user@host:port/db``, psycopg 3).
+
+Every statement runs in a transaction that is read-only from its first statement
+(``default_transaction_read_only`` is set for the whole session, and a read-only transaction
+cannot be made read-write) and is always rolled back, under ``statement_timeout`` and a
+client-side deadline across fetches. Results are read through a server-side cursor (``DECLARE``
+accepts only a query), so a huge result never travels past the row cap. psycopg's extended
+protocol refuses more than one statement. Functions that reach the server's files, settings or
+other sessions are refused before anything runs; for defence in depth, connect as a role that
+can only SELECT (``vantage data load-into --reader ROLE`` grants one).
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import count
+
+from vantage_core.data.example import Column, ForeignKey, Schema, Table
+from vantage_core.data.sqlite_schema import coarse_type
+from vantage_core.databases import (Database, describe, fetch_bounded, quote_ident, refuse_functions,
+                                    refuse_huge_strings)
+from vantage_core.errors import DataError
+from vantage_core.evaluate.executor import ExecutionResult
+
+DENIED = frozenset({
+    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_ls_logdir", "pg_ls_waldir",
+    "pg_ls_tmpdir", "pg_ls_archive_statusdir", "pg_current_logfile", "lo_import", "lo_export", "lo_get",
+    "lo_from_bytea", "lo_put", "lo_unlink", "lo_create", "lo_open", "set_config", "pg_reload_conf",
+    "pg_rotate_logfile", "pg_terminate_backend", "pg_cancel_backend", "pg_switch_wal", "pg_promote",
+    "pg_create_restore_point", "pg_logical_emit_message", "pg_advisory_lock", "pg_advisory_xact_lock",
+    "pg_try_advisory_lock", "nextval", "setval", "query_to_xml", "query_to_xml_and_xmlschema",
+    "query_to_xmlschema", "cursor_to_xml", "table_to_xml", "schema_to_xml", "database_to_xml",
+    "dblink", "dblink_exec", "pg_file_write", "pg_sleep_until", "txid_current", "pg_notify",
+    "current_setting", "pg_settings_get_flags",
+})
+TEXT_TYPES = ("text", "character", "char", "name", "citext")
+_names = count()
+
+
+def conninfo_of(url: str) -> str:
+    """What libpq reads: the URL without a ``+driver`` suffix (``postgresql+psycopg://``)."""
+    scheme, rest = url.split("://", 1)
+    return "postgresql://" + rest
+
+
+class PostgreSQLDatabase(Database):
+    dialect = "postgres"
+
+    def __init__(self, url: str, connect_timeout_s: int = 10, work_mem: str = "64MB"):
+        super().__init__(url)
+        self.conninfo = conninfo_of(url)
+        self.connect_timeout_s, self.work_mem = connect_timeout_s, work_mem
+        self._conn = None
+        self._text: set[tuple[str, str]] = set()
+        self._names: dict[str, str] = {}  # lower-case identifier -> as the database spells it
+
+    def _connection(self):
+        import psycopg
+
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            try:
+                self._conn = psycopg.connect(self.conninfo, connect_timeout=self.connect_timeout_s,
+                                             options="-c default_transaction_read_only=on "
+                                                     f"-c work_mem={self.work_mem}")
+            except psycopg.Error as exc:
+                raise DataError(f"{describe(self.url)}: cannot connect: {str(exc).strip()}") from None
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- introspection ---------------------------------------------------------------------
+    def _introspect(self) -> Schema:
+        import psycopg
+
+        conn = self._connection()
+        try:
+            cols = conn.execute(
+                "SELECT c.oid, c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) "
+                "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm') "
+                "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY c.oid, a.attnum").fetchall()
+            cons = conn.execute(
+                "SELECT con.contype, con.conrelid, con.conkey, con.confrelid, con.confkey FROM pg_constraint con "
+                "JOIN pg_namespace n ON n.oid = con.connamespace "
+                "WHERE n.nspname = current_schema() AND con.contype IN ('p', 'f') ORDER BY con.oid").fetchall()
+            dbname = conn.info.dbname
+        except psycopg.Error as exc:
+            raise DataError(f"{describe(self.url)}: cannot read the schema: {str(exc).strip()}") from None
+        finally:
+            conn.rollback()
+        tables: dict[int, Table] = {}
+        attname: dict[tuple[int, int], str] = {}
+        for oid, rel, num, att, dtype in cols:
+            t = tables.setdefault(oid, Table(rel, []))
+            t.columns.append(Column(att, coarse_type(dtype)))
+            attname[(oid, num)] = att
+            self._names.setdefault(rel.lower(), rel)
+            self._names.setdefault(att.lower(), att)
+            if dtype.split("(")[0].strip().lower().startswith(TEXT_TYPES):
+                self._text.add((rel.lower(), att.lower()))
+        fks = []
+        for kind, rel, keys, ref, ref_keys in cons:
+            if rel not in tables:
+                continue
+            names = [attname[(rel, k)] for k in keys]
+            if kind == "p":
+                tables[rel].primary_keys.extend(names)
+            elif ref in tables:
+                fks += [ForeignKey(tables[rel].name, c, tables[ref].name, attname[(ref, k)])
+                        for c, k in zip(names, ref_keys)]
+        return Schema(dbname, list(tables.values()), fks)
+
+    def _distinct(self, table: str, column: str, limit: int) -> list[str]:
+        self.schema()
+        if (table.lower(), column.lower()) not in self._text:
+            return []
+        q, c = quote_ident(table), quote_ident(column)
+        res = self._run(f"SELECT DISTINCT {c} FROM {q} WHERE {c} IS NOT NULL LIMIT {int(limit)}", 10.0, limit,
+                        1 << 26, False)
+        return [r[0] for r in res.rows if isinstance(r[0], str)] if res.ok else []
+
+    # -- dialect ---------------------------------------------------------------------------
+    def _check_tree(self, tree) -> None:
+        refuse_functions(tree, DENIED, "PostgreSQL")
+        refuse_huge_strings(tree)
+
+    def _adapt(self, tree):
+        """SQLite resolves names case-insensitively, PostgreSQL folds unquoted ones to lower
+        case: each identifier is written quoted, as the database spells it (aliases lower-cased)."""
+        from sqlglot import exp
+
+        self.schema()
+        for ident in tree.find_all(exp.Identifier):
+            ident.set("this", self._names.get(ident.name.lower(), ident.name.lower()))
+            ident.set("quoted", True)
+        return tree
+
+    # -- execution -------------------------------------------------------------------------
+    def _run(self, sql: str, timeout_s: float, max_rows: int, max_result_bytes: int, digest: bool) -> ExecutionResult:
+        import psycopg
+        from psycopg import errors
+
+        t0 = time.perf_counter()
+        try:
+            conn = self._connection()
+        except DataError as exc:
+            return ExecutionResult(False, error=str(exc))
+        deadline = t0 + timeout_s
+
+        def batches(cur):
+            while True:
+                if time.perf_counter() > deadline:  # each FETCH has its own statement_timeout
+                    raise errors.QueryCanceled("the deadline passed while fetching")
+                rows = cur.fetchmany(1000)
+                if not rows:
+                    return
+                yield rows
+
+        try:
+            conn.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
+            conn.execute("EXPLAIN " + sql)  # plans only: names, types and functions are checked first
+            with conn.cursor(name=f"vantage_{next(_names)}") as cur:
+                cur.execute(sql)
+                res = fetch_bounded(batches(cur), max_rows, max_result_bytes, digest)
+        except errors.QueryCanceled:
+            res = ExecutionResult(False, error=f"timed out after {timeout_s:g} s", timed_out=True)
+        except psycopg.Error as exc:
+            res = ExecutionResult(False, error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
+        finally:
+            try:
+                conn.rollback()  # never commit: whatever happened is undone
+            except psycopg.Error:
+                self.close()
+        res.elapsed = round(time.perf_counter() - t0, 4)
+        return res
