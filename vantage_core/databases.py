@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -276,7 +277,7 @@ def fetch_bounded(batches, max_rows: int, max_result_bytes: int, digest: bool) -
 
 # ---------------------------------------------------------------------------- URL -> connector
 
-_OPEN: dict[str, Database] = {}
+_OPEN: dict[tuple[int, str], Database] = {}
 _OPEN_LOCK = threading.Lock()
 
 
@@ -285,9 +286,10 @@ def open_database(target: Any, registry: Any = None) -> Database:
 
     An unknown scheme is an error that lists the registered ones."""
     url = str(target) if is_url(str(target)) else "sqlite:///" + str(target)
+    key = (os.getpid(), url)  # a forked worker opens its own connections, never its parent's
     with _OPEN_LOCK:
-        if url in _OPEN and registry is None:
-            return _OPEN[url]
+        if key in _OPEN and registry is None:
+            return _OPEN[key]
     scheme = url_scheme(url)
     if registry is None:
         from vantage_core.plugins import registry as default_registry
@@ -298,13 +300,15 @@ def open_database(target: Any, registry: Any = None) -> Database:
         raise DataError(f"{describe(url)}: unknown database scheme {scheme!r}; registered: {', '.join(names)} "
                         f"(or give a SQLite file path)")
     try:
-        db = registry.build("database", scheme, url=url)
+        db = registry.build("database", scheme, url)
     except VantageError:
         raise
     except ImportError as exc:
         raise DataError(f"{describe(url)}: the {scheme} connector needs a package that is missing: {exc}") from None
+    if registry is not None:
+        return db  # built from a caller's own registry (tests): not shared
     with _OPEN_LOCK:
-        return _OPEN.setdefault(url, db)
+        return _OPEN.setdefault(key, db)
 
 
 def close_all() -> None:
@@ -314,6 +318,26 @@ def close_all() -> None:
         _OPEN.clear()
     for db in dbs:
         db.close()
+
+
+def database_id(given: str) -> tuple[str, str]:
+    """``(name, url)`` for ``vantage serve --db``: ``NAME=URL``, or a URL (or SQLite path) named by
+    its database (PostgreSQL) or file stem."""
+    import urllib.parse
+    from pathlib import PurePath
+
+    head, sep, tail = given.partition("=")
+    if sep and re.fullmatch(r"[A-Za-z0-9_.\-]+", head) and (is_url(tail) or not is_url(given)):
+        return head, tail
+    url = given if is_url(given) else "sqlite:///" + given
+    if url_scheme(url) == "postgresql":
+        parts = urllib.parse.urlsplit(url)
+        name = parts.path.lstrip("/") or urllib.parse.parse_qs(parts.query).get("dbname", [""])[0]
+        if not name:
+            raise DataError(f"--db {describe(given)}: names no database; write postgresql://user@host/DBNAME "
+                            f"or NAME=URL")
+        return name, url
+    return PurePath(file_of_url(url)).stem, url
 
 
 def url_for(template: str, db_id: str) -> str:

@@ -156,6 +156,23 @@ def download(name: str, out_dir: str) -> None:
     click.echo(fetch(out_dir))
 
 
+@data.command("load-into")
+@click.argument("url")
+@click.option("--from", "source", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The SQLite database to copy (a Spider database, say).")
+@click.option("--replace", is_flag=True, help="Drop tables of the same names first.")
+@click.option("--reader", default=None, metavar="ROLE",
+              help="PostgreSQL: also create a login role that may only SELECT these tables.")
+def load_into_cmd(url: str, source: str, replace: bool, reader: str | None) -> None:
+    """Copy a SQLite database into another engine (duckdb:///f.duckdb, postgresql://user@host/db) with
+    its primary and foreign keys, so the same questions can be scored there."""
+    from vantage_core.data.load_into import load_into
+    from vantage_core.databases import describe
+
+    summary = load_into(url, source, replace=replace, reader=reader)
+    click.echo(f"{describe(url)}: {summary.line()}")
+
+
 @click.group()
 def tokenizer() -> None:
     """Train the decoder's tokenizer."""

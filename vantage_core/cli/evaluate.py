@@ -110,6 +110,15 @@ def align_predictions(predictions: list[str], report, align: str, where: str) ->
     return [predictions[r] for r in rows]
 
 
+def on_engine(examples: list, template: str) -> list:
+    """The examples with their databases replaced by ``template`` filled with each one's db_id."""
+    import dataclasses
+
+    from vantage_core.databases import url_for
+
+    return [dataclasses.replace(ex, db_paths=[url_for(template, ex.db_id)]) for ex in examples]
+
+
 def _param(text: str) -> tuple[str, object]:
     import yaml
 
@@ -147,9 +156,12 @@ def _dataset_params_from(config, dataset: str) -> dict:
 @click.option("--workers", "-j", type=int, default=None, help="Processes (default: evaluate.workers).")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: <run dir>/eval-<dataset>-<split>).")
+@click.option("--execute-on", "execute_on", default=None, metavar="URL-TEMPLATE",
+              help="Score execution on another engine: a database URL with {db_id} for each example's database "
+                   "(postgresql://user@host/{db_id}, duckdb:///dbs/{db_id}.duckdb; fill them with `vantage data load-into`).")
 @config_options
 def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metric_names, limit, align, workers,
-             out_dir, **options) -> None:
+             out_dir, execute_on=None, **options) -> None:
     """Score a model (--checkpoint) or any system's predictions file against a dataset split.
 
     Writes the predictions in the official formats, per-example results (results.jsonl), a
@@ -209,6 +221,8 @@ def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metri
     if len(predictions) != len(examples):
         raise DataError(f"{predictions_path}: {len(predictions)} predictions for {len(examples)} examples of "
                         f"{dataset}/{split}; give one prediction per example, in order")
+    if execute_on:  # decoded on SQLite as always; gold and predictions both run on the other engine
+        examples = on_engine(examples, execute_on)
     specs = [PluginSpec(name=n) for n in metric_names] if metric_names else cfg.evaluate.metrics
     if not specs:
         raise click.UsageError("no metric to compute: the config's evaluate.metrics is empty; "

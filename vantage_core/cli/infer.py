@@ -35,6 +35,20 @@ def decoding_options(func):
     return func
 
 
+def database_option(value: str | None) -> str | None:
+    """A --db value: a database URL as given (its connector checks it on use), or an existing file."""
+    from pathlib import Path
+
+    from vantage_core.databases import is_url
+
+    if value is None or is_url(value):
+        return value
+    if not Path(value).is_file():
+        raise click.BadParameter(f"{value}: no such SQLite file; give a SQLite file or a database URL "
+                                 f"(sqlite:///f.sqlite, duckdb:///f.duckdb, postgresql://user@host/db)")
+    return value
+
+
 def _table(rows: list[list], max_rows: int = 20, width: int = 32) -> str:
     if not rows:
         return "(no rows)"
@@ -49,7 +63,9 @@ def _table(rows: list[list], max_rows: int = 20, width: int = 32) -> str:
 @click.command()
 @click.option("--checkpoint", "-m", required=True, type=click.Path(exists=True, file_okay=False),
               help="A run directory, a checkpoint folder or a `vantage export` folder.")
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="The SQLite database.")
+@click.option("--db", required=True, callback=lambda ctx, param, value: database_option(value),
+              help="The database: a SQLite file, or a URL (sqlite:///f.sqlite, duckdb:///f.duckdb, "
+                   "postgresql://user@host/db).")
 @click.argument("question", required=False)
 @click.option("--questions", type=click.Path(exists=True, dir_okay=False),
               help="A file of questions, one per line (blank lines and #comments skipped).")
@@ -58,7 +74,7 @@ def _table(rows: list[list], max_rows: int = 20, width: int = 32) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per question.")
 @decoding_options
 def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_json, **decoding) -> None:
-    """Turn a question about a SQLite database into SQL.
+    """Turn a question about a database (SQLite file or URL) into SQL.
 
     Exits with status 1 when a question got no SQL or, with --run, its SQL failed to run."""
     from vantage_core.cli.evaluate import text_lines
@@ -93,6 +109,8 @@ def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_j
         if len(asked) > 1:
             click.echo(f"-- {q}")
         click.echo(g.sql)
+        if g.executed_sql:  # what ran on the database's own engine
+            click.echo(f"-- as run on {g.dialect}: {g.executed_sql}", err=True)
         if show_candidates:
             for i, c in enumerate(g.candidates):
                 mark = "*" if i == g.chosen else " "
@@ -113,18 +131,20 @@ def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_j
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--db-dir", type=click.Path(exists=True, file_okay=False), multiple=True,
               help="Folders of known databases (<db_id>/<db_id>.sqlite or <db_id>.sqlite); repeatable.")
+@click.option("--db", "db_urls", multiple=True, metavar="[NAME=]URL",
+              help="A database by URL (or SQLite path), known by NAME or by its own name; repeatable.")
 @click.option("--max-concurrency", default=4, show_default=True, type=click.IntRange(1, 256),
               help="Requests waiting or running at once; more get 503.")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=float,
               help="Seconds a request may take, waiting included (504 beyond).")
-def serve(checkpoint, host, port, db_dir, max_concurrency, timeout_s) -> None:
+def serve(checkpoint, host, port, db_dir, db_urls, max_concurrency, timeout_s) -> None:
     """Serve the model over HTTP (OpenAPI document at /docs, playground at /, and the OpenAI-compatible
     /v1/models and /v1/chat/completions)."""
     import uvicorn
 
     from vantage_core.inference.serve import ServeSettings, create_app
 
-    app = create_app(checkpoint, ServeSettings(db_dirs=list(db_dir), max_concurrency=max_concurrency,
+    app = create_app(checkpoint, ServeSettings(db_dirs=list(db_dir), db_urls=list(db_urls), max_concurrency=max_concurrency,
                                                timeout_s=timeout_s))
     uvicorn.run(app, host=host, port=port, log_level="info")
 

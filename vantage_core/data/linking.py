@@ -68,10 +68,32 @@ def schema_items(schema) -> list[SchemaItem]:
     return items
 
 
+def _sqlite_file(db: str) -> str | None:
+    """The SQLite file a database path or ``sqlite:///`` URL names; None for another engine's URL."""
+    from vantage_core.databases import file_of_url, is_url, url_scheme
+
+    if not is_url(db):
+        return db
+    return file_of_url(db) if url_scheme(db) == "sqlite" else None
+
+
 def column_values(db_path: str | Path, schema, per_column: int = 5000, max_chars: int = 40) -> dict[tuple[str, str], set[str]]:
-    """Normalized distinct text values of every text column: (table, column) lower -> values."""
-    return _column_values(str(db_path), tuple((t.name, tuple(c.name for c in t.columns if c.type == "text"))
-                                              for t in schema.tables), per_column, max_chars)
+    """Normalized distinct text values of every text column: (table, column) lower -> values.
+
+    ``db_path``: a SQLite file, or a database URL (read through its connector, capped per column)."""
+    tables = tuple((t.name, tuple(c.name for c in t.columns if c.type == "text")) for t in schema.tables)
+    path = _sqlite_file(str(db_path))
+    if path is None:
+        return _connector_column_values(str(db_path), tables, per_column, max_chars)
+    return _column_values(path, tables, per_column, max_chars)
+
+
+@lru_cache(maxsize=256)
+def _connector_column_values(url: str, tables: tuple, per_column: int, max_chars: int) -> dict:
+    from vantage_core.databases import open_database
+
+    raw = open_database(url).column_values(tables, per_column, max_chars)
+    return {key: {v for v in map(normalize, vals) if v} for key, vals in raw.items()}
 
 
 @lru_cache(maxsize=256)
@@ -96,7 +118,14 @@ def _column_values(db_path: str, tables: tuple, per_column: int, max_chars: int)
 @lru_cache(maxsize=64)
 def cased_values(db_path: str, per_column: int = 2000, max_chars: int = 60) -> dict[str, str]:
     """Every short text cell value of a database, lower-cased -> as stored (for writing a
-    value copied from the question the way the database spells it)."""
+    value copied from the question the way the database spells it). ``db_path``: a SQLite file
+    or a database URL (read through its connector)."""
+    path = _sqlite_file(str(db_path))
+    if path is None:
+        from vantage_core.databases import open_database
+
+        return open_database(str(db_path)).cased_values(per_column, max_chars)
+    db_path = path
     out: dict[str, str] = {}
     conn = connect_readonly(db_path)
     try:

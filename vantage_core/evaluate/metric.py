@@ -62,6 +62,12 @@ class ExecutingMetric:
         """``digest``: read and hash the whole result (needed to compare results over the cap)."""
         if not sql.strip():
             return ExecutionResult(False, [], "empty query")
+        from vantage_core.databases import is_url
+
+        if is_url(db_path):  # another engine (`vantage evaluate --execute-on`): its connector's own limits
+            from vantage_core.databases import open_database
+
+            return open_database(db_path).execute(sql, self.timeout_s, self.max_rows, digest=digest)
         if self._sandbox is None:
             self._sandbox = Sandbox()
         return self._sandbox.execute(db_path, sql, self.timeout_s, self.max_rows, digest=digest)

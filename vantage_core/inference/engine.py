@@ -58,6 +58,9 @@ class Generation:
     # how the SQL was chosen: top (the model's first), rows / runs (execution-guided), retry-rows /
     # retry-runs (after the wider search), fallback, none (nothing ran: the model's first)
     choice: str = "top"
+    # with run=True on a database of another engine: the chosen SQL as transpiled and run there
+    executed_sql: str | None = None
+    dialect: str | None = None
     _results: dict = field(default_factory=dict, repr=False)  # executed candidates (not serialized)
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,13 +197,18 @@ class Engine:
 
     # -- pieces --------------------------------------------------------------------------
     def schema_of(self, db_path: str | Path) -> Schema:
-        """The schema of a SQLite file (cached by path)."""
+        """The schema of a SQLite file or of the database a URL names (cached by path or URL)."""
         from vantage_core.data.schemas import schema_from_sqlite
+        from vantage_core.databases import is_url, open_database
 
         key = str(db_path)
         if key not in self._schemas:
+            if is_url(key):
+                self._schemas[key] = open_database(key).schema()
+                return self._schemas[key]
             if not Path(db_path).is_file():
-                raise DataError(f"{db_path}: no such SQLite file")
+                raise DataError(f"{db_path}: no such SQLite file (or give a database URL: sqlite:///file.sqlite, "
+                                f"duckdb:///file.duckdb, postgresql://user@host/db)")
             self._schemas[key] = schema_from_sqlite(db_path)
         return self._schemas[key]
 
@@ -342,6 +350,8 @@ class Engine:
                 g.rows = [list(row) for row in res.rows] if res.ok else None
                 g.error = None if res.ok else res.error
                 g.truncated = bool(res.truncated)
+                if getattr(res, "dialect", "sqlite") != "sqlite":
+                    g.executed_sql, g.dialect = res.transpiled or None, res.dialect
             g.seconds = round((time.perf_counter() - t0) / len(questions), 4)
         return gens
 
@@ -355,7 +365,8 @@ class Engine:
         if not q.schema.tables:
             raise DataError(f"schema {q.schema.db_id!r}: no tables")
         if needs_db and q.db_path is None:
-            raise DataError("running the SQL (run, execution_guided) needs a database file, not only a schema")
+            raise DataError("running the SQL (run, execution_guided) needs a database (a SQLite file or a "
+                            "database URL), not only a schema")
 
     def _decode(self, reqs: list["Request"], opts: InferenceConfig, beam_size: int, routing: bool,
                 cancel: Any) -> list[list[Any]]:
@@ -399,8 +410,13 @@ class Engine:
         return g
 
     def _execute(self, db_path: str, sql: str):
+        """Run ``sql`` read-only: a SQLite file in the sandboxed pool; a URL through its connector
+        (transpiled to the engine's dialect, checked, bounded by the same limits)."""
+        from vantage_core.databases import is_url, open_database
         from vantage_core.evaluate.executor import execute
 
+        if is_url(db_path):
+            return open_database(db_path).execute(sql, self.config.evaluate.timeout_s, self.config.evaluate.max_rows)
         return execute(db_path, sql, self.config.evaluate.timeout_s, self.config.evaluate.max_rows)
 
     def _choose(self, candidates: list[Candidate], db_path: str, opts: InferenceConfig,
@@ -421,8 +437,8 @@ class Engine:
 
 @dataclass
 class Question:
-    """One question for :meth:`Engine.generate_many`: over the database at ``db_path``, or the
-    given ``schema`` (then nothing can run)."""
+    """One question for :meth:`Engine.generate_many`: over the database at ``db_path`` (a SQLite
+    file or a database URL), or the given ``schema`` (then nothing can run)."""
 
     text: str
     db_path: str | Path | None = None

@@ -33,6 +33,7 @@ from vantage_core.errors import DataError, VantageError
 @dataclass
 class ServeSettings:
     db_dirs: list[str] = field(default_factory=list)
+    db_urls: list[str] = field(default_factory=list)  # database URLs (or NAME=URL), `vantage serve --db`
     max_concurrency: int = 4
     timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024
@@ -107,6 +108,8 @@ class GenerateResponse(BaseModel):
     routing: list[list[dict[str, Any]]] | None = None
     seconds: float
     n_tokens: int
+    executed_sql: str | None = None  # with run on another engine: the SQL as transpiled and run there
+    dialect: str | None = None
 
 
 def schema_from_ddl(ddl: str, db_id: str = "request") -> Schema:
@@ -157,9 +160,18 @@ def _schema_from_ddl(ddl: str, db_id: str) -> Schema:
     return Schema(db_id, tables, fks)
 
 
-def find_databases(db_dirs: list[str]) -> dict[str, Path]:
-    """db_id -> SQLite file, from folders laid out as ``<db_id>/<db_id>.sqlite`` or ``<db_id>.sqlite``."""
-    out: dict[str, Path] = {}
+def find_databases(db_dirs: list[str], db_urls: list[str] = ()) -> dict[str, Path | str]:
+    """db_id -> SQLite file, from folders laid out as ``<db_id>/<db_id>.sqlite`` or ``<db_id>.sqlite``,
+    and db_id -> URL for each database URL (``NAME=URL``, or the URL alone: then its database's
+    name or file stem is the id)."""
+    from vantage_core.databases import database_id
+
+    out: dict[str, Path | str] = {}
+    for given in db_urls:
+        name, url = database_id(given)
+        if name in out:
+            raise DataError(f"--db {given}: a database named {name!r} is already given; write NAME=URL to tell them apart")
+        out[name] = url
     for d in db_dirs:
         root = Path(d)
         for p in sorted(root.glob("*/*.sqlite")) + sorted(root.glob("*.sqlite")):
@@ -311,7 +323,7 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
 
     settings = settings or ServeSettings()
     engine: Engine = model if isinstance(model, Engine) else open_engine(model)
-    databases = find_databases(settings.db_dirs)
+    databases = find_databases(settings.db_dirs, settings.db_urls)
     app = FastAPI(title="Vantage text-to-SQL", version="1",
                   description="Questions in, SQL out, from a Mixture-of-Experts model.")
     state = {"served": 0, "rejected": 0}

@@ -33,6 +33,23 @@ def _postgresql(url: str):
     return PostgreSQLDatabase(url)
 
 
+def _load_duckdb(url, sqlite_path, replace=False, reader=None):
+    from vantage_plugins.databases.duckdb import load_from_sqlite
+
+    return load_from_sqlite(url, sqlite_path, replace=replace, reader=reader)
+
+
+def _load_postgresql(url, sqlite_path, replace=False, reader=None):
+    from vantage_plugins.databases.postgresql import load_from_sqlite
+
+    return load_from_sqlite(url, sqlite_path, replace=replace, reader=reader)
+
+
+# `vantage data load-into` finds a connector's loader on its factory (vantage_core/data/load_into.py)
+_duckdb.load_from_sqlite = _load_duckdb
+_postgresql.load_from_sqlite = _load_postgresql
+
+
 @hookimpl
 def register_databases(register):
     register("sqlite", _sqlite)

@@ -43,7 +43,7 @@ class DuckDBDatabase(Database):
         if self._conn is None:
             config = {"memory_limit": self.memory_limit, "threads": self.threads, "enable_external_access": False,
                       "autoinstall_known_extensions": False, "autoload_known_extensions": False,
-                      "lock_configuration": True}
+                      "integer_division": True, "lock_configuration": True}  # SQLite: 5 / 2 = 2
             try:
                 self._conn = duckdb.connect(self.path, read_only=True, config=config)
             except duckdb.Error as exc:
@@ -116,3 +116,82 @@ class DuckDBDatabase(Database):
             cur.close()
         res.elapsed = round(time.perf_counter() - t0, 4)
         return res
+
+
+# ---------------------------------------------------------------------------- loading
+
+DUCK_TYPES = {"integer": "BIGINT", "real": "DOUBLE", "text": "VARCHAR", "blob": "BLOB"}
+
+
+def load_from_sqlite(url: str, sqlite_path, replace: bool = False, reader=None):
+    """Copy a SQLite file into the DuckDB file at ``url`` (created if missing), keys included:
+    DuckDB takes keys only in CREATE TABLE, so each table is created with its primary key and the
+    foreign keys whose targets have one, and created again with fewer where the data breaks them."""
+    import duckdb
+
+    from vantage_core.data.load_into import LoadSummary, creation_order, read_sqlite
+
+    path = file_of_url(url)
+    schema, tables = read_sqlite(sqlite_path)
+    by_name = {t.name: t for t in tables}
+    summary = LoadSummary(url)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = duckdb.connect(path)
+    try:
+        if reader:
+            summary.keys_skipped.append(f"--reader {reader}: DuckDB has no roles (the file is opened read-only)")
+        pk_of: dict[str, list[str]] = {}
+        for name in creation_order(schema):
+            t = by_name[name]
+            fks = [fk for fk in schema.foreign_keys if fk.table == name and fk.ref_table in pk_of
+                   and [fk.ref_column.lower()] == [c.lower() for c in pk_of[fk.ref_table]]]
+            if replace:
+                conn.execute(f"DROP TABLE IF EXISTS {quote_ident(name)} CASCADE")
+            for attempt in ((True, fks), (True, []), (False, [])):
+                pk, keys = attempt[0] and bool(t.primary_keys), attempt[1]
+                try:
+                    _duck_create(conn, t, pk, keys)
+                    _duck_insert(conn, t)
+                    break
+                except duckdb.Error as exc:
+                    conn.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+                    why = str(exc).splitlines()[0][:120]
+                    if pk and keys:
+                        summary.keys_skipped += [f"{name}: FOREIGN KEY ({fk.column}) -> {fk.ref_table}: {why}" for fk in keys]
+                    elif pk:
+                        summary.keys_skipped.append(f"{name}: PRIMARY KEY ({', '.join(t.primary_keys)}): {why}")
+                    else:
+                        raise DataError(f"{url}: cannot load table {name}: {why}") from None
+            if pk:
+                pk_of[name] = t.primary_keys
+            summary.keys_added += int(pk) + len(keys)
+            summary.tables += 1
+            summary.rows += len(t.rows)
+        conn.execute("CHECKPOINT")
+    finally:
+        conn.close()
+    return summary
+
+
+def _duck_create(conn, t, pk: bool, fks) -> None:
+    cols = [f"{quote_ident(c)} {DUCK_TYPES[k]}" for c, k in zip(t.columns, t.kinds)]
+    if pk:
+        cols.append(f"PRIMARY KEY ({', '.join(quote_ident(c) for c in t.primary_keys)})")
+    cols += [f"FOREIGN KEY ({quote_ident(fk.column)}) REFERENCES {quote_ident(fk.ref_table)} ({quote_ident(fk.ref_column)})"
+             for fk in fks]
+    conn.execute(f"CREATE TABLE {quote_ident(t.name)} ({', '.join(cols)})")
+
+
+def _duck_insert(conn, t) -> None:
+    """All rows at once through Arrow (row-by-row inserts are slow in DuckDB)."""
+    import pyarrow as pa
+
+    if not t.rows:
+        return
+    arrow = {"integer": pa.int64(), "real": pa.float64(), "text": pa.string(), "blob": pa.binary()}
+    data = pa.table({f"c{i}": pa.array([r[i] for r in t.rows], type=arrow[k]) for i, k in enumerate(t.kinds)})
+    conn.register("vantage_source", data)
+    try:
+        conn.execute(f"INSERT INTO {quote_ident(t.name)} SELECT * FROM vantage_source")
+    finally:
+        conn.unregister("vantage_source")

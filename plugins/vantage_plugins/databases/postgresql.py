@@ -137,6 +137,8 @@ class PostgreSQLDatabase(Database):
         for ident in tree.find_all(exp.Identifier):
             ident.set("this", self._names.get(ident.name.lower(), ident.name.lower()))
             ident.set("quoted", True)
+        for avg in list(tree.find_all(exp.Avg)):  # numeric's 16 digits would not equal SQLite's double
+            avg.replace(exp.Cast(this=avg.copy(), to=exp.DataType.build("double")))
         return tree
 
     # -- execution -------------------------------------------------------------------------
@@ -177,3 +179,86 @@ class PostgreSQLDatabase(Database):
                 self.close()
         res.elapsed = round(time.perf_counter() - t0, 4)
         return res
+
+
+# ---------------------------------------------------------------------------- loading
+
+PG_TYPES = {"integer": "bigint", "real": "double precision", "text": "text", "blob": "bytea"}
+
+
+def _create_database(conninfo: str) -> None:
+    """Create the URL's database when it does not exist (through the ``postgres`` database)."""
+    import psycopg
+    from psycopg import sql as pgsql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(conninfo)
+    name = params.get("dbname")
+    if not name:
+        return
+    with psycopg.connect(make_conninfo(**{**params, "dbname": "postgres"}), autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            admin.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+
+
+def load_from_sqlite(url: str, sqlite_path, replace: bool = False, reader: str | None = None):
+    """Copy a SQLite file into the PostgreSQL database at ``url`` (created if missing) with COPY,
+    then add its primary and foreign keys one by one (each in a savepoint: a key the data breaks
+    is reported and the load goes on). ``reader``: a login role granted SELECT only."""
+    import psycopg
+    from psycopg import sql as pgsql
+
+    from vantage_core.data.load_into import LoadSummary, read_sqlite
+
+    conninfo = conninfo_of(url)
+    try:
+        _create_database(conninfo)
+        conn = psycopg.connect(conninfo)
+    except psycopg.Error as exc:
+        raise DataError(f"{describe(url)}: cannot connect: {str(exc).strip()}") from None
+    schema, tables = read_sqlite(sqlite_path)
+    summary = LoadSummary(url)
+    ident = pgsql.Identifier
+    try:
+        with conn.transaction():
+            for t in tables:
+                if replace:
+                    conn.execute(pgsql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(ident(t.name)))
+                cols = pgsql.SQL(", ").join(pgsql.SQL("{} {}").format(ident(c), pgsql.SQL(PG_TYPES[k]))
+                                            for c, k in zip(t.columns, t.kinds))
+                conn.execute(pgsql.SQL("CREATE TABLE {} ({})").format(ident(t.name), cols))
+                with conn.cursor().copy(pgsql.SQL("COPY {} FROM STDIN").format(ident(t.name))) as copy:
+                    for row in t.rows:
+                        copy.write_row(tuple(v.replace("\x00", "") if isinstance(v, str) else v for v in row))
+                summary.tables += 1
+                summary.rows += len(t.rows)
+            keys = [(t.name, pgsql.SQL("PRIMARY KEY ({})").format(pgsql.SQL(", ").join(map(ident, t.primary_keys))),
+                     f"PRIMARY KEY ({', '.join(t.primary_keys)})") for t in tables if t.primary_keys]
+            keys += [(fk.table, pgsql.SQL("FOREIGN KEY ({}) REFERENCES {} ({})").format(
+                ident(fk.column), ident(fk.ref_table), ident(fk.ref_column)),
+                f"FOREIGN KEY ({fk.column}) -> {fk.ref_table}({fk.ref_column})") for fk in schema.foreign_keys]
+            for table, clause, text in keys:
+                try:
+                    with conn.transaction():  # a savepoint: a refused key leaves the rest in place
+                        conn.execute(pgsql.SQL("ALTER TABLE {} ADD {}").format(ident(table), clause))
+                    summary.keys_added += 1
+                except psycopg.Error as exc:
+                    summary.keys_skipped.append(f"{table}: {text}: {str(exc).strip().splitlines()[0][:120]}")
+            if reader:
+                _grant_reader(conn, reader, [t.name for t in tables])
+    finally:
+        conn.close()
+    return summary
+
+
+def _grant_reader(conn, role: str, tables: list[str]) -> None:
+    """A login role that may read these tables and do nothing else."""
+    from psycopg import sql as pgsql
+
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+        conn.execute(pgsql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE").format(pgsql.Identifier(role)))
+    dbname = conn.info.dbname
+    conn.execute(pgsql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(pgsql.Identifier(dbname), pgsql.Identifier(role)))
+    conn.execute(pgsql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(pgsql.Identifier(role)))
+    for t in tables:
+        conn.execute(pgsql.SQL("GRANT SELECT ON {} TO {}").format(pgsql.Identifier(t), pgsql.Identifier(role)))
