@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs Vantage and everything it needs on a fresh Debian/Ubuntu machine (or a Mac).
 #   bash install.sh          the toolkit, its built-in plugins, OpenBLAS and the MiniLM weights
-#   bash install.sh --test   also the test tools, the example third-party plugin and Chromium
+#   bash install.sh --test   also the test tools, the example third-party plugin, Chromium and PostgreSQL
 set -euo pipefail
 cd "$(dirname "$0")"
 want_test=0
@@ -11,7 +11,8 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; the
 
 if command -v apt-get >/dev/null 2>&1; then
   pkgs="libopenblas0-pthread"
-  [ $want_test = 1 ] && pkgs="$pkgs chromium"
+  # chromium for the playground tests; postgresql for the connector tests (.ci/run starts a throwaway server)
+  [ $want_test = 1 ] && pkgs="$pkgs chromium postgresql"
   missing=""
   for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then

@@ -26,6 +26,36 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET = 0.98
 
 
+def without_limit(sql: str) -> str | None:
+    """``sql`` without its outermost LIMIT (None when it has none)."""
+    import sqlglot
+
+    tree = sqlglot.parse_one(sql, read="sqlite")
+    if tree.args.get("limit") is None:
+        return None
+    tree.set("limit", None)
+    return tree.sql(dialect="sqlite")
+
+
+def ties_only(sql: str, db, sqlite_path: str) -> bool:
+    """Whether SQLite and the engine agree once the LIMIT is gone: then they only broke a tie of
+    the ORDER BY differently, and both answers are right."""
+    from vantage_core.evaluate import spider
+    from vantage_core.evaluate.executor import execute
+
+    whole = without_limit(sql)
+    if whole is None:
+        return False
+    a, b = execute(sqlite_path, whole), db.execute(whole)
+    return a.ok and b.ok and spider.results_equal(a.rows, b.rows, False)
+
+
+def bare_rewritten(sql: str, transpiled: str) -> bool:
+    """Whether the connector wrapped a bare column of ``sql`` (see Database._bare_columns)."""
+    marks = ("MIN(", "ANY_VALUE(", "ARG_MAX(", "ARG_MIN(", "ARRAY_AGG(")
+    return any(m in transpiled.upper() and m not in sql.upper() for m in marks)
+
+
 def cause(error: str | None, gold_rows: list, rows: list) -> str:
     """A disagreement's likely cause, from the engine's error or how the rows differ."""
     if error:
@@ -54,6 +84,33 @@ def cause(error: str | None, gold_rows: list, rows: list) -> str:
                                                                  sorted(map(tuple, rows), key=str))):
         return "float precision"
     return "different rows (integer division, ordering of ties, ...)"
+
+
+def introspection_seconds(server: str, n_tables: int = 500) -> float:
+    """Seconds to introspect a PostgreSQL schema of ``n_tables`` tables (6 columns each, a primary
+    key, a foreign key to the previous table), from a fresh connector."""
+    import urllib.parse
+
+    import psycopg
+
+    from vantage_core.databases import Database, open_database
+
+    url = urllib.parse.urlunsplit(urllib.parse.urlsplit(server)._replace(path="/vantage_wide"))
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS vantage_wide WITH (FORCE)")
+        admin.execute("CREATE DATABASE vantage_wide")
+    with psycopg.connect(url) as conn:
+        for i in range(n_tables):
+            ref = f", parent bigint REFERENCES t{i - 1}(id)" if i else ", parent bigint"
+            conn.execute(f"CREATE TABLE t{i} (id bigint PRIMARY KEY, name text, amount double precision, "
+                         f"day date, flag boolean{ref})")
+    db: Database = open_database(url)
+    t0 = time.perf_counter()
+    schema = db.schema()
+    seconds = time.perf_counter() - t0
+    assert len(schema.tables) == n_tables and len(schema.foreign_keys) == n_tables - 1
+    db.close()
+    return seconds
 
 
 def main() -> int:
@@ -104,19 +161,28 @@ def main() -> int:
             if res.ok and spider.results_equal(ref.rows, res.rows, order):
                 r["same"] += 1
             else:
+                why = "ordering of ties before LIMIT (the same rows without it)" \
+                    if res.ok and ties_only(gold_sql, open_database(urls[ex.db_id]), ex.db_paths[0]) \
+                    else cause(res.error, ref.rows, res.rows)
+                if res.ok and why.startswith("different rows") and bare_rewritten(gold_sql, res.transpiled):
+                    why = "bare column beside an aggregate (SQLite picks its row by its own rules)"
+                r["ties"] = r.get("ties", 0) + why.startswith("ordering of ties")
                 r["failures"].append({"db_id": ex.db_id, "sql": gold_sql, "transpiled": res.transpiled,
-                                      "cause": cause(res.error, ref.rows, res.rows), "error": res.error,
+                                      "cause": why, "error": res.error,
                                       "sqlite_rows": [list(map(str, x)) for x in ref.rows[:3]],
                                       "rows": [list(map(str, x)) for x in res.rows[:3]]})
     run_s = time.perf_counter() - t1
     lines = [f"# Spider gold queries on other engines ({len(dbs)} held-out databases, {len(examples)} questions)", "",
              f"`python benchmarks/dialects.py{' --postgres URL' if args.postgres else ''}`: loading took {load_s:.1f} s, "
              f"running {run_s:.1f} s.", "",
-             "| engine | same rows as SQLite | rate | target |", "|---|---|---|---|"]
+             "| engine | same rows as SQLite | rate | target (>= 98%) | counting tie-breaks as agreeing |",
+             "|---|---|---|---|---|"]
     for name, r in results.items():
         rate = r["same"] / r["n"] if r["n"] else 0.0
-        r["rate"] = rate
-        lines.append(f"| {name} | {r['same']} / {r['n']} | {100 * rate:.2f}% | {'met' if rate >= TARGET else 'missed'} (>= 98%) |")
+        loose = (r["same"] + r.get("ties", 0)) / r["n"] if r["n"] else 0.0
+        r["rate"], r["rate_with_ties"] = rate, loose
+        lines.append(f"| {name} | {r['same']} / {r['n']} | {100 * rate:.2f}% | {'met' if rate >= TARGET else 'missed'} "
+                     f"| {100 * loose:.2f}% |")
     for name, r in results.items():
         lines += ["", f"## {name}: disagreements by cause", ""]
         for c, k in Counter(f["cause"] for f in r["failures"]).most_common():
@@ -125,11 +191,17 @@ def main() -> int:
         for f in r["failures"]:
             lines.append(f"| {f['db_id']} | `{f['sql']}` | `{f['transpiled']}` | {f['cause']}"
                          + (f": {f['error'][:100]}" if f["error"] else f"; SQLite {f['sqlite_rows']} vs {f['rows']}") + " |")
+    if args.postgres:
+        wide = introspection_seconds(args.postgres)
+        lines += ["", f"Introspecting a 500-table PostgreSQL schema (6 columns, a primary and a foreign key each): "
+                      f"{wide:.2f} s (target: under 5 s)."]
+        print(f"introspecting 500 PostgreSQL tables: {wide:.2f} s")
     lines += ["", "## loads", ""] + [f"- {n} {d}: {line}" for (n, d), line in sorted(loads.items())]
     (out / "dialects.md").write_text("\n".join(lines) + "\n")
     (out / "dialects.json").write_text(json.dumps({n: r for n, r in results.items()}, indent=1, default=str))
     for name, r in results.items():
-        print(f"{name}: {r['same']}/{r['n']} = {100 * r['rate']:.2f}% the same rows as SQLite")
+        print(f"{name}: {r['same']}/{r['n']} = {100 * r['rate']:.2f}% the same rows as SQLite "
+              f"({100 * r['rate_with_ties']:.2f}% counting {r.get('ties', 0)} tie-breaks before a LIMIT as agreeing)")
     print(f"report in {out / 'dialects.md'}")
     return 0
 

@@ -91,14 +91,16 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         self._schema: Schema | None = None
-        self._lock = threading.Lock()  # one statement at a time per connection
+        # one statement at a time per connection (re-entrant: reading values introspects first)
+        self._lock = threading.RLock()
 
     # -- the four duties -------------------------------------------------------------------
     def schema(self) -> Schema:
         """Tables, columns (Spider's coarse types), primary and foreign keys (read once)."""
-        if self._schema is None:
-            self._schema = self._introspect()
-        return self._schema
+        with self._lock:
+            if self._schema is None:
+                self._schema = self._introspect()
+            return self._schema
 
     def transpile(self, sql: str) -> str:
         """``sql`` (SQLite's dialect) in the engine's dialect; :class:`DataError` when it is not
@@ -142,7 +144,8 @@ class Database:
         out = {}
         for table, cols in tables:
             for col in cols:
-                vals = self._distinct(table, col, per_column)
+                with self._lock:
+                    vals = self._distinct(table, col, per_column)
                 out[(table.lower(), col.lower())] = [v for v in vals if len(v) <= max_chars]
         return out
 
@@ -151,7 +154,9 @@ class Database:
         out: dict[str, str] = {}
         for t in self.schema().tables:
             for c in t.columns:
-                for v in self._distinct(t.name, c.name, per_column):
+                with self._lock:
+                    vals = self._distinct(t.name, c.name, per_column)
+                for v in vals:
                     if len(v) <= max_chars:
                         out.setdefault(v.lower(), v)
         return out
@@ -186,7 +191,153 @@ class Database:
                 col.replace(exp.Literal.string(ident.name))
         for like in list(tree.find_all(exp.Like)):
             like.replace(exp.ILike(this=like.this, expression=like.expression))
+        for select in list(tree.find_all(exp.Select)):
+            self._bare_columns(select)
+        self._affinity(tree)
+        for select in list(tree.find_all(exp.Select)):
+            self._tie_order(select)
         return tree
+
+    @staticmethod
+    def _number_beside_word(cmp: Any, is_number_col: Any) -> bool:
+        """``price > 'modern'``: SQLite never converts a word to a number; every number sorts
+        before every text, so the comparison's outcome is known (NULL stays NULL). The other
+        engines try the conversion and fail. Replaced by that outcome; True when it was."""
+        from sqlglot import exp
+
+        for col, lit, flipped in ((cmp.this, cmp.expression, False), (cmp.expression, cmp.this, True)):
+            if is_number_col(col) and isinstance(lit, exp.Literal) and lit.is_string \
+                    and _number_or_none(lit.this) is None:
+                kind = type(cmp)
+                if flipped:  # 'w' > col is col < 'w'
+                    kind = {exp.GT: exp.LT, exp.GTE: exp.LTE, exp.LT: exp.GT, exp.LTE: exp.GTE}.get(kind, kind)
+                holds = kind in (exp.NEQ, exp.LT, exp.LTE)  # number < text
+                outcome = exp.Not(this=exp.Is(this=col.copy(), expression=exp.Null())) if holds \
+                    else exp.And(this=exp.Is(this=col.copy(), expression=exp.Null()), expression=exp.Null())
+                cmp.replace(exp.Paren(this=outcome))
+                return True
+        return False
+
+    @staticmethod
+    def _tie_order(select: Any) -> None:
+        """SQLite emits groups in the order of their keys and its sorter breaks ties of an ORDER BY
+        in that order for ASC and in reverse for DESC; ``GROUP BY k ORDER BY count(*) DESC LIMIT 1``
+        is tied often in Spider. The group keys, in the first ORDER BY term's direction, are added as
+        the last ORDER BY terms, so the engine keeps the group SQLite keeps."""
+        from sqlglot import exp
+
+        group, order = select.args.get("group"), select.args.get("order")
+        if group is None or order is None or select.args.get("limit") is None or not order.expressions:
+            return
+        desc = bool(order.expressions[0].args.get("desc"))
+        present = {o.this.sql().lower() for o in order.expressions}
+        for key in group.expressions:
+            if key.sql().lower() not in present and not isinstance(key, exp.Literal):
+                order.append("expressions", exp.Ordered(this=key.copy(), desc=desc, nulls_first=not desc))
+
+    def _column_type(self, col: Any) -> str | None:
+        """The coarse type of a column reference, resolved through its query's tables and aliases
+        (None when it cannot be told: an alias, an expression, a name in several tables)."""
+        from sqlglot import exp
+
+        select = col.find_ancestor(exp.Select)
+        if select is None:
+            return None
+        tables = {}
+        for t in select.find_all(exp.Table):
+            if t.find_ancestor(exp.Select) is select:
+                tables[(t.alias or t.name).lower()] = t.name.lower()
+        candidates = [tables.get(col.table.lower())] if col.table else list(tables.values())
+        found = set()
+        for name in candidates:
+            table = self.schema().table(name) if name else None
+            for c in table.columns if table else []:
+                if c.name.lower() == col.name.lower():
+                    found.add(c.type)
+        return found.pop() if len(found) == 1 else None
+
+    def _affinity(self, tree: Any) -> None:
+        """SQLite compares a text column with a number as text (``yn = 1`` matches '1'), and a
+        text column with a number column as numbers; the other engines refuse to compare text with
+        numbers. A number literal beside a text column becomes a string literal; a number column
+        beside a text column is cast to text (exact for the integers Spider keeps in text columns)."""
+        from sqlglot import exp
+
+        def is_text(node: Any) -> bool:
+            return isinstance(node, exp.Column) and self._column_type(node) == "text"
+
+        def is_number_col(node: Any) -> bool:
+            return isinstance(node, exp.Column) and self._column_type(node) == "number"
+
+        for cmp in list(tree.find_all(exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)):
+            if self._number_beside_word(cmp, is_number_col):
+                continue
+            for text_side, other in ((cmp.this, cmp.expression), (cmp.expression, cmp.this)):
+                if not is_text(text_side):
+                    continue
+                if isinstance(other, exp.Literal) and not other.is_string:
+                    other.replace(exp.Literal.string(other.this))
+                elif is_number_col(other):
+                    other.replace(exp.Cast(this=other.copy(), to=exp.DataType.build("text")))
+                break
+        for isin in list(tree.find_all(exp.In)):
+            if is_text(isin.this):
+                for lit in isin.expressions:
+                    if isinstance(lit, exp.Literal) and not lit.is_string:
+                        lit.replace(exp.Literal.string(lit.this))
+        for lit in list(tree.find_all(exp.Literal)):  # WHERE 'Sony': a string as a truth value
+            parent = lit.parent
+            boolean = isinstance(parent, (exp.And, exp.Or, exp.Not)) or \
+                (isinstance(parent, (exp.Where, exp.Having)) and parent.this is lit)
+            if boolean and lit.is_string:
+                lit.replace(exp.Boolean(this=_number_or_none(lit.this) not in (None, 0.0)))
+        for agg in list(tree.find_all(exp.Sum, exp.Avg)):  # SQLite sums text as the numbers it spells
+            if is_text(agg.this):
+                agg.this.replace(exp.Cast(this=agg.this.copy(), to=exp.DataType.build("double")))
+
+    def _bare_columns(self, select: Any) -> None:
+        """SQLite lets a query name a column beside an aggregate without grouping by it (a "bare"
+        column: the value of the row holding the min or max when there is one such aggregate, else
+        of any row of the group); the other engines refuse it. Each bare column is wrapped in
+        :meth:`_bare_value`."""
+        from sqlglot import exp
+
+        def own(node: Any) -> bool:  # belongs to this SELECT, not to a subquery inside it
+            return node.find_ancestor(exp.Select) is select
+
+        aggs = [a for e in select.expressions for a in e.find_all(exp.AggFunc) if own(a)]
+        having = select.args.get("having")
+        if having is not None:
+            aggs += [a for a in having.find_all(exp.AggFunc) if own(a)]
+        group = select.args.get("group")
+        if not aggs and group is None:
+            return
+        grouped = {g.sql().lower() for g in (group.expressions if group else [])}
+        grouped |= {g.name.lower() for g in (group.expressions if group else []) if isinstance(g, exp.Column)}
+        extremes = [a for a in aggs if isinstance(a, (exp.Max, exp.Min))]
+        extreme = extremes[0] if len(extremes) == 1 and len(aggs) == 1 else None
+        aliases = {e.alias.lower() for e in select.expressions if isinstance(e, exp.Alias)}
+        places = list(select.expressions) + ([having] if having is not None else [])
+        order = select.args.get("order")
+        if order is not None:
+            places += list(order.expressions)
+        for place in places:
+            for col in list(place.find_all(exp.Column)):
+                if not own(col) or col.find_ancestor(exp.AggFunc) is not None and own(col.find_ancestor(exp.AggFunc)):
+                    continue
+                if col.sql().lower() in grouped or (not col.table and col.name.lower() in aliases):
+                    continue
+                if not col.table and col.name.lower() in grouped:
+                    continue
+                col.replace(self._bare_value(col.copy(), extreme))
+
+    def _bare_value(self, column: Any, extreme: Any) -> Any:
+        """The engine's expression for a bare column (see :meth:`_bare_columns`): ``extreme`` is the
+        query's one MIN or MAX aggregate, or None. Default: ``MIN(column)``; engines with a better
+        spelling of SQLite's choice override it."""
+        from sqlglot import exp
+
+        return exp.Min(this=column)
 
     def _check_tree(self, tree: Any) -> None:
         """Refuse a statement the engine would run but must not (a subclass names its dangerous
@@ -195,6 +346,14 @@ class Database:
     def _adapt(self, tree: Any) -> Any:
         """The parsed SQLite statement adjusted for the engine before it is written out."""
         return tree
+
+
+def _number_or_none(text: str) -> float | None:
+    """The number a string spells, as SQLite reads one (None for a word or an empty string)."""
+    try:
+        return float(text.strip())
+    except ValueError:
+        return None
 
 
 def refuse_functions(tree: Any, denied: frozenset[str], engine: str) -> None:

@@ -365,8 +365,8 @@ class Engine:
         if not q.schema.tables:
             raise DataError(f"schema {q.schema.db_id!r}: no tables")
         if needs_db and q.db_path is None:
-            raise DataError("running the SQL (run, execution_guided) needs a database (a SQLite file or a "
-                            "database URL), not only a schema")
+            raise DataError("running the SQL (run, execution_guided) needs a database file or a database URL, "
+                            "not only a schema")
 
     def _decode(self, reqs: list["Request"], opts: InferenceConfig, beam_size: int, routing: bool,
                 cancel: Any) -> list[list[Any]]:

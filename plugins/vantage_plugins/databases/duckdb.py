@@ -96,6 +96,15 @@ class DuckDBDatabase(Database):
         refuse_functions(tree, DENIED, "DuckDB")
         refuse_huge_strings(tree)
 
+    def _bare_value(self, column, extreme):
+        """``arg_max(column, x)`` beside ``max(x)``: the value of the row SQLite would pick."""
+        from sqlglot import exp
+
+        if extreme is None:
+            return exp.Anonymous(this="ANY_VALUE", expressions=[column])
+        name = "ARG_MAX" if isinstance(extreme, exp.Max) else "ARG_MIN"
+        return exp.Anonymous(this=name, expressions=[column, extreme.this.copy()])
+
     def _run(self, sql: str, timeout_s: float, max_rows: int, max_result_bytes: int, digest: bool) -> ExecutionResult:
         import duckdb
 
@@ -140,13 +149,19 @@ def load_from_sqlite(url: str, sqlite_path, replace: bool = False, reader=None):
     try:
         if reader:
             summary.keys_skipped.append(f"--reader {reader}: DuckDB has no roles (the file is opened read-only)")
+        order = creation_order(schema)
+        present = {r[0].lower() for r in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        clash = [n for n in order if n.lower() in present]
+        if clash and not replace:
+            raise DataError(f"{url}: table {clash[0]} already exists; --replace drops the tables of the same names first")
+        if replace:  # referencing tables first: DuckDB refuses to drop a table others reference
+            for name in reversed(order):
+                conn.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
         pk_of: dict[str, list[str]] = {}
-        for name in creation_order(schema):
+        for name in order:
             t = by_name[name]
             fks = [fk for fk in schema.foreign_keys if fk.table == name and fk.ref_table in pk_of
                    and [fk.ref_column.lower()] == [c.lower() for c in pk_of[fk.ref_table]]]
-            if replace:
-                conn.execute(f"DROP TABLE IF EXISTS {quote_ident(name)} CASCADE")
             for attempt in ((True, fks), (True, []), (False, [])):
                 pk, keys = attempt[0] and bool(t.primary_keys), attempt[1]
                 try:

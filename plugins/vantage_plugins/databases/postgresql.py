@@ -141,6 +141,18 @@ class PostgreSQLDatabase(Database):
             avg.replace(exp.Cast(this=avg.copy(), to=exp.DataType.build("double")))
         return tree
 
+    def _bare_value(self, column, extreme):
+        """The first of the group's values ordered by ``x`` beside ``max(x)``/``min(x)`` (the row
+        SQLite would pick), else ``MIN(column)``."""
+        import sqlglot
+        from sqlglot import exp
+
+        if extreme is None:
+            return exp.Min(this=column)
+        direction = "DESC" if isinstance(extreme, exp.Max) else "ASC"
+        return sqlglot.parse_one(f"(ARRAY_AGG({column.sql('postgres')} ORDER BY {extreme.this.sql('postgres')} "
+                                 f"{direction} NULLS LAST))[1]", read="postgres")
+
     # -- execution -------------------------------------------------------------------------
     def _run(self, sql: str, timeout_s: float, max_rows: int, max_result_bytes: int, digest: bool) -> ExecutionResult:
         import psycopg
@@ -218,12 +230,23 @@ def load_from_sqlite(url: str, sqlite_path, replace: bool = False, reader: str |
         raise DataError(f"{describe(url)}: cannot connect: {str(exc).strip()}") from None
     schema, tables = read_sqlite(sqlite_path)
     summary = LoadSummary(url)
-    ident = pgsql.Identifier
+    # lower-case names: SQLite matches names in any case, PostgreSQL folds unquoted ones to lower
+    # case, so SQL written for the SQLite file (or by hand, unquoted) finds them here too
+    ident = lambda name: pgsql.Identifier(name.lower())
+    present = {r[0].lower() for r in conn.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()}
+    conn.rollback()  # end the check's transaction: the load below must be its own, committed one
+    clash = [t.name for t in tables if t.name.lower() in present]
+    if clash and not replace:
+        conn.close()
+        raise DataError(f"{describe(url)}: table {clash[0]} already exists; --replace drops the tables of the same "
+                        f"names first")
     try:
         with conn.transaction():
             for t in tables:
-                if replace:
-                    conn.execute(pgsql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(ident(t.name)))
+                if replace:  # as loaded here (lower case), and as the source spells it
+                    for name in {t.name, t.name.lower()}:
+                        conn.execute(pgsql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(pgsql.Identifier(name)))
                 cols = pgsql.SQL(", ").join(pgsql.SQL("{} {}").format(ident(c), pgsql.SQL(PG_TYPES[k]))
                                             for c, k in zip(t.columns, t.kinds))
                 conn.execute(pgsql.SQL("CREATE TABLE {} ({})").format(ident(t.name), cols))
@@ -261,4 +284,4 @@ def _grant_reader(conn, role: str, tables: list[str]) -> None:
     conn.execute(pgsql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(pgsql.Identifier(dbname), pgsql.Identifier(role)))
     conn.execute(pgsql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(pgsql.Identifier(role)))
     for t in tables:
-        conn.execute(pgsql.SQL("GRANT SELECT ON {} TO {}").format(pgsql.Identifier(t), pgsql.Identifier(role)))
+        conn.execute(pgsql.SQL("GRANT SELECT ON {} TO {}").format(pgsql.Identifier(t.lower()), pgsql.Identifier(role)))
