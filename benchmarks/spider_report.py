@@ -212,7 +212,9 @@ def report(runs: Path, out: Path) -> str:
                   "`vantage train --config configs/spider.yaml --set run.seed=N --set run.name=spider_seedN`, then",
                   "`vantage evaluate --checkpoint runs/spider_seedN --dataset spider --split validation --out "
                   "runs/spider_seedN/eval` (beam 4, the `sql_actions` rules, execution-guided choice, a retry at beam 16, "
-                  "a counted fallback). Run minutes: the whole `vantage train` (data preparation and MiniLM states included), wall time on the 2 shared cores, under the config's 45-minute ceiling on the training loop.", ""]
+                  "a counted fallback). Run minutes: the whole `vantage train` (data preparation and MiniLM states included), wall time on the 2 shared cores, under the config's 45-minute ceiling on the training loop. Decoding s: the wall time "
+                  "`vantage evaluate` reports for the 1,092 questions (MiniLM states, beam search, the execution-guided runs), "
+                  "whatever else shared the cores at the time.", ""]
         lines += seed_table(seeds)
         lines += ["", "References (exact match, Spider's official dev/test sets, not available here): "
                   + "; ".join(f"{n} {v}" for n, v in PUBLISHED) + ".", "",
