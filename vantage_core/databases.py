@@ -348,6 +348,32 @@ class Database:
         return tree
 
 
+class QueriedDatabase(Database):
+    """A connector that runs its own queries (DuckDB, PostgreSQL): introspection records the
+    text columns in ``_text``, cell values come from a bounded ``SELECT DISTINCT`` through
+    ``_run``, and the functions in ``denied`` are refused before anything runs."""
+
+    denied: frozenset[str] = frozenset()
+    engine = "the engine"  # for error messages
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self._text: set[tuple[str, str]] = set()  # (table, column) lower-cased, filled by _introspect
+
+    def _distinct(self, table: str, column: str, limit: int) -> list[str]:
+        self.schema()
+        if (table.lower(), column.lower()) not in self._text:
+            return []
+        q, c = quote_ident(table), quote_ident(column)
+        res = self._run(f"SELECT DISTINCT {c} FROM {q} WHERE {c} IS NOT NULL LIMIT {int(limit)}", 10.0, limit,
+                        1 << 26, False)
+        return [r[0] for r in res.rows if isinstance(r[0], str)] if res.ok else []
+
+    def _check_tree(self, tree: Any) -> None:
+        refuse_functions(tree, self.denied, self.engine)
+        refuse_huge_strings(tree)
+
+
 def _number_or_none(text: str) -> float | None:
     """The number a string spells, as SQLite reads one (None for a word or an empty string)."""
     try:

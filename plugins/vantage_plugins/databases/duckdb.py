@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vantage_core.data.example import Column, ForeignKey, Schema, Table
 from vantage_core.data.sqlite_schema import coarse_type
-from vantage_core.databases import Database, fetch_bounded, file_of_url, quote_ident, refuse_functions, refuse_huge_strings
+from vantage_core.databases import QueriedDatabase, fetch_bounded, file_of_url, quote_ident
 from vantage_core.errors import DataError
 from vantage_core.evaluate.executor import ExecutionResult
 
@@ -25,7 +25,8 @@ DENIED = frozenset({"read_csv", "read_csv_auto", "read_parquet", "parquet_scan",
 TEXT_TYPES = ("VARCHAR", "TEXT", "STRING", "CHAR")
 
 
-class DuckDBDatabase(Database):
+class DuckDBDatabase(QueriedDatabase):
+    denied, engine = DENIED, "DuckDB"
     dialect = "duckdb"
 
     def __init__(self, url: str, memory_limit: str = "1GB", threads: int = 1):
@@ -35,7 +36,6 @@ class DuckDBDatabase(Database):
             raise DataError(f"{self.path}: no such DuckDB file")
         self.memory_limit, self.threads = memory_limit, threads
         self._conn = None
-        self._text: set[tuple[str, str]] = set()
 
     def _connection(self):
         import duckdb
@@ -82,20 +82,7 @@ class DuckDBDatabase(Database):
                 fks += [ForeignKey(t, c, ref_t, rc) for c, rc in zip(cols, ref_cols or [])]
         return Schema(Path(self.path).stem, list(tables.values()), fks)
 
-    def _distinct(self, table: str, column: str, limit: int) -> list[str]:
-        self.schema()
-        if (table.lower(), column.lower()) not in self._text:
-            return []
-        q, c = quote_ident(table), quote_ident(column)
-        res = self._run(f"SELECT DISTINCT {c} FROM {q} WHERE {c} IS NOT NULL LIMIT {int(limit)}", 10.0, limit,
-                        1 << 26, False)
-        return [r[0] for r in res.rows if isinstance(r[0], str)] if res.ok else []
-
     # -- execution -------------------------------------------------------------------------
-    def _check_tree(self, tree) -> None:
-        refuse_functions(tree, DENIED, "DuckDB")
-        refuse_huge_strings(tree)
-
     def _bare_value(self, column, extreme):
         """``arg_max(column, x)`` beside ``max(x)``: the value of the row SQLite would pick."""
         from sqlglot import exp

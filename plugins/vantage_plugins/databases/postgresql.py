@@ -17,8 +17,7 @@ from itertools import count
 
 from vantage_core.data.example import Column, ForeignKey, Schema, Table
 from vantage_core.data.sqlite_schema import coarse_type
-from vantage_core.databases import (Database, describe, fetch_bounded, quote_ident, refuse_functions,
-                                    refuse_huge_strings)
+from vantage_core.databases import QueriedDatabase, describe, fetch_bounded
 from vantage_core.errors import DataError
 from vantage_core.evaluate.executor import ExecutionResult
 
@@ -43,7 +42,8 @@ def conninfo_of(url: str) -> str:
     return "postgresql://" + rest
 
 
-class PostgreSQLDatabase(Database):
+class PostgreSQLDatabase(QueriedDatabase):
+    denied, engine = DENIED, "PostgreSQL"
     dialect = "postgres"
 
     def __init__(self, url: str, connect_timeout_s: int = 10, work_mem: str = "64MB"):
@@ -51,7 +51,6 @@ class PostgreSQLDatabase(Database):
         self.conninfo = conninfo_of(url)
         self.connect_timeout_s, self.work_mem = connect_timeout_s, work_mem
         self._conn = None
-        self._text: set[tuple[str, str]] = set()
         self._names: dict[str, str] = {}  # lower-case identifier -> as the database spells it
 
     def _connection(self):
@@ -114,20 +113,7 @@ class PostgreSQLDatabase(Database):
                         for c, k in zip(names, ref_keys)]
         return Schema(dbname, list(tables.values()), fks)
 
-    def _distinct(self, table: str, column: str, limit: int) -> list[str]:
-        self.schema()
-        if (table.lower(), column.lower()) not in self._text:
-            return []
-        q, c = quote_ident(table), quote_ident(column)
-        res = self._run(f"SELECT DISTINCT {c} FROM {q} WHERE {c} IS NOT NULL LIMIT {int(limit)}", 10.0, limit,
-                        1 << 26, False)
-        return [r[0] for r in res.rows if isinstance(r[0], str)] if res.ok else []
-
     # -- dialect ---------------------------------------------------------------------------
-    def _check_tree(self, tree) -> None:
-        refuse_functions(tree, DENIED, "PostgreSQL")
-        refuse_huge_strings(tree)
-
     def _adapt(self, tree):
         """SQLite resolves names case-insensitively, PostgreSQL folds unquoted ones to lower
         case: each identifier is written quoted, as the database spells it (aliases lower-cased)."""
