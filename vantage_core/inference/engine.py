@@ -92,8 +92,6 @@ def resolve_model_dir(path: str | Path) -> Path:
 def load_model(path: str | Path) -> tuple[Any, Any, Config, dict]:
     """``(model, tokenizer, config, export_info)`` from a checkpoint, run or export folder."""
     from vantage_core.data.tokenizer import load_tokenizer
-    from vantage_core.model import build_model
-    from vantage_core.train.checkpoint import load_weights_file
 
     folder = resolve_model_dir(path)
     from vantage_core.inference.export import is_export, load_export
@@ -108,14 +106,23 @@ def load_model(path: str | Path) -> tuple[Any, Any, Config, dict]:
     cfg = load_config(folder / "config.yaml", registry=False)
     tokenizer = load_tokenizer(folder / "tokenizer")
     info = json.loads((folder / EXPORT_FILE).read_text()) if (folder / EXPORT_FILE).is_file() else {}
-    model = build_model(cfg.model, tokenizer)
-    quant = info.get("quantization")
-    if quant:
-        quantize_model(model, bits=quant["bits"], group_size=quant["group_size"])
-    load_weights_file(model, folder)
-    model.eval()
+    model = built_with_weights(cfg, tokenizer, folder, info.get("quantization"))
     info = {**info, "folder": str(folder)}
     return model, tokenizer, cfg, info
+
+
+def built_with_weights(cfg: Config, tokenizer: Any, folder: Path, quantization: dict | None) -> Any:
+    """The model ``cfg`` describes, quantized as ``quantization`` says (``bits``, ``group_size``)
+    where given, with ``folder/model.safetensors`` loaded strictly, in eval mode."""
+    from vantage_core.model import build_model
+    from vantage_core.train.checkpoint import load_weights_file
+
+    model = build_model(cfg.model, tokenizer)
+    if quantization:
+        quantize_model(model, bits=quantization["bits"], group_size=quantization["group_size"])
+    load_weights_file(model, folder)
+    model.eval()
+    return model
 
 
 def quantize_model(model: Any, bits: int, group_size: int = 64) -> int:

@@ -250,9 +250,7 @@ def load_export(path: str | Path) -> tuple[Any, Any, Config, dict]:
     """``(model, tokenizer, config, info)`` from an export folder in this layout."""
     from vantage_core.config import load_config
     from vantage_core.data.tokenizer import load_tokenizer
-    from vantage_core.inference.engine import quantize_model
-    from vantage_core.model import build_model
-    from vantage_core.train.checkpoint import load_weights_file
+    from vantage_core.inference.engine import built_with_weights
 
     folder = Path(path)
     doc = _read_config_json(folder)
@@ -262,12 +260,7 @@ def load_export(path: str | Path) -> tuple[Any, Any, Config, dict]:
         raise VantageError(f"{folder}: missing {tok_dir.name}/ (the tokenizer that config.json names)")
     cfg = load_config(None, base=block["config"], registry=False)
     tokenizer = load_tokenizer(tok_dir)
-    model = build_model(cfg.model, tokenizer)
-    quant = doc.get("quantization")
-    if quant:
-        quantize_model(model, bits=quant["bits"], group_size=quant["group_size"])
-    load_weights_file(model, folder)
-    model.eval()
+    model = built_with_weights(cfg, tokenizer, folder, doc.get("quantization"))
     info = {k: v for k, v in block.items() if k != "config"}
     return model, tokenizer, cfg, {**info, "folder": str(folder)}
 
