@@ -25,7 +25,7 @@ import numpy as np
 from vantage_core.data.example import Example
 from vantage_core.data.linking import column_values, schema_items
 from vantage_core.data.pipeline import SourceReport, SplitData, default_cache_dir, load_split
-from vantage_core.data.sql_actions import BOS, EOS, ITEM, QUESTION, VOCAB, SQLCodecError, encode_sql
+from vantage_core.data.sql_actions import ITEM, QUESTION, VOCAB, SQLCodecError, encode_sql
 
 ACTIONS_VERSION = 1  # bump when the features below change, so caches are rebuilt
 ITEM_TYPES = ("table", "text", "number", "time", "boolean", "others")
@@ -38,9 +38,11 @@ def question_pieces(question: str, tokenizer: Any) -> tuple[list[int], list[list
     return list(enc.ids[:n]), [list(o) for o in enc.offsets[:n]], list(enc.word_ids[:n])  # lists: as JSON reads them back
 
 
-def featurize(ex: Example, tokenizer: Any, linker: Any, values: dict | None) -> dict[str, Any]:
+def featurize(ex: Example, tokenizer: Any, linker: Any, values: dict | None,
+              items: list | None = None) -> dict[str, Any]:
     """One example -> its question pieces, items' features, linking features and gold actions
-    (``None`` with ``codec_error`` when the codec cannot express the SQL). JSON-serializable."""
+    (``None`` with ``codec_error`` when the codec cannot express the SQL). JSON-serializable.
+    ``items``: ``schema_items(ex.schema)`` when the caller has them already."""
     ids, offsets, word_ids = question_pieces(ex.question, tokenizer)
     copyable = [w is not None for w in word_ids]
     words: dict[int, tuple[int, int]] = {}
@@ -48,7 +50,7 @@ def featurize(ex: Example, tokenizer: Any, linker: Any, values: dict | None) -> 
         if w is not None:
             words[w] = (words[w][0], e) if w in words else (s, e)
     word_list = [ex.question[s:e] for _, (s, e) in sorted(words.items())]
-    items = schema_items(ex.schema)
+    items = items if items is not None else schema_items(ex.schema)
     links = linker.link(word_list, items, values)
     order = {w: i for i, w in enumerate(sorted(words))}
 
@@ -73,10 +75,10 @@ def featurize(ex: Example, tokenizer: Any, linker: Any, values: dict | None) -> 
             "item_texts": [it.text for it in items], "table_texts": [items[it.table_index].text for it in items]}
 
 
-def featurize_request(ex: Example, tokenizer: Any, linker: Any) -> dict[str, Any]:
+def featurize_request(ex: Example, tokenizer: Any, linker: Any, items: list | None = None) -> dict[str, Any]:
     """:func:`featurize` for a question at inference time (reads cell values when the linker uses them)."""
     values = column_values(ex.db_paths[0], ex.schema) if linker.uses_values and ex.db_paths else None
-    return featurize(ex, tokenizer, linker, values)
+    return featurize(ex, tokenizer, linker, values, items)
 
 
 @dataclass
@@ -257,5 +259,5 @@ def collate_rows(split: ActionSplit, rows: np.ndarray, vocab: Any) -> dict[str, 
     return batch
 
 
-__all__ = ["ActionSplit", "BOS", "EOS", "collate", "collate_rows", "featurize", "featurize_request",
+__all__ = ["ActionSplit", "collate", "collate_rows", "featurize", "featurize_request",
            "prepare_action_split", "to_actions", "unified_ids", "vocab_corpus"]

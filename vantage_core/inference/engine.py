@@ -243,8 +243,8 @@ class Engine:
 
             spec = self.config.data.linker
             self._linker = registry().build("schema_linker", spec.name, **plugin_params(spec))
-        feats = featurize_request(ex, self.model.schema_encoder.question_tokenizer, self._linker)
         items = schema_items(ex.schema)
+        feats = featurize_request(ex, self.model.schema_encoder.question_tokenizer, self._linker, items)
         values = cased_values(ex.db_paths[0]) if ex.db_paths else None
         vocab = self.tokenizer
 
