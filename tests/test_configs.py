@@ -46,3 +46,12 @@ def test_spider_script_overrides_validate():
         assert sets, line
         cfg = load_config(REPO / "configs" / "spider.yaml", sets)
         assert cfg.inference.beam_size >= 1, line
+
+
+def test_a_bad_head_or_target_names_its_field():
+    from vantage_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--set model\.heads=\[vocab,pointr\]: model\.heads: .*vocab, pointer, copy"):
+        load_config(REPO / "configs" / "spider.yaml", ["model.heads=[vocab,pointr]"])
+    with pytest.raises(ConfigError, match=r"data\.target: Input should be 'tokens' or 'actions'"):
+        load_config(REPO / "configs" / "spider.yaml", ["data.target=action"])

@@ -100,13 +100,12 @@ class ModelConfig(Section):
             raise ValueError(f"k: {k} is more than num_experts ({experts}); a token cannot use more experts than exist")
         return router
 
-    @model_validator(mode="after")
-    def _check_heads(self) -> "ModelConfig":
-        unknown = [h for h in self.heads if h not in HEADS]
-        if unknown or "vocab" not in self.heads or len(set(self.heads)) != len(self.heads):
-            raise ValueError(f"heads: {self.heads}; a list of distinct heads from {', '.join(HEADS)} that "
-                             f"includes vocab")
-        return self
+    @field_validator("heads")
+    @classmethod
+    def _check_heads(cls, heads: list[str]) -> list[str]:
+        if any(h not in HEADS for h in heads) or "vocab" not in heads or len(set(heads)) != len(heads):
+            raise ValueError(f"{heads}: a list of distinct heads from {', '.join(HEADS)} that includes vocab")
+        return heads
 
 
 class SerializationConfig(Section):
