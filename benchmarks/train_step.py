@@ -1,9 +1,11 @@
 """Training tokens/s of the whole model on the tiny config, beside mlx-lm's Mixtral and Hugging
 Face transformers' Mixtral on PyTorch (CPU) with the same dimensions, whichever are installed.
 
-    python benchmarks/train_step.py [--steps 8] [--only vantage,vantage_schema,mlx_lm,torch]
+    python benchmarks/train_step.py [--steps 8] [--only vantage,vantage_mlx_ops,vantage_schema,mlx_lm,torch]
 
 Each framework runs in its own subprocess (PyTorch and MLX load different BLAS libraries).
+``vantage`` uses the native CPU kernels (vantage_core/kernels) when they are built;
+``vantage_mlx_ops`` is the same model with them off (``VANTAGE_NATIVE_KERNELS=0``).
 One step: forward, backward and an AdamW update on a batch of 8 x 256 random tokens.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -125,6 +128,7 @@ def run_torch(steps: int) -> float:
 
 RUNNERS = {
     "vantage": ("vantage (topk+swiglu, no schema encoder)", lambda s: run_vantage(s, False)),
+    "vantage_mlx_ops": ("vantage, native kernels off (MLX's own ops)", lambda s: run_vantage(s, False)),
     "vantage_schema": ("vantage + transformer schema encoder, 128 schema tokens", lambda s: run_vantage(s, True)),
     "mlx_lm": ("mlx-lm Mixtral", run_mlx_lm),
     "torch": ("HF transformers Mixtral, PyTorch CPU", run_torch),
@@ -144,8 +148,9 @@ def main() -> None:
     print(f"tiny config {DIMS}, median step of {a.steps} after 2 warm-up steps")
     results = {}
     for key in a.only.split(","):
+        env = dict(os.environ, VANTAGE_NATIVE_KERNELS="0") if key == "vantage_mlx_ops" else None
         proc = subprocess.run([sys.executable, __file__, "--child", key, "--steps", str(a.steps)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["?"])[-1]
             print(f"  {RUNNERS[key][0]:58s} skipped: {last}")
@@ -154,7 +159,7 @@ def main() -> None:
         results[key] = tokens / seconds
         print(f"  {RUNNERS[key][0]:58s} {seconds * 1e3:8.1f} ms/step  {tokens / seconds:8.0f} tokens/s")
     if "vantage" in results:
-        for other in ("mlx_lm", "torch"):
+        for other in ("vantage_mlx_ops", "mlx_lm", "torch"):
             if other in results:
                 print(f"vantage / {RUNNERS[other][0]}: {results['vantage'] / results[other]:.2f}x")
 

@@ -1,7 +1,9 @@
 """Training tokens/s of a tiny config with 1 process and with 2 processes (MLX ring backend on
-loopback), same global batch.
+loopback), same global batch; or, with ``--compare kernels``, one process with the native CPU
+kernels (vantage_core/kernels) and with MLX's own ops (``VANTAGE_NATIVE_KERNELS=0``).
 
     python benchmarks/train_throughput.py [--config configs/quickstart.yaml] [--steps 40]
+    python benchmarks/train_throughput.py --compare kernels --config configs/spider.yaml --steps 60
 
 Each setting runs ``vantage train`` into a temporary run directory and reads the median of the
 per-step tokens/s over the second half of training from its summary.json (tokens are the
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,13 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(n_procs: int, config: str, steps: int, out: Path, threads: int | None, extra: list[str]) -> dict:
+def run(n_procs: int, config: str, steps: int, out: Path, threads: int | None, extra: list[str],
+        native: bool = True) -> dict:
     sets = [f"train.steps={steps}", "train.eval_every=0", "train.save_every=0", "data.validation=[]",
             f"run.dir={out}", *extra]
     cmd = ["vantage", "train", "--config", config, "--no-progress", "--overwrite"]
     for s in sets:
         cmd += ["--set", s]
     env = dict(os.environ)
+    if not native:
+        env["VANTAGE_NATIVE_KERNELS"] = "0"
     if n_procs > 1:
         cmd = ["mlx.launch", "-n", str(n_procs), "--backend", "ring"] + cmd
         if threads:
@@ -38,7 +44,10 @@ def run(n_procs: int, config: str, steps: int, out: Path, threads: int | None, e
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     summary = json.loads((out / "summary.json").read_text())
-    return {"processes": n_procs, "tokens_per_s": summary["tokens_per_s"], "wall_s": wall,
+    step_s = [r["step_s"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if r.get("kind") == "train" and "step_s" in r]
+    return {"processes": n_procs, "kernels": "native" if native else "mlx_ops", "tokens_per_s": summary["tokens_per_s"],
+            "steps_per_s": 1 / statistics.median(step_s[len(step_s) // 2:]), "wall_s": wall,
             "train_wall_s": summary["wall_s"]}
 
 
@@ -48,16 +57,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--threads-per-rank", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ap.add_argument("--set", dest="extra", action="append", default=[])
+    ap.add_argument("--compare", choices=("processes", "kernels"), default="processes")
     args = ap.parse_args()
     rows = []
+    settings = [(1, True), (2, True)] if args.compare == "processes" else [(1, False), (1, True)]
     with tempfile.TemporaryDirectory() as tmp:
-        for n in (1, 2):
-            rows.append(run(n, args.config, args.steps, Path(tmp) / f"p{n}", args.threads_per_rank, args.extra))
+        for n, native in settings:
+            rows.append(run(n, args.config, args.steps, Path(tmp) / f"p{n}{native}", args.threads_per_rank,
+                            args.extra, native))
             print(json.dumps(rows[-1]), flush=True)
-    base = rows[0]["tokens_per_s"]
-    print("\n| processes | tokens/s | vs 1 process |\n|---|---|---|")
+    base = rows[0]
+    print(f"\n| processes | kernels | tokens/s | steps/s (median, second half) | vs {base['kernels']}, "
+          f"{base['processes']} process |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['processes']} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.2f}x |")
+        print(f"| {r['processes']} | {r['kernels']} | {r['tokens_per_s']:.0f} | {r['steps_per_s']:.2f} "
+              f"| {r['steps_per_s'] / base['steps_per_s']:.2f}x |")
     print(f"\n{os.cpu_count()} cores; config {Path(args.config).name}, {args.steps} steps, "
           f"python {sys.version.split()[0]}")
 

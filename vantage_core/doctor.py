@@ -42,6 +42,9 @@ def report(size: int = 1024) -> Iterator[str]:
     ratio = mlx_rate / np_rate
     verdict = "ok" if ratio >= 0.6 else "SLOW: see 'blas loading' above"
     yield f"sgemm {size}    mlx {mlx_rate:.1f} GFLOP/s, numpy {np_rate:.1f} GFLOP/s, ratio {ratio:.2f} ({verdict})"
+    from vantage_core import kernels
+
+    yield f"kernels       native {kernels.status().reason}"
     from vantage_core.plugins import registry
 
     reg = registry()

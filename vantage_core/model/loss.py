@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 import mlx.core as mx
-import mlx.nn as nn
+
+from vantage_core import kernels
 
 
 def loss(model, batch: dict[str, mx.array]) -> tuple[mx.array, dict[str, mx.array]]:
@@ -30,7 +31,7 @@ def loss(model, batch: dict[str, mx.array]) -> tuple[mx.array, dict[str, mx.arra
             rows = mx.array(keep.astype(np.int32))
             h, targets, mask = h[rows], targets[rows], mask[rows]
     n_tokens = mx.maximum(mask.sum(), 1.0)
-    ce = (nn.losses.cross_entropy(model.logits(h, memory), targets, reduction="none") * mask).sum() / n_tokens
+    ce = (kernels.cross_entropy(model.logits(h, memory), targets) * mask).sum() / n_tokens
     total = ce + aux["aux_loss"]
     loads = mx.stack(aux["loads"]) if aux["loads"] else mx.zeros((0,))
     return total, {"loss": total, "ce": ce, "balance": aux["balance"], "z": aux["z"],

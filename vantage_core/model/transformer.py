@@ -19,6 +19,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from vantage_core import kernels
 from vantage_core.model.moe import MoEBlock
 from vantage_core.config import HEADS  # noqa: F401  (vocab, pointer, copy)
 from vantage_core.model.schema import Memory
@@ -103,7 +104,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         # "causal" aligns the last query with the last key, so it holds with a cache too.
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal" if T > 1 else None)
+        out = kernels.attention(q, k, v, self.scale, causal=T > 1)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
 
 
@@ -155,19 +156,30 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, d_model, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        gate, up = mx.split(self.gate_up(x), 2, axis=-1)
-        return self.down(nn.silu(gate) * up)
+        return self.down(kernels.swiglu(self.gate_up(x)))
+
+
+class RMSNorm(nn.Module):
+    """``mlx.nn.RMSNorm`` (same parameter, same checkpoints) on the fused kernel."""
+
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.weight = mx.ones((dims,))
+        self.eps = eps
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return kernels.rms_norm(x, self.weight, self.eps)
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, args: DecoderArgs, layer: int, ffn: nn.Module):
         super().__init__()
-        self.attn_norm = nn.RMSNorm(args.d_model, eps=args.norm_eps)
+        self.attn_norm = RMSNorm(args.d_model, eps=args.norm_eps)
         self.attn = Attention(args)
         if args.has_cross(layer):
-            self.cross_norm = nn.RMSNorm(args.d_model, eps=args.norm_eps)
+            self.cross_norm = RMSNorm(args.d_model, eps=args.norm_eps)
             self.cross = CrossAttention(args)
-        self.ffn_norm = nn.RMSNorm(args.d_model, eps=args.norm_eps)
+        self.ffn_norm = RMSNorm(args.d_model, eps=args.norm_eps)
         self.ffn = ffn
 
     @property
@@ -197,7 +209,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(args.vocab_size, d)
         self.layers = [DecoderLayer(args, i, make_moe() if args.is_moe(i) else SwiGLU(d, args.dense_hidden))
                        for i in range(args.n_layers)]
-        self.norm = nn.RMSNorm(d, eps=args.norm_eps)
+        self.norm = RMSNorm(d, eps=args.norm_eps)
         if not args.tie_embeddings:
             self.lm_head = nn.Linear(d, args.vocab_size, bias=False)
         if "pointer" in args.heads:

@@ -12,6 +12,8 @@ from typing import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
+from vantage_core import kernels
+
 
 def _uniform(shape: tuple[int, ...], fan_in: int) -> mx.array:
     bound = 1.0 / math.sqrt(fan_in)
@@ -88,8 +90,7 @@ class SwiGLUExperts(QuantizableBank):
         self.w_out = [_uniform((hidden, d_model), hidden) for _ in range(num_experts)]
 
     def expert(self, e: int, x: mx.array) -> mx.array:
-        gate, up = mx.split(self.mm(x, self.w_in[e]), 2, axis=-1)  # (M_e, h) each
-        return self.mm(nn.silu(gate) * up, self.w_out[e])
+        return self.mm(kernels.swiglu(self.mm(x, self.w_in[e])), self.w_out[e])  # (M_e, 2h) -> (M_e, h) -> (M_e, d)
 
     def __call__(self, x: mx.array, counts: Sequence[int]) -> mx.array:
         outs = [self.expert(e, block) for e, block in _blocks(x, counts)]
@@ -127,6 +128,5 @@ class SharedSwiGLUExperts(SwiGLUExperts):
         self.shared_out = _uniform((width, d_model), width)
 
     def shared(self, x: mx.array) -> mx.array:
-        gate, up = mx.split(self.mm(x, self.shared_in), 2, axis=-1)
-        return self.mm(nn.silu(gate) * up, self.shared_out)
+        return self.mm(kernels.swiglu(self.mm(x, self.shared_in)), self.shared_out)
 

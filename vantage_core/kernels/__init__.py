@@ -1,0 +1,125 @@
+"""Fused kernels for the hot elementwise work, native on the CPU, MLX's own ops elsewhere.
+
+MLX's CPU kernels for exp, silu, softmax and log-softmax run on one thread without a vectorized
+exponential: on a Linux CPU they, not the matmuls, set the pace of training. The C++ extension
+built from ``csrc/`` (``vantage_core.kernels._native``) adds MLX primitives with vectorized,
+multi-threaded CPU kernels and native backward passes:
+
+    swiglu(gate_up)              (..., 2H) [gate | up] -> (..., H) silu(gate) * up
+    rms_norm(x, weight, eps)     x * rsqrt(mean(x^2) + eps) * weight
+    cross_entropy(logits, t)     (..., C), (...) -> (...) logsumexp(logits) - logits[t]
+    softmax(x, causal=False)     over the last axis; causal: keys after each query get 0
+
+Each function runs the native primitive when the extension loaded, the default device is the
+CPU, the inputs are float32 and native kernels are enabled; otherwise the same computation in
+MLX ops (Metal and CUDA keep MLX's kernels). ``VANTAGE_NATIVE_KERNELS=0`` turns them off for a
+process; :func:`enabled` switches them inside one (benchmarks compare both paths in one run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+@dataclass(frozen=True)
+class KernelStatus:
+    loaded: bool  # the extension imported and passed its self-check
+    reason: str  # one sentence a person can read
+
+
+def _load():
+    """The extension module and why (not), checked against the MLX that is running."""
+    if os.environ.get("VANTAGE_NATIVE_KERNELS", "").strip().lower() in ("0", "false", "off", "no"):
+        return None, "off: VANTAGE_NATIVE_KERNELS=0 (MLX's own ops)"
+    try:
+        from vantage_core.kernels import _native
+    except ImportError as exc:
+        return None, f"not built ({exc}); MLX's own ops are used. Reinstall Vantage with a C++ compiler and CMake"
+    if _native.mlx_version != mx.__version__:
+        return None, (f"built against MLX {_native.mlx_version} but MLX {mx.__version__} is running; "
+                      "MLX's own ops are used. Reinstall Vantage to rebuild")
+    try:
+        with mx.stream(mx.cpu):
+            mx.eval(_native.softmax(mx.zeros((1, 2))))
+    except (TypeError, RuntimeError) as exc:  # nanobind ABI of another MLX build
+        return None, f"does not run with this MLX ({exc}); MLX's own ops are used"
+    return _native, f"active on the CPU ({_native.isa()}, {_native.num_threads()} threads)"
+
+
+_native, _reason = _load()
+_enabled = True
+
+
+def status() -> KernelStatus:
+    """Whether the native kernels are in use, in a sentence (``vantage doctor`` prints it)."""
+    if _native is not None and not _enabled:
+        return KernelStatus(True, "loaded but switched off in this process (MLX's own ops)")
+    return KernelStatus(_native is not None, _reason)
+
+
+@contextlib.contextmanager
+def enabled(on: bool):
+    """Use (or not) the native kernels inside the ``with`` block."""
+    global _enabled
+    before, _enabled = _enabled, on
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def _native_for(*arrays: mx.array) -> bool:
+    return (_native is not None and _enabled and mx.default_device() == mx.cpu
+            and all(a.dtype == mx.float32 for a in arrays))
+
+
+def swiglu(gate_up: mx.array) -> mx.array:
+    """(..., 2H) [gate | up] -> (..., H) ``silu(gate) * up``."""
+    if _native_for(gate_up):
+        return _native.swiglu(gate_up)
+    gate, up = mx.split(gate_up, 2, axis=-1)
+    return nn.silu(gate) * up
+
+
+def rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:
+    """``x * rsqrt(mean(x^2, -1) + eps) * weight``."""
+    if _native_for(x, weight):
+        return _native.rms_norm(x, weight, eps)
+    return mx.fast.rms_norm(x, weight, eps)
+
+
+def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
+    """(..., C) logits and (...) integer targets in [0, C) -> (...) per-position cross-entropy."""
+    if _native_for(logits):
+        return _native.cross_entropy(logits, targets)
+    if logits.size == 0:  # MLX's logsumexp refuses empty arrays
+        return mx.zeros(logits.shape[:-1])
+    return nn.losses.cross_entropy(logits, targets, reduction="none")
+
+
+def softmax(x: mx.array, causal: bool = False) -> mx.array:
+    """Softmax over the last axis; ``causal``: over the last two axes (Tq, Tk), query i sees
+    keys ``j <= i + Tk - Tq`` only (the queries are the last Tq positions)."""
+    if _native_for(x):
+        return _native.softmax(x, causal)
+    if causal:
+        Tq, Tk = x.shape[-2:]
+        seen = mx.arange(Tk)[None, :] <= mx.arange(Tq)[:, None] + (Tk - Tq)
+        x = mx.where(seen, x, -mx.inf)
+    return mx.softmax(x, axis=-1, precise=True)
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool) -> mx.array:
+    """(B, H, Tq, hd) queries, (B, H_kv, Tk, hd) keys and values -> (B, H, Tq, hd). With native
+    kernels: two matmuls around the fused (causal) softmax; else MLX's fused attention."""
+    if not _native_for(q, k, v):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal" if causal else None)
+    if k.shape[1] != q.shape[1]:  # grouped-query: each key/value head serves n_heads / n_kv_heads
+        k, v = mx.repeat(k, q.shape[1] // k.shape[1], axis=1), mx.repeat(v, q.shape[1] // v.shape[1], axis=1)
+    scores = (q * scale) @ k.swapaxes(-1, -2)  # (B, H, Tq, Tk)
+    return _native.softmax(scores, causal) @ v

@@ -1,0 +1,24 @@
+// Python bindings of the native kernels: vantage_core.kernels._native.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/variant.h>
+
+#include "kernels.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+NB_MODULE(_native, m) {
+  m.doc() = "Vantage's fused CPU kernels for MLX (float32; use vantage_core.kernels, which falls back to MLX)";
+  m.attr("mlx_version") = VANTAGE_MLX_VERSION;  // the MLX these were compiled against
+  m.def("swiglu", &vantage::swiglu, "gate_up"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "(..., 2H) [gate | up] -> (..., H) silu(gate) * up");
+  m.def("rms_norm", &vantage::rms_norm, "x"_a, "weight"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "x * rsqrt(mean(x^2, -1) + eps) * weight");
+  m.def("cross_entropy", &vantage::cross_entropy, "logits"_a, "targets"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "(..., C), (...) -> (...) logsumexp(logits) - logits[target]; out-of-range targets score 0");
+  m.def("softmax", &vantage::softmax, "x"_a, "causal"_a = false, nb::kw_only(), "stream"_a = nb::none(),
+        "softmax over the last axis; causal masks keys after each query (last two axes: Tq, Tk)");
+  m.def("num_threads", &vantage::num_threads, "threads the kernels split rows over");
+  m.def("set_num_threads", &vantage::set_num_threads, "n"_a, "0: the default (the cores, at most 8)");
+  m.def("isa", &vantage::isa, "the instruction set the vectorized loops run with on this CPU");
+}
