@@ -23,11 +23,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from vantage_core.data.example import Example
-from vantage_core.data.linking import column_values, schema_items
+from vantage_core.data.linking import NAME_EXACT, NAME_PARTIAL, PAIR_VALUE, column_values, pair_links, schema_items
 from vantage_core.data.pipeline import SourceReport, SplitData, default_cache_dir, load_split
 from vantage_core.data.sql_actions import ITEM, QUESTION, VOCAB, SQLCodecError, encode_sql
 
-ACTIONS_VERSION = 1  # bump when the features below change, so caches are rebuilt
+ACTIONS_VERSION = 2  # bump when the features below change, so caches are rebuilt
 ITEM_TYPES = ("table", "text", "number", "time", "boolean", "others")
 
 
@@ -57,6 +57,16 @@ def featurize(ex: Example, tokenizer: Any, linker: Any, values: dict | None,
     def per_piece(tags: list[int]) -> list[int]:
         return [tags[order[w]] if w is not None else 0 for w in word_ids]
 
+    pieces_of: dict[int, list[int]] = {}  # word -> its pieces
+    for p, w in enumerate(word_ids):
+        if w is not None:
+            pieces_of.setdefault(order[w], []).append(p)
+    column_at = {(it.table.lower(), it.column.lower()): k for k, it in enumerate(items) if it.column is not None}
+    fk_pairs = [[column_at[(fk.table.lower(), fk.column.lower())], column_at[(fk.ref_table.lower(), fk.ref_column.lower())]]
+                for fk in getattr(ex.schema, "foreign_keys", ())
+                if (fk.table.lower(), fk.column.lower()) in column_at
+                and (fk.ref_table.lower(), fk.ref_column.lower()) in column_at]
+
     actions, error = None, None
     if ex.sql:
         try:
@@ -72,6 +82,10 @@ def featurize(ex: Example, tokenizer: Any, linker: Any, values: dict | None,
             "item_link_name": links.item_name, "item_link_value": links.item_value,
             "q_link_table": per_piece(links.word_table), "q_link_column": per_piece(links.word_column),
             "q_link_value": per_piece(links.word_value), "actions": actions, "codec_error": error,
+            # compact inputs of the relation matrix (see relation_matrix)
+            "item_table": [it.table_index for it in items], "fk_pairs": fk_pairs,
+            "q_item_links": [[p, k, kind] for w, k, kind in pair_links(word_list, items, links, values)
+                             for p in pieces_of.get(w, ())],
             "item_texts": [it.text for it in items], "table_texts": [items[it.table_index].text for it in items]}
 
 
@@ -206,6 +220,62 @@ def to_actions(ids: Iterable[int], vocab: Any, n_items: int) -> list[tuple[int, 
             for i in ids]
 
 
+# Relations between the positions of the ``linked`` encoder's sequence [question pieces; items], one
+# id per ordered pair (RAT-SQL's): question pieces by relative distance; a piece and an item by the
+# linker's match (none, partial or exact name, cell value), both directions; a column and a table
+# (its own table, of which it is the primary key, another); two columns (same table, foreign key
+# either way); two tables (foreign keys between them). 0 is padding.
+RELATIONS = ("pad", "qq-2", "qq-1", "qq0", "qq+1", "qq+2",
+             "q-col", "q-col-partial", "q-col-exact", "q-col-value", "q-table", "q-table-partial", "q-table-exact",
+             "col-q", "col-q-partial", "col-q-exact", "col-q-value", "table-q", "table-q-partial", "table-q-exact",
+             "col-self", "col-same-table", "col-fk", "col-fk-rev", "col-col",
+             "col-table-own", "col-table-pk", "col-table", "table-col-own", "table-col-pk", "table-col",
+             "table-self", "table-fk", "table-fk-rev", "table-fk-both", "table-table")
+REL = {name: i for i, name in enumerate(RELATIONS)}
+assert (REL["q-col-partial"] - REL["q-col"], REL["q-col-exact"] - REL["q-col"], REL["q-col-value"] - REL["q-col"]) \
+    == (NAME_PARTIAL, NAME_EXACT, PAIR_VALUE)  # q_item_links kinds are offsets from the "none" relation
+
+
+def relation_matrix(feats: list[dict], Q: int, N: int) -> np.ndarray:
+    """(B, Q + N, Q + N) int8 ids of :data:`RELATIONS`, from each example's compact features
+    (``item_table``, ``item_type``, ``item_key``, ``fk_pairs``, ``q_item_links``); row i, column j:
+    how position i relates to position j (question pieces first, then items, as the encoder's mixer
+    sees them). Padded positions keep what their row/column type gives; the mixer masks them."""
+    B = len(feats)
+    rel = np.zeros((B, Q + N, Q + N), np.int8)
+    d = np.arange(Q)
+    rel[:, :Q, :Q] = np.clip(d[None, :] - d[:, None], -2, 2) + REL["qq0"]
+    for b, f in enumerate(feats):
+        q, n = len(f["q_ids"]), len(f["item_texts"])
+        tab, pk = np.asarray(f["item_table"], np.int64), (np.asarray(f["item_key"]) & 1).astype(bool)
+        is_tab = np.asarray(f["item_type"]) == ITEM_TYPES.index("table")
+        to_item = np.where(is_tab, REL["q-table"], REL["q-col"])
+        from_item = np.where(is_tab, REL["table-q"], REL["col-q"])
+        rel[b, :q, Q:Q + n] = to_item[None]
+        rel[b, Q:Q + n, :q] = from_item[:, None]
+        links = np.asarray(f["q_item_links"], np.int64).reshape(-1, 3)
+        p, k, kind = links[:, 0], links[:, 1], links[:, 2]
+        rel[b, p, Q + k] = to_item[k] + kind
+        rel[b, Q + k, p] = from_item[k] + kind
+        own = tab[:, None] == np.arange(n)[None, :]  # item j is item i's table (tables come first)
+        fk = np.zeros((n, n), bool)
+        for i, j in f["fk_pairs"]:
+            fk[i, j] = True
+        cc = np.where(fk, REL["col-fk"], np.where(fk.T, REL["col-fk-rev"],
+                      np.where(tab[:, None] == tab[None, :], REL["col-same-table"], REL["col-col"])))
+        ct = np.where(own, np.where(pk[:, None], REL["col-table-pk"], REL["col-table-own"]), REL["col-table"])
+        tc = np.where(own.T, np.where(pk[None, :], REL["table-col-pk"], REL["table-col-own"]), REL["table-col"])
+        tfk = np.zeros((n, n), bool)
+        tfk[tab[fk.nonzero()[0]], tab[fk.nonzero()[1]]] = True  # a column of table i references one of table j
+        tt = np.where(tfk & tfk.T, REL["table-fk-both"], np.where(tfk, REL["table-fk"],
+                      np.where(tfk.T, REL["table-fk-rev"], REL["table-table"])))
+        np.fill_diagonal(cc, REL["col-self"])
+        np.fill_diagonal(tt, REL["table-self"])
+        ti, tj = is_tab[:, None], is_tab[None, :]
+        rel[b, Q:Q + n, Q:Q + n] = np.select([ti & tj, ti & ~tj, ~ti & tj], [tt, tc, ct], cc)
+    return rel
+
+
 ITEM_FIELDS = ("item_type", "item_key", "item_link_name", "item_link_value")
 PIECE_FIELDS = ("q_ids", "q_link_table", "q_link_column", "q_link_value")
 
@@ -214,7 +284,8 @@ def collate(feats: list[dict], examples: list[Example], vocab: Any, with_targets
     """Pad featurized examples into one host-side batch.
 
     ``q_mask``/``q_copy``/``q_start`` (B, Q) bool and the piece features (B, Q) int32;
-    ``item_mask`` (B, N) and the item features (B, N); the texts ``questions``, ``item_texts``,
+    ``item_mask`` (B, N) and the item features (B, N); ``relations`` (B, Q + N, Q + N) int8
+    (:func:`relation_matrix`); the texts ``questions``, ``item_texts``,
     ``table_texts`` (for the encoder's frozen states); with targets, ``tokens``, ``targets``,
     ``loss_mask``, ``padding_mask`` (B, T) over the unified output space.
     """
@@ -235,6 +306,8 @@ def collate(feats: list[dict], examples: list[Example], vocab: Any, with_targets
             b[name][i, :n] = f[name]
         for name in PIECE_FIELDS:
             b[name][i, :q] = f[name]
+    if all("q_item_links" in f for f in feats):  # features of ACTIONS_VERSION >= 2
+        b["relations"] = relation_matrix(feats, Q, N)
     b["questions"] = [e.question for e in examples]
     b["item_texts"] = [f["item_texts"] for f in feats]
     b["table_texts"] = [f["table_texts"] for f in feats]
@@ -259,5 +332,5 @@ def collate_rows(split: ActionSplit, rows: np.ndarray, vocab: Any) -> dict[str, 
     return batch
 
 
-__all__ = ["ActionSplit", "collate", "collate_rows", "featurize", "featurize_request",
-           "prepare_action_split", "to_actions", "unified_ids", "vocab_corpus"]
+__all__ = ["RELATIONS", "ActionSplit", "collate", "collate_rows", "featurize", "featurize_request",
+           "prepare_action_split", "relation_matrix", "to_actions", "unified_ids", "vocab_corpus"]

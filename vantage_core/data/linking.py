@@ -4,6 +4,7 @@ A database's schema as a flat list of items (its tables, then every table's colu
 the normalized words of its natural name; :class:`Links` holds a linker's answer (which items
 the question names, by name or by a stored cell value, and which question words do the naming);
 :func:`column_values` and :func:`cased_values` read a database's text values once (cached).
+:func:`pair_links` pairs the linker's words with the items they name (for relation-aware encoders).
 The built-in linker is ``lexical`` (``plugins/vantage_plugins/linkers/lexical.py``);
 ``vantage_core/hookspecs.py`` (``register_schema_linkers``) states the contract.
 """
@@ -158,3 +159,39 @@ class Links:
     word_table: list[int] = field(default_factory=list)  # per question word: best table-name match
     word_column: list[int] = field(default_factory=list)  # per question word: best column-name match
     word_value: list[int] = field(default_factory=list)  # per question word: part of a value match
+
+
+PAIR_VALUE = 3  # pair_links kind of a cell-value match; name matches use NAME_PARTIAL / NAME_EXACT
+
+
+def pair_links(question_words: list[str], items: list[SchemaItem], links: Links,
+               values: dict[tuple[str, str], set[str]] | None = None, max_ngram: int = 4) -> list[list[int]]:
+    """Which question word names which item: ``[word, item, kind]`` triples (kind NAME_PARTIAL,
+    NAME_EXACT or PAIR_VALUE), within the linker's answer ``links`` (a pair is only kept where the
+    linker matched both the word and the item), for relation-aware encoders.
+
+    A name pair: one of the word's (stemmed) words is one of the item's name words. A value pair:
+    a run of the linker's value words (up to ``max_ngram``) is one of the column's cell values.
+    """
+    stems = [{stem(w) for w in normalize(q).split()} for q in question_words]
+    out: dict[tuple[int, int], int] = {}
+    for k, item in enumerate(items):
+        if not links.item_name[k]:
+            continue
+        tags = links.word_table if item.column is None else links.word_column
+        names = set(item.words)
+        for w, ws in enumerate(stems):
+            if w < len(tags) and tags[w] and ws & names:
+                out[(w, k)] = links.item_name[k]
+    if values and links.word_value:
+        raw = [normalize(q) for q in question_words]
+        spans = [(s, e) for n in range(1, max_ngram + 1) for s in range(len(raw) - n + 1)
+                 for e in [s + n] if all(links.word_value[s:e]) and any(raw[s:e])]
+        for k, item in enumerate(items):
+            vals = values.get((item.table.lower(), (item.column or "").lower())) if links.item_value[k] else None
+            for s, e in spans if vals else ():
+                if " ".join(w for w in raw[s:e] if w) in vals:
+                    for w in range(s, e):
+                        if out.get((w, k), 0) != NAME_EXACT:
+                            out[(w, k)] = PAIR_VALUE
+    return [[w, k, kind] for (w, k), kind in sorted(out.items())]

@@ -4,10 +4,13 @@ The question's word pieces and every schema item (a table, or a column with its 
 frozen all-MiniLM-L6-v2 states (a piece's contextual state; an item's mean-pooled name),
 plus learned embeddings of the item's type and key role and of the ``schema_linker`` plugin's
 features (which question words name which items, by name or by a stored cell value). A small
-trainable transformer mixes question and items jointly; the decoder cross-attends to the result,
-points at items and copies question pieces. The frozen states are computed once per text and
-kept on disk keyed by content (``<cache>/minilm/states.sqlite``), so training runs MiniLM once
-over its data, evaluation reads the states back, and a new database costs one pass over its names.
+trainable transformer mixes question and items jointly (with ``relations: true``, RAT-SQL's
+relation-aware attention: per pair of positions a relation id from
+``vantage_core.data.actions.relation_matrix``, read as a learned key vector and per-head bias);
+the decoder cross-attends to the result, points at items and copies question pieces. The frozen
+states are computed once per text and kept on disk keyed by content
+(``<cache>/minilm/states.sqlite``), so training runs MiniLM once over its data, evaluation reads
+the states back, and a new database costs one pass over its names.
 """
 
 from __future__ import annotations
@@ -187,16 +190,77 @@ class LinkEmbedding(nn.Module):
         return self.word_table(table) + self.word_column(column) + self.word_value(value)
 
 
+class RelationAttention(nn.Module):
+    """Self-attention with RAT-SQL's relation terms: each ordered pair (i, j) has a relation id
+    r_ij (``vantage_core.data.actions.RELATIONS``) with a learned key vector (shared by the heads)
+    and a learned per-head bias, so the logit is (q_i . (k_j + e_r) / sqrt(dh)) + b_r^h. Both are
+    read as one gather from the (B, H, S, R) logits of every query against every relation."""
+
+    def __init__(self, dims: int, num_heads: int, n_relations: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.query_proj = nn.Linear(dims, dims, bias=False)
+        self.key_proj = nn.Linear(dims, dims, bias=False)
+        self.value_proj = nn.Linear(dims, dims, bias=False)
+        self.out_proj = nn.Linear(dims, dims, bias=False)
+        self.rel_key = mx.zeros((n_relations, dims // num_heads))  # (R, dh); zeros: starts as plain attention
+        self.rel_bias = mx.zeros((num_heads, n_relations))  # (H, R)
+
+    def __call__(self, x: mx.array, rel: mx.array, mask: mx.array) -> mx.array:
+        B, S, _ = x.shape
+        H = self.num_heads
+        q, k, v = (proj(x).reshape(B, S, H, -1).transpose(0, 2, 1, 3)
+                   for proj in (self.query_proj, self.key_proj, self.value_proj))  # (B, H, S, dh)
+        scale = q.shape[-1] ** -0.5
+        per_rel = (q * scale) @ self.rel_key.T + self.rel_bias[None, :, None, :]  # (B, H, S, R)
+        idx = mx.broadcast_to(rel[:, None].astype(mx.int32), (B, H, S, S))
+        bias = mx.take_along_axis(per_rel, idx, axis=-1) + mask  # (B, H, S, S)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)  # (B, H, S, dh)
+        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, S, -1))
+
+
+class RelationEncoderLayer(nn.Module):
+    """``mlx.nn.TransformerEncoderLayer`` (pre-norm, ReLU MLP) with :class:`RelationAttention`."""
+
+    def __init__(self, dims: int, num_heads: int, mlp_dims: int, n_relations: int, dropout: float = 0.0):
+        super().__init__()
+        self.attention = RelationAttention(dims, num_heads, n_relations)
+        self.ln1, self.ln2 = nn.LayerNorm(dims), nn.LayerNorm(dims)
+        self.linear1, self.linear2 = nn.Linear(dims, mlp_dims), nn.Linear(mlp_dims, dims)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def __call__(self, x: mx.array, rel: mx.array, mask: mx.array) -> mx.array:
+        x = x + self.dropout1(self.attention(self.ln1(x), rel, mask))  # (B, S, d)
+        return x + self.linear2(self.dropout2(nn.relu(self.linear1(self.ln2(x)))))
+
+
+class RelationEncoder(nn.Module):
+    """A stack of :class:`RelationEncoderLayer` and a final LayerNorm (as ``nn.TransformerEncoder``)."""
+
+    def __init__(self, n_layers: int, dims: int, num_heads: int, mlp_dims: int, n_relations: int,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.layers = [RelationEncoderLayer(dims, num_heads, mlp_dims, n_relations, dropout) for _ in range(n_layers)]
+        self.ln = nn.LayerNorm(dims)
+
+    def __call__(self, x: mx.array, rel: mx.array, mask: mx.array) -> mx.array:
+        for layer in self.layers:
+            x = layer(x, rel, mask)
+        return self.ln(x)
+
+
 class LinkedSchemaEncoder(nn.Module):
     """Frozen MiniLM states of the question and the item names, linking features, and a
-    trainable mixer over [question pieces; items]."""
+    trainable mixer over [question pieces; items]; with ``relations``, a relation-aware mixer
+    (RAT-SQL): its attention also reads how each pair of positions relates (question distance,
+    name or value links, column-in-table, primary and foreign keys)."""
 
     provides_states = True
     provides_items = True  # pointer and copy heads can use it
 
     def __init__(self, d_model: int, tokenizer=None, n_layers: int = 2, n_heads: int = 4, hidden: int = 512,
                  dropout: float = 0.1, link_features: bool = True, max_question: int = 128,
-                 path: str | None = None, cache_dir: str | None = None):
+                 path: str | None = None, cache_dir: str | None = None, relations: bool = False):
         super().__init__()
         if d_model % n_heads:
             raise ConfigError(f"model.schema_encoder.n_heads: {n_heads} must divide d_model ({d_model})")
@@ -217,7 +281,13 @@ class LinkedSchemaEncoder(nn.Module):
         self.item_key = nn.Embedding(4, d_model)  # primary * 1 + foreign * 2
         if link_features:
             self.links = LinkEmbedding(d_model)
-        self.mixer = nn.TransformerEncoder(n_layers, d_model, n_heads, hidden, dropout=dropout) if n_layers else None
+        self.relations = bool(relations and n_layers)
+        if self.relations:
+            from vantage_core.data.actions import RELATIONS
+
+            self.mixer = RelationEncoder(n_layers, d_model, n_heads, hidden, len(RELATIONS), dropout)
+        else:
+            self.mixer = nn.TransformerEncoder(n_layers, d_model, n_heads, hidden, dropout=dropout) if n_layers else None
         self.drop = nn.Dropout(dropout)
 
     @property
@@ -244,6 +314,11 @@ class LinkedSchemaEncoder(nn.Module):
                 names[i, j], tables[i, j] = frozen.pooled[t], frozen.pooled[tt]
         out = {k: mx.array(batch[k]) for k in INPUTS}
         out.update(q_states=mx.array(q_states), item_vec=mx.array(names), item_table_vec=mx.array(tables))
+        if self.relations:
+            if "relations" not in batch:
+                raise ValueError("the relation-aware mixer needs batches from vantage_core.data.actions.collate "
+                                 "with the relation features (ACTIONS_VERSION >= 2)")
+            out["relations"] = mx.array(batch["relations"])  # (B, Q + N, Q + N) int8
         return out
 
     def memory(self, inputs: dict[str, mx.array]) -> Memory:
@@ -261,5 +336,5 @@ class LinkedSchemaEncoder(nn.Module):
         mask = mx.concatenate([qmask, imask], axis=1)
         if self.mixer is not None:
             bias = mx.where(mask[:, None, None, :], 0.0, -1e9).astype(x.dtype)
-            x = self.mixer(self.drop(x), bias)
+            x = self.mixer(self.drop(x), inputs["relations"], bias) if self.relations else self.mixer(self.drop(x), bias)
         return Memory(states=x, mask=mask, items=x[:, Q:], item_mask=imask, question=x[:, :Q], question_mask=qmask)

@@ -1,11 +1,13 @@
 """Each fused kernel of vantage_core/kernels against PyTorch's equivalent and MLX's own ops, on the
 same float32 sizes (8.4M elements each), forward and forward+backward.
 
-    python benchmarks/kernels.py [--repeats 7] [--only swiglu,rms_norm,cross_entropy,softmax,causal_softmax]
+    python benchmarks/kernel_speed.py [--repeats 7] [--only swiglu,rms_norm,cross_entropy,softmax,causal_softmax]
 
 PyTorch runs in its own subprocess (it loads another BLAS; these kernels use none). The
 backward timings include the forward pass: MLX's ``mx.vjp`` and PyTorch's ``autograd.grad``
-with a fixed random cotangent. Times are the minimum over the repeats after one warm-up.
+with a fixed random cotangent. Times are the minimum over the repeats after one warm-up. (Not
+named kernels.py: this folder is on sys.path when a script runs, and transformers imports a
+package called ``kernels``.)
 """
 
 from __future__ import annotations
