@@ -114,6 +114,12 @@ def test_attention_matches_mlx_fused_attention():
     v = mx.random.normal((2, 2, 9, 16), key=mx.random.key(11))
     for causal in (False, True):
         close(*both(lambda a, b, c: kernels.attention(a, b, c, 0.25, causal), q, k, v), GRAD)
+    keep = mx.arange(9)[None, :] < mx.array([[9], [5]])  # the second request has 5 keys
+    bias = mx.where(keep, 0.0, -1e9)[:, None, None, :]  # (B, 1, 1, Tk), as the model's masks
+    close(*both(lambda a, b, c: kernels.attention(a, b, c, 0.25, bias=bias), q, k, v), GRAD)
+    native, reference = grads(lambda a, b, c: kernels.attention(a, b, c, 0.25, bias=bias), q, k, v, argnums=(0, 1, 2))
+    for n, r in zip(native, reference):
+        close(n, r, GRAD)
 
 
 def test_other_dtypes_use_mlx_ops():

@@ -114,12 +114,19 @@ def softmax(x: mx.array, causal: bool = False) -> mx.array:
     return mx.softmax(x, axis=-1, precise=True)
 
 
-def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool) -> mx.array:
-    """(B, H, Tq, hd) queries, (B, H_kv, Tk, hd) keys and values -> (B, H, Tq, hd). With native
-    kernels: two matmuls around the fused (causal) softmax; else MLX's fused attention."""
-    if not _native_for(q, k, v):
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal" if causal else None)
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool = False,
+              bias: mx.array | None = None) -> mx.array:
+    """(B, H, Tq, hd) queries, (B, H_kv, Tk, hd) keys and values -> (B, H, Tq, hd); ``bias``: an
+    additive mask broadcastable to (B, H, Tq, Tk). With native kernels: two matmuls around the
+    fused (causal) softmax; else MLX's fused attention."""
+    if bias is not None and causal:
+        raise ValueError("attention: pass either causal or bias")
+    if not _native_for(q, k, v) or (bias is not None and bias.dtype != mx.float32):
+        mask = bias if bias is not None else ("causal" if causal else None)
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     if k.shape[1] != q.shape[1]:  # grouped-query: each key/value head serves n_heads / n_kv_heads
         k, v = mx.repeat(k, q.shape[1] // k.shape[1], axis=1), mx.repeat(v, q.shape[1] // v.shape[1], axis=1)
     scores = (q * scale) @ k.swapaxes(-1, -2)  # (B, H, Tq, Tk)
+    if bias is not None:
+        scores = scores + bias
     return _native.softmax(scores, causal) @ v

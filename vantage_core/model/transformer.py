@@ -143,7 +143,7 @@ class CrossAttention(nn.Module):
         x, rows = grouped(x, kv[0].shape[0])
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, self.n_heads, -1).transpose(0, 2, 1, 3)
-        out = mx.fast.scaled_dot_product_attention(q, *kv, scale=self.scale, mask=bias)
+        out = kernels.attention(q, *kv, self.scale, bias=bias)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1)).reshape(rows)
 
 

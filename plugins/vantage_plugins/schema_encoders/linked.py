@@ -26,6 +26,7 @@ import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
 
+from vantage_core import kernels
 from vantage_core.errors import ConfigError
 from vantage_core.model.schema import Memory
 
@@ -215,7 +216,7 @@ class RelationAttention(nn.Module):
         per_rel = (q * scale) @ self.rel_key.T + self.rel_bias[None, :, None, :]  # (B, H, S, R)
         idx = mx.broadcast_to(rel[:, None].astype(mx.int32), (B, H, S, S))
         bias = mx.take_along_axis(per_rel, idx, axis=-1) + mask  # (B, H, S, S)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)  # (B, H, S, dh)
+        out = kernels.attention(q, k, v, scale, bias=bias)  # (B, H, S, dh)
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, S, -1))
 
 
