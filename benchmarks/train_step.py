@@ -6,7 +6,9 @@ Face transformers' Mixtral on PyTorch (CPU) with the same dimensions, whichever 
 Each framework runs in its own subprocess (PyTorch and MLX load different BLAS libraries).
 ``vantage`` uses the native CPU kernels (vantage_core/kernels) when they are built;
 ``vantage_mlx_ops`` is the same model with them off (``VANTAGE_NATIVE_KERNELS=0``).
-One step: forward, backward and an AdamW update on a batch of 8 x 256 random tokens.
+One step: forward, backward and an AdamW update on a batch of 8 x 256 random tokens; Vantage's
+is ``Trainer.train_step``, the step ``vantage train`` runs (its optimizer update compiled, no
+gradient clipping, as the others).
 """
 
 from __future__ import annotations
@@ -37,12 +39,11 @@ def run_vantage(steps: int, schema: bool) -> float:
 
     import vantage_core  # noqa: F401
     import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
 
-    from vantage_core.config import ModelConfig, PluginSpec
+    from vantage_core.config import ModelConfig, PluginSpec, TrainConfig
     from vantage_core.model import build_model, loss
     from vantage_core.model.params import _VocabOnly
+    from vantage_core.train.trainer import Trainer
 
     cfg = ModelConfig(vocab_size=DIMS["vocab"], d_model=DIMS["d"], n_layers=DIMS["layers"], n_heads=DIMS["heads"],
                       num_experts=DIMS["experts"], expert_hidden=DIMS["hidden"],
@@ -52,7 +53,7 @@ def run_vantage(steps: int, schema: bool) -> float:
                       else PluginSpec(name="none"))
     mx.random.seed(0)
     model = build_model(cfg, _VocabOnly(DIMS["vocab"]))
-    opt = optim.AdamW(1e-3)
+    trainer = Trainer(model, loss, TrainConfig(lr=1e-3, warmup_steps=0, grad_clip=0.0, compile=True))
     rng = np.random.default_rng(0)
     B, T = DIMS["batch"], DIMS["seq"]
     tokens = mx.array(rng.integers(0, DIMS["vocab"], (B, T + 1)).astype(np.int32))
@@ -60,14 +61,7 @@ def run_vantage(steps: int, schema: bool) -> float:
     if schema:
         batch["schema_ids"] = mx.array(rng.integers(1, DIMS["vocab"], (B, 128)).astype(np.int32))
         batch["schema_mask"] = mx.ones((B, 128), dtype=mx.bool_)
-    grad_fn = nn.value_and_grad(model, loss)
-
-    def step():
-        (value, _), grads = grad_fn(model, batch)
-        opt.update(model, grads)
-        mx.eval(value, model.parameters(), opt.state)
-
-    return timed(step, steps)
+    return timed(lambda: trainer.train_step([batch]), steps)
 
 
 def run_mlx_lm(steps: int) -> float:

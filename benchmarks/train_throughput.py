@@ -1,6 +1,8 @@
 """Training tokens/s of a tiny config with 1 process and with 2 processes (MLX ring backend on
-loopback), same global batch; or, with ``--compare kernels``, one process with the native CPU
-kernels (vantage_core/kernels) and with MLX's own ops (``VANTAGE_NATIVE_KERNELS=0``).
+loopback), same global batch; or, with ``--compare kernels``, one process as it ran before
+issue 18 (MLX's own ops and glibc's malloc thresholds: ``VANTAGE_NATIVE_KERNELS=0
+VANTAGE_MALLOC=default``), with the native CPU kernels (vantage_core/kernels) alone, and with
+the kernels and the allocator setting (vantage_core/allocator.py), Vantage's default.
 
     python benchmarks/train_throughput.py [--config configs/quickstart.yaml] [--steps 40]
     python benchmarks/train_throughput.py --compare kernels --config configs/spider.yaml --steps 60
@@ -26,16 +28,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+BEFORE = {"VANTAGE_NATIVE_KERNELS": "0", "VANTAGE_MALLOC": "default"}
+SETTINGS = {
+    "processes": [(1, "default", {}), (2, "default", {})],
+    "kernels": [(1, "mlx_ops, glibc malloc", BEFORE), (1, "native, glibc malloc", {"VANTAGE_MALLOC": "default"}),
+                (1, "native + allocator", {})],
+}
+
+
 def run(n_procs: int, config: str, steps: int, out: Path, threads: int | None, extra: list[str],
-        native: bool = True) -> dict:
+        label: str, env_extra: dict[str, str]) -> dict:
     sets = [f"train.steps={steps}", "train.eval_every=0", "train.save_every=0", "data.validation=[]",
             f"run.dir={out}", *extra]
     cmd = ["vantage", "train", "--config", config, "--no-progress", "--overwrite"]
     for s in sets:
         cmd += ["--set", s]
-    env = dict(os.environ)
-    if not native:
-        env["VANTAGE_NATIVE_KERNELS"] = "0"
+    env = dict(os.environ, **env_extra)
     if n_procs > 1:
         cmd = ["mlx.launch", "-n", str(n_procs), "--backend", "ring"] + cmd
         if threads:
@@ -46,7 +54,7 @@ def run(n_procs: int, config: str, steps: int, out: Path, threads: int | None, e
     summary = json.loads((out / "summary.json").read_text())
     step_s = [r["step_s"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
               if r.get("kind") == "train" and "step_s" in r]
-    return {"processes": n_procs, "kernels": "native" if native else "mlx_ops", "tokens_per_s": summary["tokens_per_s"],
+    return {"processes": n_procs, "setting": label, "tokens_per_s": summary["tokens_per_s"],
             "steps_per_s": 1 / statistics.median(step_s[len(step_s) // 2:]), "wall_s": wall,
             "train_wall_s": summary["wall_s"]}
 
@@ -57,20 +65,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--threads-per-rank", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ap.add_argument("--set", dest="extra", action="append", default=[])
-    ap.add_argument("--compare", choices=("processes", "kernels"), default="processes")
+    ap.add_argument("--compare", choices=tuple(SETTINGS), default="processes")
     args = ap.parse_args()
     rows = []
-    settings = [(1, True), (2, True)] if args.compare == "processes" else [(1, False), (1, True)]
     with tempfile.TemporaryDirectory() as tmp:
-        for n, native in settings:
-            rows.append(run(n, args.config, args.steps, Path(tmp) / f"p{n}{native}", args.threads_per_rank,
-                            args.extra, native))
+        for i, (n, label, env_extra) in enumerate(SETTINGS[args.compare]):
+            rows.append(run(n, args.config, args.steps, Path(tmp) / f"run{i}", args.threads_per_rank,
+                            args.extra, label, env_extra))
             print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
-    print(f"\n| processes | kernels | tokens/s | steps/s (median, second half) | vs {base['kernels']}, "
+    print(f"\n| processes | setting | tokens/s | steps/s (median, second half) | vs {base['setting']}, "
           f"{base['processes']} process |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['processes']} | {r['kernels']} | {r['tokens_per_s']:.0f} | {r['steps_per_s']:.2f} "
+        print(f"| {r['processes']} | {r['setting']} | {r['tokens_per_s']:.0f} | {r['steps_per_s']:.2f} "
               f"| {r['steps_per_s'] / base['steps_per_s']:.2f}x |")
     print(f"\n{os.cpu_count()} cores; config {Path(args.config).name}, {args.steps} steps, "
           f"python {sys.version.split()[0]}")

@@ -89,12 +89,20 @@ class Trainer:
     def _build(self) -> None:
         """(Re)build the step functions; call again after replacing the optimizer state."""
         model, optimizer, world = self.model, self.optimizer, self.world
-        loss_and_grad = nn.value_and_grad(model, self.loss_fn)
+        loss_fn = self.loss_fn
+
+        def weighted_loss(model, arrays, n):
+            # the token-weighted loss: its gradient is the micro-batch's share of the sum, with
+            # no pass over the gradients to scale them
+            loss, metrics = loss_fn(model, arrays)
+            return loss * n, (loss, metrics)
+
+        loss_and_grad = nn.value_and_grad(model, weighted_loss)
 
         def grad_step(arrays):
-            (loss, metrics), grads = loss_and_grad(model, arrays)
             n = arrays["loss_mask"].astype(mx.float32).sum()
-            return loss, metrics, tree_map(lambda g: g * n, grads), n
+            (_, (loss, metrics)), grads = loss_and_grad(model, arrays, n)
+            return loss, metrics, grads, n
 
         clip = self.cfg.grad_clip
 
