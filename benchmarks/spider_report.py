@@ -8,6 +8,8 @@ Reads, and never trains or decodes:
   its evaluation on the held-out databases (``eval/summary.json``, ``eval/decoding.json``,
   ``eval/results.jsonl``, written by ``vantage evaluate --checkpoint``);
 - ``runs/spider_seed0/eval_<variant>/``: the decoding ablations of the seed-0 checkpoint;
+- ``runs/spider_norel_seed<N>/``: the relation-aware encoder switched off, trained for the seeds'
+  step count (no minute ceiling), with its ``eval/``;
 - ``runs/sweeps/spider_ablations/<run>/``: the model ablations of ``vantage sweep``, each with
   its ``eval/``.
 
@@ -82,10 +84,11 @@ def error_breakdown(results: Path) -> dict[str, int]:
     return dict(out)
 
 
-def seed_runs(runs: Path) -> dict[str, dict]:
-    """Every trained and evaluated seed: training summary, scores, decoding record."""
+def seed_runs(runs: Path, prefix: str = "spider_seed") -> dict[str, dict]:
+    """Every trained and evaluated seed (run folders ``<prefix><N>``): training summary, scores,
+    decoding record."""
     out = {}
-    for run in sorted(runs.glob("spider_seed*")):
+    for run in sorted(runs.glob(f"{prefix}[0-9]*")):
         train, ev = read_json(run / "summary.json"), read_json(run / "eval" / "summary.json")
         if train and ev:
             out[run.name] = {"train": train, "scores": scores(ev), "decoding": read_json(run / "eval" / "decoding.json") or {},
@@ -124,6 +127,26 @@ def variant_table(title: str, variants: dict[str, dict]) -> list[str]:
         lines.append(f"| {name} | {r['EX']:.1f} | {r['EM']:.1f} | {r['runs']:.1f} | "
                      + " | ".join(f"{r[f'EX {h}']:.1f}" for h in HARDNESS)
                      + f" | {v['decoding'].get('seconds', float('nan')):.0f} |")
+    return lines
+
+
+def relations_table(seeds: dict[str, dict], norel: dict[str, dict]) -> list[str]:
+    """EX/EM with and without ``relations``, per seed and paired where both seeds exist."""
+    lines = ["| seed | steps with / without | EX with | EX without | EM with | EM without |", "|---|---|---|---|---|---|"]
+    diffs = {"EX": [], "EM": []}
+    for name, off in norel.items():
+        n = name.removeprefix("spider_norel_seed")
+        on = seeds.get(f"spider_seed{n}")
+        if on is None:
+            continue
+        a, b = on["scores"], off["scores"]
+        lines.append(f"| {n} | {on['train']['steps']} / {off['train']['steps']} | {a['EX']:.1f} | {b['EX']:.1f} | "
+                     f"{a['EM']:.1f} | {b['EM']:.1f} |")
+        for k in diffs:
+            diffs[k].append(a[k] - b[k])
+    if diffs["EX"]:
+        lines.append(f"| **with - without** ({len(diffs['EX'])} paired) | | **{np.mean(diffs['EX']):+.1f}** EX | | "
+                     f"**{np.mean(diffs['EM']):+.1f}** EM | |")
     return lines
 
 
@@ -237,6 +260,14 @@ def report(runs: Path, out: Path) -> str:
         lines += ["## Decoding ablations (seed 0)", "",
                   "`vantage evaluate --checkpoint runs/spider_seed0 ... --set inference.<field>=...` (see the script).", ""]
         lines += variant_table("decoding", variants) + [""]
+    norel = seed_runs(runs, "spider_norel_seed")
+    if seeds and norel:
+        lines += ["## Relation-aware encoder, with and without, at the same step count", "",
+                  "`vantage train --config configs/spider.yaml --set model.schema_encoder.relations=false "
+                  "--set train.minutes=null --set run.name=spider_norel_seedN`: the plain mixer trained for the "
+                  "same number of steps as the seeds (the minute ceiling off, so what else ran on the cores "
+                  "cannot change the budget), scored the same way.", ""]
+        lines += relations_table(seeds, norel) + [""]
     ablations = {}
     for run in sorted((runs / "sweeps" / "spider_ablations").glob("*/")):
         v = evaluated(run / "eval")
