@@ -246,3 +246,17 @@ def test_evaluate_an_export_with_its_own_config(trained, tmp_path):
     decoding = json.loads((tmp_path / "eval" / "decoding.json").read_text())
     assert decoding["examples"] == 4 and decoding["inference"]["beam_size"] == 2
     assert "execution:" in res.output and "exact_match:" in res.output
+
+
+def test_a_dense_pointer_model_trains_with_compile_on(tmp_path, monkeypatch):
+    """No MoE layer, so nothing reads the host and mx.compile traces the gradient step; where MLX's
+    compiler refuses the graph (mlx 0.32.4: IndexError _Map_base::at) the trainer falls back."""
+    from vantage_core.train.run import train
+
+    monkeypatch.setenv("VANTAGE_CACHE", str(tmp_path / "cache"))
+    base = {**TINY, "run": {"name": "dense", "dir": str(tmp_path / "run")},
+            "model": {**TINY["model"], "moe_every": 0, "dense_hidden": 32},
+            "data": {**TINY["data"], "validation": []},
+            "train": {**TINY["train"], "steps": 2, "eval_every": 0, "save_every": 0, "compile": True}}
+    summary = train(load_config(base=base), overwrite=True, progress=False, echo=lambda *_: None)
+    assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])

@@ -123,22 +123,22 @@ class Trainer:
             self._grad_step, self._update_step = grad_step, update_step
 
     def _grads(self, arrays):
-        """The compiled gradient step; a model that reads values on the host during its forward
-        pass (a sparse dispatch planned in numpy) cannot be traced, so it falls back to the
-        uncompiled step, once, with a note (the optimizer update stays compiled)."""
+        """The compiled gradient step; where ``mx.compile`` cannot trace it (a model that reads
+        values on the host during its forward pass, like the sparse dispatch planned in numpy, or
+        a graph MLX's compiler refuses), it falls back to the uncompiled step, once, with a note
+        (the optimizer update stays compiled). A real error in the model raises again there."""
         if self._grad_step is self._plain_grad_step:
             return self._grad_step(arrays)
         params = tree_flatten(self.model.parameters())  # references: a failed trace leaves tracers behind
         try:
             return self._grad_step(arrays)
-        except ValueError as exc:
-            if "eval" not in str(exc).lower():
-                raise
+        except (ValueError, IndexError, RuntimeError) as exc:
             self.model.update(tree_unflatten(params))
             mx.random.seed(self.seed * 1_000_003 + self.step)
             self._grad_step = self._plain_grad_step
-            self.notes.append("train.compile: the model's forward pass reads arrays on the host "
-                              "(sparse dispatch), so the gradient step runs uncompiled; the "
+            why = ("the model's forward pass reads arrays on the host (sparse dispatch)" if "eval" in str(exc).lower()
+                   else f"mx.compile could not trace it ({type(exc).__name__}: {exc})")
+            self.notes.append(f"train.compile: {why}, so the gradient step runs uncompiled; the "
                               "optimizer update is compiled")
             return self._grad_step(arrays)
 
