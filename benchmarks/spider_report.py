@@ -29,6 +29,17 @@ import numpy as np
 HARDNESS = ("easy", "medium", "hard", "extra")
 PUBLISHED = [("SyntaxSQLNet + augmentation (test, EM)", 27.2), ("IRNet + GloVe (test, EM)", 46.7),
              ("RAT-SQL + GloVe (dev, EM)", 62.7)]
+# This project's earlier figures on the same 21 databases (EX, EM; mean of 3 seeds), as issue 14 states them.
+EARLIER = [("benchmarks/spider_recipe.py, outside the vantage commands", 45.8, 34.2),
+           ("vantage train with the plain mixer (no relations), 45-minute ceiling, 3,136-3,549 steps", 50.1, 36.9)]
+
+
+# What each decoding variant of scripts/spider_cpu.sh changes (the seeds: beam 4, rules, execution-guided
+# choice with rows first, retry at beam 16, fallback).
+DECODING = {"greedy_free": "greedy, no rules, no execution", "greedy_rules": "greedy with the rules",
+            "beam4_rules": "beam 4 with the rules, no execution", "beam4_rules_eg": "+ execution-guided choice",
+            "no_fk_joins": "the seeds' decoding, joins not limited to foreign keys", "beam8": "the seeds' decoding at beam 8",
+            "native_kernels_off": "the seeds' decoding on MLX's own ops", "batch64": "the seeds' decoding, 64 questions a batch"}
 
 
 def read_json(path: Path) -> dict | None:
@@ -124,7 +135,8 @@ def variant_table(title: str, variants: dict[str, dict]) -> list[str]:
              "|" + "---|" * (5 + len(HARDNESS))]
     for name, v in variants.items():
         r = v["scores"]
-        lines.append(f"| {name} | {r['EX']:.1f} | {r['EM']:.1f} | {r['runs']:.1f} | "
+        label = f"{name}: {DECODING[name]}" if name in DECODING else name
+        lines.append(f"| {label} | {r['EX']:.1f} | {r['EM']:.1f} | {r['runs']:.1f} | "
                      + " | ".join(f"{r[f'EX {h}']:.1f}" for h in HARDNESS)
                      + f" | {v['decoding'].get('seconds', float('nan')):.0f} |")
     return lines
@@ -240,7 +252,8 @@ def report(runs: Path, out: Path) -> str:
                   "whatever else shared the cores at the time.", ""]
         lines += seed_table(seeds)
         lines += ["", "References (exact match, Spider's official dev/test sets, not available here): "
-                  + "; ".join(f"{n} {v}" for n, v in PUBLISHED) + ".", "",
+                  + "; ".join(f"{n} {v}" for n, v in PUBLISHED) + ". Earlier here (EX / EM): "
+                  + "; ".join(f"{n} {ex} / {em}" for n, ex, em in EARLIER) + ".", "",
                   "![EX and EM by hardness](spider_cpu/by_hardness.png)", "",
                   "![training curves](spider_cpu/training.png)", ""]
         plot_seeds(seeds, figures)

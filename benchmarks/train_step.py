@@ -1,11 +1,13 @@
 """Training tokens/s of the whole model on the tiny config, beside mlx-lm's Mixtral and Hugging
 Face transformers' Mixtral on PyTorch (CPU) with the same dimensions, whichever are installed.
 
-    python benchmarks/train_step.py [--steps 8] [--only vantage,vantage_mlx_ops,vantage_schema,mlx_lm,torch]
+    python benchmarks/train_step.py [--steps 8] [--only vantage,vantage_mlx_ops,vantage_glibc_malloc,vantage_schema,mlx_lm,torch]
 
 Each framework runs in its own subprocess (PyTorch and MLX load different BLAS libraries).
 ``vantage`` uses the native CPU kernels (vantage_core/kernels) when they are built;
-``vantage_mlx_ops`` is the same model with them off (``VANTAGE_NATIVE_KERNELS=0``).
+``vantage_mlx_ops`` is the same model with them off (``VANTAGE_NATIVE_KERNELS=0``);
+``vantage_glibc_malloc`` with glibc's own malloc thresholds (``VANTAGE_MALLOC=default``, see
+vantage_core/allocator.py).
 One step: forward, backward and an AdamW update on a batch of 8 x 256 random tokens; Vantage's
 is ``Trainer.train_step``, the step ``vantage train`` runs (its optimizer update compiled, no
 gradient clipping, as the others).
@@ -123,10 +125,14 @@ def run_torch(steps: int) -> float:
 RUNNERS = {
     "vantage": ("vantage (topk+swiglu, no schema encoder)", lambda s: run_vantage(s, False)),
     "vantage_mlx_ops": ("vantage, native kernels off (MLX's own ops)", lambda s: run_vantage(s, False)),
+    "vantage_glibc_malloc": ("vantage, glibc's malloc thresholds", lambda s: run_vantage(s, False)),
     "vantage_schema": ("vantage + transformer schema encoder, 128 schema tokens", lambda s: run_vantage(s, True)),
     "mlx_lm": ("mlx-lm Mixtral", run_mlx_lm),
     "torch": ("HF transformers Mixtral, PyTorch CPU", run_torch),
 }
+
+
+ENV = {"vantage_mlx_ops": {"VANTAGE_NATIVE_KERNELS": "0"}, "vantage_glibc_malloc": {"VANTAGE_MALLOC": "default"}}
 
 
 def main() -> None:
@@ -142,7 +148,7 @@ def main() -> None:
     print(f"tiny config {DIMS}, median step of {a.steps} after 2 warm-up steps")
     results = {}
     for key in a.only.split(","):
-        env = dict(os.environ, VANTAGE_NATIVE_KERNELS="0") if key == "vantage_mlx_ops" else None
+        env = dict(os.environ, **ENV.get(key, {}))
         proc = subprocess.run([sys.executable, __file__, "--child", key, "--steps", str(a.steps)],
                               capture_output=True, text=True, env=env)
         if proc.returncode != 0:
@@ -153,7 +159,7 @@ def main() -> None:
         results[key] = tokens / seconds
         print(f"  {RUNNERS[key][0]:58s} {seconds * 1e3:8.1f} ms/step  {tokens / seconds:8.0f} tokens/s")
     if "vantage" in results:
-        for other in ("vantage_mlx_ops", "mlx_lm", "torch"):
+        for other in ("vantage_mlx_ops", "vantage_glibc_malloc", "mlx_lm", "torch"):
             if other in results:
                 print(f"vantage / {RUNNERS[other][0]}: {results['vantage'] / results[other]:.2f}x")
 

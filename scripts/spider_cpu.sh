@@ -24,6 +24,7 @@ $E --out runs/spider_seed0/eval_beam4_rules $NO_EG
 $E --out runs/spider_seed0/eval_beam4_rules_eg --set inference.fallback=false --set inference.retry_beam=0
 $E --out runs/spider_seed0/eval_no_fk_joins --set "inference.constraint={name: sql_actions, fk_joins: false}"
 $E --out runs/spider_seed0/eval_beam8 --set inference.beam_size=8
+VANTAGE_NATIVE_KERNELS=0 $E --out runs/spider_seed0/eval_native_kernels_off   # MLX's own ops
 if [ "${SWEEP:-1}" = 1 ]; then
   vantage sweep configs/sweeps/spider_ablations.yaml --out runs/sweeps/spider_ablations
   for run in runs/sweeps/spider_ablations/*/; do
