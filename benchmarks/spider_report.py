@@ -11,7 +11,12 @@ Reads, and never trains or decodes:
 - ``runs/spider_norel_seed<N>/``: the relation-aware encoder switched off, trained for the seeds'
   step count (no minute ceiling), with its ``eval/``;
 - ``runs/sweeps/spider_ablations/<run>/``: the model ablations of ``vantage sweep``, each with
-  its ``eval/``.
+  its ``eval/``;
+- ``runs/spider_do<D>_seed<N>/``: dropout 0.<D> instead of 0.1, at the seeds' step count;
+- ``runs/spider_pair<K>/eval/`` and ``runs/spider_ensemble_*/eval/``: ensembles of seeds decoded as
+  one model (``vantage evaluate`` with ``--checkpoint`` repeated; the members are read from
+  ``decoding.json``). The pairs are the systems: two seeds trained side by side, one core each.
+  Seeds 3-6 are such runs (``train.minutes=60``, one core each).
 
 Writes the Markdown page and its figures (``<out stem>/*.png``).
 """
@@ -142,12 +147,15 @@ def variant_table(title: str, variants: dict[str, dict]) -> list[str]:
     return lines
 
 
-def relations_table(seeds: dict[str, dict], norel: dict[str, dict]) -> list[str]:
-    """EX/EM with and without ``relations``, per seed and paired where both seeds exist."""
-    lines = ["| seed | steps with / without | EX with | EX without | EM with | EM without |", "|---|---|---|---|---|---|"]
+def paired_table(seeds: dict[str, dict], variants: dict[str, dict], prefix: str, ours: str, theirs: str,
+                 gain_of_variant: bool = False) -> list[str]:
+    """EX/EM of the seeds (``ours``) against a variant trained at the same seed (``theirs``), paired;
+    the difference row is ours - theirs, or theirs - ours with ``gain_of_variant``."""
+    lines = [f"| seed | steps ({ours} / {theirs}) | EX {ours} | EX {theirs} | EM {ours} | EM {theirs} |",
+             "|---|---|---|---|---|---|"]
     diffs = {"EX": [], "EM": []}
-    for name, off in norel.items():
-        n = name.removeprefix("spider_norel_seed")
+    for name, off in variants.items():
+        n = name.removeprefix(prefix)
         on = seeds.get(f"spider_seed{n}")
         if on is None:
             continue
@@ -155,10 +163,48 @@ def relations_table(seeds: dict[str, dict], norel: dict[str, dict]) -> list[str]
         lines.append(f"| {n} | {on['train']['steps']} / {off['train']['steps']} | {a['EX']:.1f} | {b['EX']:.1f} | "
                      f"{a['EM']:.1f} | {b['EM']:.1f} |")
         for k in diffs:
-            diffs[k].append(a[k] - b[k])
+            diffs[k].append((b[k] - a[k]) if gain_of_variant else (a[k] - b[k]))
     if diffs["EX"]:
-        lines.append(f"| **with - without** ({len(diffs['EX'])} paired) | | **{np.mean(diffs['EX']):+.1f}** EX | | "
+        label = f"{theirs} - {ours}" if gain_of_variant else f"{ours} - {theirs}"
+        lines.append(f"| **{label}** ({len(diffs['EX'])} paired) | | **{np.mean(diffs['EX']):+.1f}** EX | | "
                      f"**{np.mean(diffs['EM']):+.1f}** EM | |")
+    return lines
+
+
+def member_run(folder: str) -> str:
+    """The run a member checkpoint folder belongs to (``runs/spider_seed0/checkpoints/best`` -> ``spider_seed0``)."""
+    parts = Path(folder).parts
+    return parts[parts.index("checkpoints") - 1] if "checkpoints" in parts else Path(folder).name
+
+
+def ensembles(runs: Path, pattern: str) -> dict[str, dict]:
+    """Every evaluated ensemble ``runs/<pattern>/eval``, with its members' run names."""
+    out = {}
+    for run in sorted(runs.glob(pattern)):
+        v = evaluated(run / "eval")
+        if v and len(v["decoding"].get("ensemble", [])) > 1:
+            v["members"] = [member_run(f) for f in v["decoding"]["ensemble"]]
+            out[run.name] = v
+    return out
+
+
+def ensemble_table(found: dict[str, dict], seeds: dict[str, dict], headline: bool) -> list[str]:
+    lines = ["| ensemble | seeds | members' steps | members' run minutes | EX | EM | outputs that run | "
+             + " | ".join(f"EX {h}" for h in HARDNESS) + " | decoding s |", "|" + "---|" * (8 + len(HARDNESS))]
+    for name, v in found.items():
+        r, members = v["scores"], v["members"]
+        trained = [seeds[m]["train"] for m in members if m in seeds]
+        minutes = " / ".join(f"{t['wall_s'] / 60:.1f}" for t in trained)
+        lines.append(f"| {name} | {', '.join(m.removeprefix('spider_seed') for m in members)} | "
+                     f"{' / '.join(str(t['steps']) for t in trained)} | "
+                     f"{minutes} | {r['EX']:.1f} | {r['EM']:.1f} | "
+                     f"{r['runs']:.1f} | " + " | ".join(f"{r[f'EX {h}']:.1f}" for h in HARDNESS)
+                     + f" | {v['decoding'].get('seconds', float('nan')):.0f} |")
+    rows = [v["scores"] for v in found.values()]
+    if headline and len(rows) > 1:
+        cell = lambda k: "{:.1f} ± {:.1f}".format(*mean_std(rows, k))  # noqa: E731
+        lines.append(f"| **mean ± std ({len(rows)} pairs)** | | | | **{cell('EX')}** | **{cell('EM')}** | {cell('runs')} | "
+                     + " | ".join(cell(f"EX {h}") for h in HARDNESS) + " | |")
     return lines
 
 
@@ -247,7 +293,7 @@ def report(runs: Path, out: Path) -> str:
                   "`vantage train --config configs/spider.yaml --set run.seed=N --set run.name=spider_seedN`, then",
                   "`vantage evaluate --checkpoint runs/spider_seedN --dataset spider --split validation --out "
                   "runs/spider_seedN/eval` (beam 4, the `sql_actions` rules, execution-guided choice, a retry at beam 16, "
-                  "a counted fallback). Run minutes: the whole `vantage train` (data preparation and MiniLM states included), wall time on the 2 shared cores, under the config's 45-minute ceiling on the training loop. Decoding s: the wall time "
+                  "a counted fallback). Run minutes: the whole `vantage train` (data preparation and MiniLM states included), wall time on the 2 shared cores. Seeds 0-2 trained alone, under the config's 45-minute ceiling on the training loop; seeds 3-6 two at a time side by side, one core each, under a 60-minute ceiling (the pairs below). Decoding s: the wall time "
                   "`vantage evaluate` reports for the 1,092 questions (MiniLM states, beam search, the execution-guided runs), "
                   "whatever else shared the cores at the time.", ""]
         lines += seed_table(seeds)
@@ -280,7 +326,31 @@ def report(runs: Path, out: Path) -> str:
                   "--set train.minutes=null --set run.name=spider_norel_seedN`: the plain mixer trained for the "
                   "same number of steps as the seeds (the minute ceiling off, so what else ran on the cores "
                   "cannot change the budget), scored the same way.", ""]
-        lines += relations_table(seeds, norel) + [""]
+        lines += paired_table(seeds, norel, "spider_norel_seed", "with", "without") + [""]
+    for d in ("2", "3"):
+        dropout = seed_runs(runs, f"spider_do{d}_seed")
+        if seeds and dropout:
+            lines += [f"## Dropout 0.{d} instead of 0.1, at the same step count", "",
+                      f"`vantage train --config configs/spider.yaml --set model.dropout=0.{d} "
+                      f"--set model.schema_encoder.dropout=0.{d} --set train.minutes=60 --set run.name=spider_do{d}_seedN`, "
+                      "trained side by side with another run (one core each), scored like the seeds (dropout 0.1).", ""]
+            lines += paired_table(seeds, dropout, f"spider_do{d}_seed", "0.1", f"0.{d}",
+                                   gain_of_variant=True) + [""]
+    pairs, others = ensembles(runs, "spider_pair[0-9]*"), ensembles(runs, "spider_ensemble_*")
+    if pairs or others:
+        lines += ["## Two seeds as one system: ensembles", "",
+                  "`vantage evaluate --checkpoint runs/spider_seedA --checkpoint runs/spider_seedB --dataset spider "
+                  "--split validation --out runs/spider_pairK/eval`: the two models decode as one, each step ranking "
+                  "by the mean of their log-probabilities, with the seeds' beam search, rules and execution-guided "
+                  "choice. A pair is what this machine trains in one hour: `scripts/spider_cpu.sh` trains seeds 3-6 "
+                  "two at a time, side by side, one core each (`OPENBLAS_NUM_THREADS=1`, `train.minutes=60`), and "
+                  "pairs 1 and 2 are two runs trained together (their members' run minutes are the pair's wall time). "
+                  "Pair 0's seeds trained alone on both cores, one after the other. The three pairs share no seed; "
+                  "their mean is the pairs' headline. The other ensembles reuse seeds (not independent).", ""]
+        if pairs:
+            lines += ensemble_table(pairs, seeds, headline=True) + [""]
+        if others:
+            lines += ensemble_table(others, seeds, headline=False) + [""]
     ablations = {}
     for run in sorted((runs / "sweeps" / "spider_ablations").glob("*/")):
         v = evaluated(run / "eval")

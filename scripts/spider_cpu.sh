@@ -2,14 +2,17 @@
 # Reproduce docs/results/spider_cpu.md from a clean clone with Spider in ../shared/data/spider
 # (or $VANTAGE_SHARED_DATA/spider), with `vantage` commands only. On 2 CPU cores: three seeds
 # of about 40 min training + 2 min decoding each, one seed without relation-aware attention as
-# long, 6 decoding variants about 10 min, the model ablations about 50 min. SEEDS="0" trains one
-# seed; SWEEP=0 skips the ablations.
+# long, 6 decoding variants about 10 min, four more seeds and two dropout runs trained two at
+# a time side by side (about 50 min a pair), the ensembles about 2 min each, the model ablations
+# about 50 min. SEEDS="0" trains one seed; PAIRS=0 skips the side-by-side runs and the ensembles;
+# SWEEP=0 skips the ablations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CFG=configs/spider.yaml
+score() { vantage evaluate --checkpoint runs/$1 --dataset spider --split validation --out runs/$1/eval; }
 for s in ${SEEDS:-0 1 2}; do
   vantage train --config $CFG --set run.seed=$s --set run.name=spider_seed$s --overwrite
-  vantage evaluate --checkpoint runs/spider_seed$s --dataset spider --split validation --out runs/spider_seed$s/eval
+  score spider_seed$s
 done
 # the relation-aware encoder off, at the seeds' step count (no minute ceiling)
 vantage train --config $CFG --set model.schema_encoder.relations=false --set train.minutes=null \
@@ -25,6 +28,30 @@ $E --out runs/spider_seed0/eval_beam4_rules_eg --set inference.fallback=false --
 $E --out runs/spider_seed0/eval_no_fk_joins --set "inference.constraint={name: sql_actions, fk_joins: false}"
 $E --out runs/spider_seed0/eval_beam8 --set inference.beam_size=8
 VANTAGE_NATIVE_KERNELS=0 $E --out runs/spider_seed0/eval_native_kernels_off   # MLX's own ops
+# One of two runs sharing the machine: one core each (OpenBLAS on one thread), the hour as ceiling.
+alongside() { # NAME SEED [--set k=v ...]
+  local name=$1 seed=$2; shift 2
+  OPENBLAS_NUM_THREADS=1 vantage train --config $CFG --set run.seed=$seed --set run.name=$name \
+    --set train.minutes=60 "$@" --overwrite --no-progress > runs/$name.log 2>&1
+}
+if [ "${PAIRS:-1}" = 1 ]; then
+  DO2="--set model.dropout=0.2 --set model.schema_encoder.dropout=0.2"
+  DO3="--set model.dropout=0.3 --set model.schema_encoder.dropout=0.3"
+  mkdir -p runs
+  alongside spider_seed3 3 & a=$!; alongside spider_seed4 4 & b=$!; wait $a; wait $b
+  alongside spider_seed5 5 & a=$!; alongside spider_seed6 6 & b=$!; wait $a; wait $b
+  alongside spider_do2_seed0 0 $DO2 & a=$!; alongside spider_do3_seed0 0 $DO3 & b=$!; wait $a; wait $b
+  for run in spider_seed3 spider_seed4 spider_seed5 spider_seed6 spider_do2_seed0 spider_do3_seed0; do score $run; done
+  # seeds decoded as one model: three pairs with no seed in common (3-4 and 5-6 trained together),
+  # then other combinations
+  ensemble() { # OUT SEED...
+    local out=$1; shift
+    vantage evaluate $(for s in "$@"; do echo --checkpoint runs/spider_seed$s; done) --dataset spider \
+      --split validation --out runs/$out/eval
+  }
+  ensemble spider_pair0 0 1; ensemble spider_pair1 3 4; ensemble spider_pair2 5 6
+  ensemble spider_ensemble_seeds02 0 2; ensemble spider_ensemble_seeds12 1 2; ensemble spider_ensemble_seeds012 0 1 2
+fi
 if [ "${SWEEP:-1}" = 1 ]; then
   vantage sweep configs/sweeps/spider_ablations.yaml --out runs/sweeps/spider_ablations
   for run in runs/sweeps/spider_ablations/*/; do

@@ -260,3 +260,91 @@ def test_a_dense_pointer_model_trains_with_compile_on(tmp_path, monkeypatch):
             "train": {**TINY["train"], "steps": 2, "eval_every": 0, "save_every": 0, "compile": True}}
     summary = train(load_config(base=base), overwrite=True, progress=False, echo=lambda *_: None)
     assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
+
+
+def test_an_ensemble_of_a_model_with_itself_decodes_as_the_model(trained):
+    """The mean of identical log-probabilities is the model's own: same candidates, same scores."""
+    from vantage_core.inference.export import open_engine
+
+    root, _, _, db = trained
+    one, two = open_engine(root / "run"), open_engine([root / "run", root / "run"])
+    assert two.info["ensemble"] == [one.info["folder"]] * 2
+    for q in QUESTIONS:
+        a, b = one.generate(q, db_path=db), two.generate(q, db_path=db)
+        assert [c.sql for c in a.candidates] == [c.sql for c in b.candidates]
+        assert np.allclose([c.logprob for c in a.candidates], [c.logprob for c in b.candidates], atol=1e-4)
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_log_probabilities(trained):
+    from vantage_core.inference.engine import load_model
+    from vantage_core.inference.ensemble import Ensemble
+
+    root, _, _, db = trained
+    a, tok, cfg, _ = load_model(root / "run")
+    b, _, _, _ = load_model(root / "run")
+    b.update({"norm": {"weight": b.norm.weight * 3.0}})  # a different member
+    from vantage_core.inference.engine import Engine
+
+    req = Engine(a, tok, cfg).request(QUESTIONS[1], Engine(a, tok, cfg).schema_of(db), str(db))
+    batch = Engine(a, tok, cfg).host_batch([req])
+    ens = Ensemble([a, b])
+    tokens = mx.array([[tok.bos_id]])
+    got, _ = ens(tokens, ens.encode_schema(ens.schema_inputs(batch)), cache=ens.make_cache())
+    want = []
+    for m in (a, b):
+        logits, _ = m(tokens, m.encode_schema(m.schema_inputs(batch)), cache=m.make_cache())
+        want.append(np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True)))
+    finite = np.isfinite(want[0])
+    assert not np.allclose(want[0][finite], want[1][finite], atol=1e-3)
+    assert np.allclose(np.array(got)[finite], ((want[0] + want[1]) / 2)[finite], atol=1e-5)
+
+
+def test_an_ensemble_refuses_a_model_that_reads_requests_otherwise(trained, tmp_path):
+    import shutil
+
+    import yaml
+
+    from vantage_core.errors import ConfigError
+    from vantage_core.inference.export import open_engine
+
+    root, _, _, _ = trained
+    other = tmp_path / "other"
+    shutil.copytree(root / "run" / "checkpoints" / "last", other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["data"]["linker"] = {"name": "none"}
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"other: data\.linker is .*none.*must read requests alike"):
+        open_engine([root / "run", other])
+
+
+def test_evaluate_with_an_ensemble_of_checkpoints(trained, tmp_path):
+    from click.testing import CliRunner
+
+    from vantage_core.cli import cli
+
+    root, _, _, _ = trained
+    ckpts = root / "run" / "checkpoints"
+    res = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(ckpts / "best"), "--checkpoint", str(ckpts / "last"),
+                                   "--dataset", "synthetic", "--split", "validation", "--limit", "3",
+                                   "--out", str(tmp_path / "eval")])
+    assert res.exit_code == 0, res.output
+    decoding = json.loads((tmp_path / "eval" / "decoding.json").read_text())
+    assert [os.path.basename(p) for p in decoding["ensemble"]] == ["best", "last"]
+    assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == 3
+
+
+def test_generate_with_an_ensemble_of_checkpoints(trained):
+    from click.testing import CliRunner
+
+    from vantage_core.cli import cli
+
+    root, _, _, db = trained
+    ckpts = root / "run" / "checkpoints"
+    args = ["generate", "-m", str(ckpts / "best"), "-m", str(ckpts / "last"), "--db", str(db), "--json", QUESTIONS[0]]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    from vantage_core.inference.export import open_engine
+
+    want = open_engine([ckpts / "best", ckpts / "last"]).generate(QUESTIONS[0], db_path=db)
+    assert out["question"] == QUESTIONS[0] and out["sql"] == want.sql

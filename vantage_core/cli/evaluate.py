@@ -141,8 +141,9 @@ def _dataset_params_from(config, dataset: str) -> dict:
 @click.command()
 @click.option("--predictions", "-p", "predictions_path", type=click.Path(dir_okay=False), default=None,
               help="Predictions: one SQL per line (Spider), BIRD's JSON, or JSON lines.")
-@click.option("--checkpoint", "checkpoint", type=click.Path(file_okay=False), default=None,
-              help="Generate the predictions with this run, checkpoint or export folder instead.")
+@click.option("--checkpoint", "checkpoints", type=click.Path(file_okay=False), multiple=True,
+              help="Generate the predictions with this run, checkpoint or export folder instead; "
+                   "repeated, with the ensemble of them (their log-probabilities averaged).")
 @click.option("--dataset", "-d", required=True, help="Registered dataset name (see `vantage plugins --kind dataset`).")
 @click.option("--split", default="dev", show_default=True, help="Split of the dataset.")
 @click.option("--dataset-param", "dataset_params", multiple=True, metavar="KEY=VALUE",
@@ -160,7 +161,7 @@ def _dataset_params_from(config, dataset: str) -> dict:
               help="Score execution on another engine: a database URL with {db_id} for each example's database "
                    "(postgresql://user@host/{db_id}, duckdb:///dbs/{db_id}.duckdb; fill them with `vantage data load-into`).")
 @config_options
-def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metric_names, limit, align, workers,
+def evaluate(predictions_path, checkpoints, dataset, split, dataset_params, metric_names, limit, align, workers,
              out_dir, execute_on=None, **options) -> None:
     """Score a model (--checkpoint) or any system's predictions file against a dataset split.
 
@@ -171,13 +172,13 @@ def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metri
     from vantage_core.evaluate.runner import evaluate_predictions
     from vantage_core.plugins import registry
 
-    if (predictions_path is None) == (checkpoint is None):
+    if (predictions_path is None) == (not checkpoints):
         raise click.UsageError("give exactly one of --predictions FILE and --checkpoint DIR")
-    engine = None
-    if checkpoint is not None:
+    engine, checkpoint = None, checkpoints[0] if checkpoints else None
+    if checkpoints:
         from vantage_core.inference.export import config_file_of, open_engine
 
-        engine = open_engine(checkpoint)
+        engine = open_engine(list(checkpoints))
         own = config_file_of(engine)
         if not options.get("config") and own is not None:
             # The run's own config: its metrics, and the parameters it gave this dataset.
@@ -208,6 +209,8 @@ def evaluate(predictions_path, checkpoint, dataset, split, dataset_params, metri
         predictions = predict_examples(engine, examples, choices=choices)
         decoding = {"seconds": round(time.perf_counter() - t0, 2), "examples": len(examples),
                     "choices": dict(choices), "inference": engine.config.inference.model_dump(mode="json")}
+        if len(checkpoints) > 1:
+            decoding["ensemble"] = engine.info["ensemble"]
         click.echo(f"decoded {len(examples)} questions in {decoding['seconds']:.1f} s; how each SQL was chosen: "
                    + ", ".join(f"{k} {v}" for k, v in sorted(choices.items())), err=True)
         predictions_path = f"{checkpoint}/predictions"

@@ -61,8 +61,8 @@ def _table(rows: list[list], max_rows: int = 20, width: int = 32) -> str:
 
 
 @click.command()
-@click.option("--checkpoint", "-m", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A run directory, a checkpoint folder or a `vantage export` folder.")
+@click.option("--checkpoint", "-m", "checkpoints", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A run directory, a checkpoint folder or a `vantage export` folder; repeated, their ensemble.")
 @click.option("--db", required=True, callback=lambda ctx, param, value: database_option(value),
               help="The database: a SQLite file, or a URL (sqlite:///f.sqlite, duckdb:///f.duckdb, "
                    "postgresql://user@host/db).")
@@ -73,7 +73,7 @@ def _table(rows: list[list], max_rows: int = 20, width: int = 32) -> str:
 @click.option("--candidates", "show_candidates", is_flag=True, help="Show every candidate with its score.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per question.")
 @decoding_options
-def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_json, **decoding) -> None:
+def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_json, **decoding) -> None:
     """Turn a question about a database (SQLite file or URL) into SQL.
 
     Exits with status 1 when a question got no SQL or, with --run, its SQL failed to run."""
@@ -88,7 +88,7 @@ def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_j
         asked += [q.strip() for q in lines if q.strip() and not q.lstrip().startswith("#")]
     if not asked:
         raise click.UsageError("give a QUESTION or --questions FILE")
-    engine = open_engine(checkpoint)
+    engine = open_engine(list(checkpoints))
     opts = engine.options(**_inference_overrides(**decoding))
     failed = 0
     for q in asked:
@@ -126,7 +126,8 @@ def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_j
 
 
 @click.command()
-@click.option("--checkpoint", "-m", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--checkpoint", "-m", "checkpoints", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A run, checkpoint or export folder; repeated, their ensemble.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--db-dir", type=click.Path(exists=True, file_okay=False), multiple=True,
@@ -137,14 +138,14 @@ def generate(checkpoint, db, question, questions, run_sql, show_candidates, as_j
               help="Requests waiting or running at once; more get 503.")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=float,
               help="Seconds a request may take, waiting included (504 beyond).")
-def serve(checkpoint, host, port, db_dir, db_urls, max_concurrency, timeout_s) -> None:
+def serve(checkpoints, host, port, db_dir, db_urls, max_concurrency, timeout_s) -> None:
     """Serve the model over HTTP (OpenAPI document at /docs, playground at /, and the OpenAI-compatible
     /v1/models and /v1/chat/completions)."""
     import uvicorn
 
     from vantage_core.inference.serve import ServeSettings, create_app
 
-    app = create_app(checkpoint, ServeSettings(db_dirs=list(db_dir), db_urls=list(db_urls), max_concurrency=max_concurrency,
+    app = create_app(list(checkpoints), ServeSettings(db_dirs=list(db_dir), db_urls=list(db_urls), max_concurrency=max_concurrency,
                                                timeout_s=timeout_s))
     uvicorn.run(app, host=host, port=port, log_level="info")
 

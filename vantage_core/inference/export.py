@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
 import mlx.core as mx
@@ -272,11 +272,16 @@ def load_any(path: str | Path) -> tuple[Any, Any, Config, dict]:
     return load_export(path) if is_export(path) else load_model(path)
 
 
-def open_engine(path: str | Path) -> Any:
-    """An :class:`~vantage_core.inference.engine.Engine` for an export, checkpoint or run folder."""
+def open_engine(path: str | Path | Sequence[str | Path]) -> Any:
+    """An :class:`~vantage_core.inference.engine.Engine` for an export, checkpoint or run folder;
+    for several, one engine decoding with their ensemble (:mod:`vantage_core.inference.ensemble`)."""
     from vantage_core.inference.engine import Engine
 
-    return Engine(*load_any(path))
+    if isinstance(path, (str, Path)) or len(path) == 1:
+        return Engine(*load_any(path if isinstance(path, (str, Path)) else path[0]))
+    from vantage_core.inference.ensemble import load_ensemble
+
+    return Engine(*load_ensemble(list(path), load_any))
 
 
 def config_file_of(engine: Any) -> Path | None:

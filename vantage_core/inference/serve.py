@@ -341,7 +341,8 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/health")
     def health() -> dict:
         """Liveness, the model folder and the load."""
-        return {"status": "ok", "model": engine.info.get("folder"), "quantization": engine.info.get("quantization"),
+        return {"status": "ok", "model": engine.info.get("folder"), "ensemble": engine.info.get("ensemble"),
+                "quantization": engine.info.get("quantization"),
                 "databases": len(databases), "in_flight": admission.running, "served": state["served"],
                 "rejected_busy": state["rejected"], "max_concurrency": settings.max_concurrency}
 
