@@ -2,10 +2,12 @@
 loopback), same global batch; or, with ``--compare kernels``, one process as it ran before
 issue 18 (MLX's own ops and glibc's malloc thresholds: ``VANTAGE_NATIVE_KERNELS=0
 VANTAGE_MALLOC=default``), with the native CPU kernels (vantage_core/kernels) alone, and with
-the kernels and the allocator setting (vantage_core/allocator.py), Vantage's default.
+the kernels and the allocator setting (vantage_core/allocator.py), Vantage's default; with
+``--compare ranks``, the first and the last of those on one process and the last on 2 processes.
 
     python benchmarks/train_throughput.py [--config configs/quickstart.yaml] [--steps 40]
     python benchmarks/train_throughput.py --compare kernels --config configs/spider.yaml --steps 60
+    python benchmarks/train_throughput.py --compare ranks --config configs/spider.yaml --steps 150
 
 Each setting runs ``vantage train`` into a temporary run directory and reads the median of the
 per-step tokens/s over the second half of training from its summary.json (tokens are the
@@ -33,6 +35,8 @@ SETTINGS = {
     "processes": [(1, "default", {}), (2, "default", {})],
     "kernels": [(1, "mlx_ops, glibc malloc", BEFORE), (1, "native, glibc malloc", {"VANTAGE_MALLOC": "default"}),
                 (1, "native + allocator", {})],
+    # before issue 18 on one process, today on one process, today data parallel over the cores
+    "ranks": [(1, "mlx_ops, glibc malloc", BEFORE), (1, "native + allocator", {}), (2, "native + allocator", {})],
 }
 
 

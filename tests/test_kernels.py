@@ -157,3 +157,17 @@ def test_a_model_step_gives_the_same_loss_and_gradients_either_way():
     flat_native = dict(tree_flatten(native_grads))
     for name, g in tree_flatten(mlx_grads):
         close(flat_native[name], g, GRAD)
+
+
+@pytest.mark.parametrize("env, want", [({"OPENBLAS_NUM_THREADS": "1"}, "1 thread)"),
+                                       ({"OPENBLAS_NUM_THREADS": "1", "VANTAGE_KERNEL_THREADS": "3"}, "3 threads)"),
+                                       ({"VANTAGE_KERNEL_THREADS": "many"}, "VANTAGE_KERNEL_THREADS='many': expected")])
+def test_kernel_threads_follow_the_environment(env, want):
+    """Processes sharing a machine (OPENBLAS_NUM_THREADS=1 each) keep the kernels to their share."""
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "VANTAGE_KERNEL_THREADS")}
+    out = subprocess.run([sys.executable, "-c", "from vantage_core import kernels; print(kernels.status().reason)"],
+                         env={**base, **env}, capture_output=True, text=True, check=True).stdout
+    assert want in out

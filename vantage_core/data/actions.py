@@ -139,10 +139,13 @@ def _cache_key(split: SplitData, tokenizer: Any, linker_spec: Any) -> str:
     fp = tokenizer.get_vocab_size() if hasattr(tokenizer, "get_vocab_size") else repr(tokenizer)
     spec = linker_spec.model_dump() if hasattr(linker_spec, "model_dump") else linker_spec
     h.update(json.dumps([ACTIONS_VERSION, fp, spec], sort_keys=True, default=str).encode())
+    schemas: dict[int, bytes] = {}  # adapters share one schema object per database: serialize it once
     for ex in split.examples:  # the content, so a changed release never reads a stale cache
         h.update(f"{ex.id}\x00{ex.question}\x00{ex.sql}\x00{ex.db_id}\x00{ex.db_paths}\n".encode())
-        h.update(json.dumps(ex.schema.to_dict() if hasattr(ex.schema, "to_dict") else repr(ex.schema),
-                            sort_keys=True, default=str).encode())
+        if id(ex.schema) not in schemas:
+            schemas[id(ex.schema)] = json.dumps(ex.schema.to_dict() if hasattr(ex.schema, "to_dict") else repr(ex.schema),
+                                                sort_keys=True, default=str).encode()
+        h.update(schemas[id(ex.schema)])
     return h.hexdigest()[:20]
 
 

@@ -14,6 +14,8 @@ Each function runs the native primitive when the extension loaded, the default d
 CPU, the inputs are float32 and native kernels are enabled; otherwise the same computation in
 MLX ops (Metal and CUDA keep MLX's kernels). ``VANTAGE_NATIVE_KERNELS=0`` turns them off for a
 process; :func:`enabled` switches them inside one (benchmarks compare both paths in one run).
+The kernels split rows over ``VANTAGE_KERNEL_THREADS`` threads, else ``OPENBLAS_NUM_THREADS``, else
+the cores (up to 8).
 """
 
 from __future__ import annotations
@@ -32,6 +34,19 @@ class KernelStatus:
     reason: str  # one sentence a person can read
 
 
+def _threads_from_env() -> int | None:
+    """Threads for the kernels: ``VANTAGE_KERNEL_THREADS``, else what OpenBLAS is told
+    (``OPENBLAS_NUM_THREADS``: processes sharing a machine split its cores), else the cores."""
+    for name in ("VANTAGE_KERNEL_THREADS", "OPENBLAS_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                return max(1, int(value))
+            except ValueError:
+                raise ValueError(f"{name}={value!r}: expected a whole number of threads") from None
+    return None
+
+
 def _load():
     """The extension module and why (not), checked against the MLX that is running."""
     if os.environ.get("VANTAGE_NATIVE_KERNELS", "").strip().lower() in ("0", "false", "off", "no"):
@@ -44,11 +59,18 @@ def _load():
         return None, (f"built against MLX {_native.mlx_version} but MLX {mx.__version__} is running; "
                       "MLX's own ops are used. Reinstall Vantage to rebuild")
     try:
+        threads, note = _threads_from_env(), ""
+    except ValueError as exc:
+        threads, note = None, f"; {exc}, so the cores are used"
+    if threads:
+        _native.set_num_threads(threads)
+    try:
         with mx.stream(mx.cpu):
             mx.eval(_native.softmax(mx.zeros((1, 2))))
     except (TypeError, RuntimeError) as exc:  # nanobind ABI of another MLX build
         return None, f"does not run with this MLX ({exc}); MLX's own ops are used"
-    return _native, f"active on the CPU ({_native.isa()}, {_native.num_threads()} threads)"
+    n = _native.num_threads()
+    return _native, f"active on the CPU ({_native.isa()}, {n} thread{'s' if n != 1 else ''}){note}"
 
 
 _native, _reason = _load()
