@@ -16,7 +16,7 @@ Reads, and never trains or decodes:
 - ``runs/spider_pair<K>/eval/`` and ``runs/spider_ensemble_*/eval/``: ensembles of seeds decoded as
   one model (``vantage evaluate`` with ``--checkpoint`` repeated; the members are read from
   ``decoding.json``). The pairs are the systems: two seeds trained side by side, one core each.
-  Seeds 3-6 are such runs (``train.minutes=60``, one core each).
+  Seeds 3-8 are such runs (``train.minutes=60``, one core each).
 
 Writes the Markdown page and its figures (``<out stem>/*.png``).
 """
@@ -189,21 +189,29 @@ def ensembles(runs: Path, pattern: str) -> dict[str, dict]:
 
 
 def ensemble_table(found: dict[str, dict], seeds: dict[str, dict], headline: bool) -> list[str]:
-    lines = ["| ensemble | seeds | members' steps | members' run minutes | EX | EM | outputs that run | "
-             + " | ".join(f"EX {h}" for h in HARDNESS) + " | decoding s |", "|" + "---|" * (8 + len(HARDNESS))]
+    """One row per ensemble: its scores beside its members' mean (the ensemble with and without)."""
+    lines = ["| ensemble | seeds | members' steps | members' run minutes | EX | EM | members' mean EX / EM | "
+             "gain EX / EM | outputs that run | " + " | ".join(f"EX {h}" for h in HARDNESS) + " | decoding s |",
+             "|" + "---|" * (10 + len(HARDNESS))]
+    gains = {"EX": [], "EM": []}
     for name, v in found.items():
         r, members = v["scores"], v["members"]
         trained = [seeds[m]["train"] for m in members if m in seeds]
+        alone = {k: float(np.mean([seeds[m]["scores"][k] for m in members if m in seeds])) for k in gains}
+        for k in gains:
+            gains[k].append(r[k] - alone[k])
         minutes = " / ".join(f"{t['wall_s'] / 60:.1f}" for t in trained)
         lines.append(f"| {name} | {', '.join(m.removeprefix('spider_seed') for m in members)} | "
                      f"{' / '.join(str(t['steps']) for t in trained)} | "
-                     f"{minutes} | {r['EX']:.1f} | {r['EM']:.1f} | "
+                     f"{minutes} | {r['EX']:.1f} | {r['EM']:.1f} | {alone['EX']:.1f} / {alone['EM']:.1f} | "
+                     f"{gains['EX'][-1]:+.1f} / {gains['EM'][-1]:+.1f} | "
                      f"{r['runs']:.1f} | " + " | ".join(f"{r[f'EX {h}']:.1f}" for h in HARDNESS)
                      + f" | {v['decoding'].get('seconds', float('nan')):.0f} |")
     rows = [v["scores"] for v in found.values()]
     if headline and len(rows) > 1:
         cell = lambda k: "{:.1f} ± {:.1f}".format(*mean_std(rows, k))  # noqa: E731
-        lines.append(f"| **mean ± std ({len(rows)} pairs)** | | | | **{cell('EX')}** | **{cell('EM')}** | {cell('runs')} | "
+        lines.append(f"| **mean ± std ({len(rows)} pairs)** | | | | **{cell('EX')}** | **{cell('EM')}** | | "
+                     f"{np.mean(gains['EX']):+.1f} / {np.mean(gains['EM']):+.1f} | {cell('runs')} | "
                      + " | ".join(cell(f"EX {h}") for h in HARDNESS) + " | |")
     return lines
 
@@ -293,7 +301,7 @@ def report(runs: Path, out: Path) -> str:
                   "`vantage train --config configs/spider.yaml --set run.seed=N --set run.name=spider_seedN`, then",
                   "`vantage evaluate --checkpoint runs/spider_seedN --dataset spider --split validation --out "
                   "runs/spider_seedN/eval` (beam 4, the `sql_actions` rules, execution-guided choice, a retry at beam 16, "
-                  "a counted fallback). Run minutes: the whole `vantage train` (data preparation and MiniLM states included), wall time on the 2 shared cores. Seeds 0-2 trained alone, under the config's 45-minute ceiling on the training loop; seeds 3-6 two at a time side by side, one core each, under a 60-minute ceiling (the pairs below). Decoding s: the wall time "
+                  "a counted fallback). Run minutes: the whole `vantage train` (data preparation and MiniLM states included), wall time on the 2 shared cores. Seeds 0-2 trained alone, under the config's 45-minute ceiling on the training loop; seeds 3-8 two at a time side by side, one core each, under a 60-minute ceiling (the pairs below). Decoding s: the wall time "
                   "`vantage evaluate` reports for the 1,092 questions (MiniLM states, beam search, the execution-guided runs), "
                   "whatever else shared the cores at the time.", ""]
         lines += seed_table(seeds)
@@ -342,11 +350,12 @@ def report(runs: Path, out: Path) -> str:
                   "`vantage evaluate --checkpoint runs/spider_seedA --checkpoint runs/spider_seedB --dataset spider "
                   "--split validation --out runs/spider_pairK/eval`: the two models decode as one, each step ranking "
                   "by the mean of their log-probabilities, with the seeds' beam search, rules and execution-guided "
-                  "choice. A pair is what this machine trains in one hour: `scripts/spider_cpu.sh` trains seeds 3-6 "
+                  "choice. A pair is what this machine trains in one hour: `scripts/spider_cpu.sh` trains seeds 3-8 "
                   "two at a time, side by side, one core each (`OPENBLAS_NUM_THREADS=1`, `train.minutes=60`), and "
-                  "pairs 1 and 2 are two runs trained together (their members' run minutes are the pair's wall time). "
-                  "Pair 0's seeds trained alone on both cores, one after the other. The three pairs share no seed; "
-                  "their mean is the pairs' headline. The other ensembles reuse seeds (not independent).", ""]
+                  "each pair below is two runs trained together (their members' run minutes are the pair's wall time). "
+                  "The three pairs share no seed; "
+                  "their mean is the pairs' headline. The other ensembles combine seeds 0-2, trained alone one after "
+                  "the other, and reuse seeds (not independent).", ""]
         if pairs:
             lines += ensemble_table(pairs, seeds, headline=True) + [""]
         if others:

@@ -2,7 +2,7 @@
 # Reproduce docs/results/spider_cpu.md from a clean clone with Spider in ../shared/data/spider
 # (or $VANTAGE_SHARED_DATA/spider), with `vantage` commands only. On 2 CPU cores: three seeds
 # of about 40 min training + 2 min decoding each, one seed without relation-aware attention as
-# long, 6 decoding variants about 10 min, four more seeds and two dropout runs trained two at
+# long, 6 decoding variants about 10 min, six more seeds and two dropout runs trained two at
 # a time side by side (about 50 min a pair), the ensembles about 2 min each, the model ablations
 # about 50 min. SEEDS="0" trains one seed; PAIRS=0 skips the side-by-side runs and the ensembles;
 # SWEEP=0 skips the ablations.
@@ -40,17 +40,18 @@ if [ "${PAIRS:-1}" = 1 ]; then
   mkdir -p runs
   alongside spider_seed3 3 & a=$!; alongside spider_seed4 4 & b=$!; wait $a; wait $b
   alongside spider_seed5 5 & a=$!; alongside spider_seed6 6 & b=$!; wait $a; wait $b
+  alongside spider_seed7 7 & a=$!; alongside spider_seed8 8 & b=$!; wait $a; wait $b
   alongside spider_do2_seed0 0 $DO2 & a=$!; alongside spider_do3_seed0 0 $DO3 & b=$!; wait $a; wait $b
-  for run in spider_seed3 spider_seed4 spider_seed5 spider_seed6 spider_do2_seed0 spider_do3_seed0; do score $run; done
-  # seeds decoded as one model: three pairs with no seed in common (3-4 and 5-6 trained together),
-  # then other combinations
+  for run in spider_seed3 spider_seed4 spider_seed5 spider_seed6 spider_seed7 spider_seed8 spider_do2_seed0 spider_do3_seed0; do score $run; done
+  # seeds decoded as one model: the three pairs trained together (one hour of the machine each,
+  # no seed in common), then combinations of the seeds trained alone
   ensemble() { # OUT SEED...
     local out=$1; shift
     vantage evaluate $(for s in "$@"; do echo --checkpoint runs/spider_seed$s; done) --dataset spider \
       --split validation --out runs/$out/eval
   }
-  ensemble spider_pair0 0 1; ensemble spider_pair1 3 4; ensemble spider_pair2 5 6
-  ensemble spider_ensemble_seeds02 0 2; ensemble spider_ensemble_seeds12 1 2; ensemble spider_ensemble_seeds012 0 1 2
+  ensemble spider_pair1 3 4; ensemble spider_pair2 5 6; ensemble spider_pair3 7 8
+  ensemble spider_ensemble_seeds01 0 1; ensemble spider_ensemble_seeds02 0 2; ensemble spider_ensemble_seeds12 1 2; ensemble spider_ensemble_seeds012 0 1 2
 fi
 if [ "${SWEEP:-1}" = 1 ]; then
   vantage sweep configs/sweeps/spider_ablations.yaml --out runs/sweeps/spider_ablations
