@@ -196,15 +196,16 @@ def ensemble_table(found: dict[str, dict], seeds: dict[str, dict], headline: boo
     gains = {"EX": [], "EM": []}
     for name, v in found.items():
         r, members = v["scores"], v["members"]
-        trained = [seeds[m]["train"] for m in members if m in seeds]
-        alone = {k: float(np.mean([seeds[m]["scores"][k] for m in members if m in seeds])) for k in gains}
+        known = [seeds[m] for m in members if m in seeds]
+        alone = {k: float(np.mean([m["scores"][k] for m in known])) for k in gains}
+        gain = {k: r[k] - alone[k] for k in gains}
         for k in gains:
-            gains[k].append(r[k] - alone[k])
-        minutes = " / ".join(f"{t['wall_s'] / 60:.1f}" for t in trained)
+            gains[k].append(gain[k])
+        minutes = " / ".join(f"{m['train']['wall_s'] / 60:.1f}" for m in known)
         lines.append(f"| {name} | {', '.join(m.removeprefix('spider_seed') for m in members)} | "
-                     f"{' / '.join(str(t['steps']) for t in trained)} | "
+                     f"{' / '.join(str(m['train']['steps']) for m in known)} | "
                      f"{minutes} | {r['EX']:.1f} | {r['EM']:.1f} | {alone['EX']:.1f} / {alone['EM']:.1f} | "
-                     f"{gains['EX'][-1]:+.1f} / {gains['EM'][-1]:+.1f} | "
+                     f"{gain['EX']:+.1f} / {gain['EM']:+.1f} | "
                      f"{r['runs']:.1f} | " + " | ".join(f"{r[f'EX {h}']:.1f}" for h in HARDNESS)
                      + f" | {v['decoding'].get('seconds', float('nan')):.0f} |")
     rows = [v["scores"] for v in found.values()]
