@@ -3,16 +3,19 @@ loopback), same global batch; or, with ``--compare kernels``, one process as it 
 issue 18 (MLX's own ops and glibc's malloc thresholds: ``VANTAGE_NATIVE_KERNELS=0
 VANTAGE_MALLOC=default``), with the native CPU kernels (vantage_core/kernels) alone, and with
 the kernels and the allocator setting (vantage_core/allocator.py), Vantage's default; with
-``--compare ranks``, the first and the last of those on one process and the last on 2 processes.
+``--compare ranks``, the first and the last of those on one process and the last on 2 processes;
+with ``--compare buckets``, today's setting with the default length buckets and whole-epoch ones.
 
     python benchmarks/train_throughput.py [--config configs/quickstart.yaml] [--steps 40]
     python benchmarks/train_throughput.py --compare kernels --config configs/spider.yaml --steps 60
-    python benchmarks/train_throughput.py --compare ranks --config configs/spider.yaml --steps 150
+    python benchmarks/train_throughput.py --compare ranks --config configs/spider.yaml --steps 300
 
 Each setting runs ``vantage train`` into a temporary run directory and reads the median of the
 per-step tokens/s over the second half of training from its summary.json (tokens are the
-non-padding input tokens of the global batch). With 2 processes on one machine each rank gets
-half the cores: ``--threads-per-rank`` sets OPENBLAS_NUM_THREADS for them (default: cores / 2).
+non-padding input tokens of the global batch) and its steps/s: steps over the seconds they took
+in the second half (a mean, not a median: batches of many lengths take many times). With 2
+processes on one machine each rank gets half the cores: ``--threads-per-rank`` sets
+OPENBLAS_NUM_THREADS for them (default: cores / 2).
 """
 
 from __future__ import annotations
@@ -32,11 +35,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 BEFORE = {"VANTAGE_NATIVE_KERNELS": "0", "VANTAGE_MALLOC": "default"}
 SETTINGS = {
-    "processes": [(1, "default", {}), (2, "default", {})],
-    "kernels": [(1, "mlx_ops, glibc malloc", BEFORE), (1, "native, glibc malloc", {"VANTAGE_MALLOC": "default"}),
-                (1, "native + allocator", {})],
+    "processes": [(1, "default", {}, []), (2, "default", {}, [])],
+    "kernels": [(1, "mlx_ops, glibc malloc", BEFORE, []),
+                (1, "native, glibc malloc", {"VANTAGE_MALLOC": "default"}, []),
+                (1, "native + allocator", {}, [])],
     # before issue 18 on one process, today on one process, today data parallel over the cores
-    "ranks": [(1, "mlx_ops, glibc malloc", BEFORE), (1, "native + allocator", {}), (2, "native + allocator", {})],
+    "ranks": [(1, "mlx_ops, glibc malloc", BEFORE, []), (1, "native + allocator", {}, []),
+              (2, "native + allocator", {}, [])],
+    # today's kernels with 32 batches' rows sorted by length together (the default) and with a
+    # whole epoch's (train.bucket_batches=0: less padding, other batches)
+    "buckets": [(1, "native + allocator, 32-batch buckets", {}, []),
+                (1, "native + allocator, whole-epoch buckets", {}, ["train.bucket_batches=0"])],
 }
 
 
@@ -59,7 +68,7 @@ def run(n_procs: int, config: str, steps: int, out: Path, threads: int | None, e
     step_s = [r["step_s"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
               if r.get("kind") == "train" and "step_s" in r]
     return {"processes": n_procs, "setting": label, "tokens_per_s": summary["tokens_per_s"],
-            "steps_per_s": 1 / statistics.median(step_s[len(step_s) // 2:]), "wall_s": wall,
+            "steps_per_s": 1 / statistics.mean(step_s[len(step_s) // 2:]), "wall_s": wall,
             "train_wall_s": summary["wall_s"]}
 
 
@@ -73,12 +82,12 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (n, label, env_extra) in enumerate(SETTINGS[args.compare]):
+        for i, (n, label, env_extra, sets) in enumerate(SETTINGS[args.compare]):
             rows.append(run(n, args.config, args.steps, Path(tmp) / f"run{i}", args.threads_per_rank,
-                            args.extra, label, env_extra))
+                            sets + args.extra, label, env_extra))
             print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
-    print(f"\n| processes | setting | tokens/s | steps/s (median, second half) | vs {base['setting']}, "
+    print(f"\n| processes | setting | tokens/s | steps/s (second half) | vs {base['setting']}, "
           f"{base['processes']} process |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['processes']} | {r['setting']} | {r['tokens_per_s']:.0f} | {r['steps_per_s']:.2f} "

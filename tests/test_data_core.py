@@ -147,6 +147,23 @@ def test_prepare_caches_and_batches_mask_only_sql(data_cfg, tokenizer):
     assert sorted(seen) == list(range(len(warm)))
 
 
+
+def test_whole_epoch_buckets_pad_least_and_keep_every_row(data_cfg, tokenizer):
+    from vantage_core.data.batching import train_batches
+    from vantage_core.data.pipeline import prepare_split
+
+    split = prepare_split(data_cfg, "train", tokenizer, max_seq_len=512)
+    lengths = split.lengths
+
+    def padded(bucket_batches):
+        batches = train_batches(split, 8, seed=3, bucket_batches=bucket_batches).epoch_batches(0)
+        rows = np.concatenate(batches)
+        assert len(set(rows)) == len(rows) == len(split) // 8 * 8  # each row once, full batches only
+        return sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches)
+
+    # one batch's rows at a time is no bucketing; the whole epoch (0) sorts every row together
+    assert padded(0) <= padded(4) < padded(1)
+
 def test_mixture_follows_weights_and_records_sources(data_cfg, tokenizer, synthetic):
     from vantage_core.config import DataConfig
     from vantage_core.data.batching import train_batches

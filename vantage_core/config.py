@@ -135,6 +135,9 @@ class TrainConfig(Section):
     minutes: float | None = None  # wall-clock ceiling: stop (save, evaluate) when it is reached
     batch_size: int = Field(16, gt=0)
     grad_accum: int = Field(1, gt=0)
+    # Rows of this many batches are sorted by length together before they are cut into batches
+    # (whose order is then shuffled): more pads less; 0: the whole epoch.
+    bucket_batches: int = Field(32, ge=0)
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, allow_inf_nan=False)  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = Field(50, ge=0)

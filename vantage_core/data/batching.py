@@ -70,9 +70,9 @@ class TrainBatches:
     """Endless training batches: shuffled, bucketed by length, deterministic by seed, sharded
     for data parallelism (rank r of world_size gets every world_size-th batch of each epoch).
 
-    ``bucket_batches`` batches' worth of rows are sorted by length together, then cut into
-    batches, whose order is shuffled: rows in a batch have similar lengths (little padding)
-    while the order of batches stays random. ``drawn`` counts the rows each source gave.
+    ``bucket_batches`` batches' worth of rows (0: the whole epoch) are sorted by length together,
+    then cut into batches, whose order is shuffled: rows in a batch have similar lengths (little
+    padding) while the order of batches stays random. ``drawn`` counts the rows each source gave.
     """
 
     def __init__(self, prepared: Any, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -94,7 +94,7 @@ class TrainBatches:
         rng = np.random.default_rng([self.seed, epoch])
         order = mixture_epoch(p.source_index, p.weights, rng)
         order = rng.permutation(order)
-        window = self.batch_size * self.bucket_batches
+        window = self.batch_size * self.bucket_batches if self.bucket_batches > 0 else len(order)
         batches = []
         for i in range(0, len(order), window):
             chunk = order[i:i + window]

@@ -9,6 +9,12 @@ multi-threaded CPU kernels and native backward passes:
     rms_norm(x, weight, eps)     x * rsqrt(mean(x^2) + eps) * weight
     cross_entropy(logits, t)     (..., C), (...) -> (...) logsumexp(logits) - logits[t]
     softmax(x, causal=False)     over the last axis; causal: keys after each query get 0
+    dropout(x, p)                x * keep / (1 - p): the mask a hash of (a seed from MLX's
+                                 generator, the element's index), recomputed by the backward pass
+    attention(q, k, v, scale)    softmax(scale q k^T + bias) v per (batch, head), reading
+                                 transposed views in place; differentiable in the bias too
+    adamw(params, grads, ...)    one AdamW step over many tensors in one threaded call
+    moe_combine(rows, w, inv)    each token's expert outputs summed with its combine weights
 
 Each function runs the native primitive when the extension loaded, the default device is the
 CPU, the inputs are float32 and native kernels are enabled; otherwise the same computation in
@@ -136,19 +142,74 @@ def softmax(x: mx.array, causal: bool = False) -> mx.array:
     return mx.softmax(x, axis=-1, precise=True)
 
 
+def dropout(x: mx.array, p: float) -> mx.array:
+    """Zero each element with probability ``p`` and scale the rest by ``1 / (1 - p)``, as
+    ``mlx.nn.Dropout`` in training. The randomness comes from MLX's generator (one draw per
+    call), so ``mx.random.seed`` makes it repeatable either way; the two paths draw different
+    masks."""
+    if p == 0 or x.size == 0:
+        return x
+    if _native_for(x):
+        return _native.dropout(x, mx.random.randint(-2**31, 2**31 - 1, ()), p)  # the int32 range as a uint32 seed
+    keep = mx.random.bernoulli(1 - p, x.shape)
+    return (keep * x) * (1 / (1 - p))
+
+
+def adamw(params: list[mx.array], grads: list[mx.array], m: list[mx.array], v: list[mx.array], lr: mx.array,
+          scale: mx.array, betas: tuple[float, float], eps: float, weight_decay: float):
+    """One AdamW step (``mlx.optimizers.AdamW`` without bias correction) of every tensor, the
+    gradients multiplied by ``scale`` first -> (new params, new m, new v), three lists."""
+    b1, b2 = betas
+    if params and _native_for(*params, *grads, *m, *v):
+        out = _native.adamw(params, grads, m, v, lr, scale, b1, b2, eps, weight_decay)
+        n = len(params)
+        return out[:n], out[n:2 * n], out[2 * n:]
+    new_p, new_m, new_v = [], [], []
+    for p, g, mi, vi in zip(params, grads, m, v):
+        g = g * scale.astype(g.dtype)
+        mi = b1 * mi + (1 - b1) * g
+        vi = b2 * vi + (1 - b2) * mx.square(g)
+        lr_ = lr.astype(g.dtype)
+        new_p.append(p * (1 - lr_ * weight_decay) - lr_ * mi / (mx.sqrt(vi) + eps))
+        new_m.append(mi)
+        new_v.append(vi)
+    return new_p, new_m, new_v
+
+
+@mx.custom_function
+def _collect_rows(y: mx.array, slot_of_row: mx.array, inv: mx.array) -> mx.array:
+    """y (M, d) grouped by expert -> (N, k, d) back in token-slot order (zeros for dropped slots)."""
+    padded = mx.concatenate([y, mx.zeros((1, y.shape[-1]), y.dtype)])
+    return padded[inv]
+
+
+@_collect_rows.vjp
+def _collect_rows_vjp(primals, cotangent, output):
+    y, slot_of_row, inv = primals
+    flat = cotangent.reshape(-1, cotangent.shape[-1])  # (N*k, d): a permutation, so a gather back
+    return flat[slot_of_row], mx.zeros_like(slot_of_row), mx.zeros_like(inv)
+
+
+def moe_combine(rows: mx.array, weights: mx.array, inv: mx.array, slot_of_row: mx.array) -> mx.array:
+    """The MoE combine: ``rows`` (M, d) grouped by expert, ``weights`` (N, k), ``inv`` (N, k) the
+    row of each token-slot (M: dropped), ``slot_of_row`` (M,) its inverse -> (N, d), each token's
+    rows summed with its weights. Native: one pass, no (N, k, d) intermediate."""
+    if _native_for(rows, weights):
+        return _native.moe_combine(rows, weights, inv)
+    per_slot = _collect_rows(rows, slot_of_row, inv)  # (N, k, d)
+    return (per_slot * weights[..., None]).sum(axis=1)
+
+
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool = False,
               bias: mx.array | None = None) -> mx.array:
     """(B, H, Tq, hd) queries, (B, H_kv, Tk, hd) keys and values -> (B, H, Tq, hd); ``bias``: an
-    additive mask broadcastable to (B, H, Tq, Tk). With native kernels: two matmuls around the
-    fused (causal) softmax; else MLX's fused attention."""
+    additive mask or score term broadcastable to (B, H, Tq, Tk) (differentiable). With native
+    kernels: one fused primitive that reads transposed views of the projections in place and
+    writes (B, Tq, H, hd), returned as a (B, H, Tq, hd) view, so neither side of attention
+    copies a transpose; else MLX's fused attention."""
     if bias is not None and causal:
         raise ValueError("attention: pass either causal or bias")
     if not _native_for(q, k, v) or (bias is not None and bias.dtype != mx.float32):
         mask = bias if bias is not None else ("causal" if causal else None)
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-    if k.shape[1] != q.shape[1]:  # grouped-query: each key/value head serves n_heads / n_kv_heads
-        k, v = mx.repeat(k, q.shape[1] // k.shape[1], axis=1), mx.repeat(v, q.shape[1] // v.shape[1], axis=1)
-    scores = (q * scale) @ k.swapaxes(-1, -2)  # (B, H, Tq, Tk)
-    if bias is not None:
-        scores = scores + bias
-    return _native.softmax(scores, causal) @ v
+    return _native.attention(q, k, v, scale, causal, bias).transpose(0, 2, 1, 3)

@@ -2,9 +2,9 @@
 
 The router picks ``k`` experts per token. Dispatch sorts the ``N * k`` token-slots by expert
 on the host (one sync for the indices), gathers the rows into contiguous per-expert blocks,
-lets the :class:`ExpertBank` run one matmul per block, and gathers the results back. Both
-gathers are permutations, so their backward passes are gathers too (no scatter-add), written
-as ``mx.custom_function`` VJPs. Gradients reach the router only through the combine weights;
+lets the :class:`ExpertBank` run one matmul per block, and sums each token's rows back with its
+combine weights (:func:`vantage_core.kernels.moe_combine`). Both gathers are permutations, so
+their backward passes are gathers too (no scatter-add). Gradients reach the router only through the combine weights;
 the indices carry ``stop_gradient``.
 """
 
@@ -19,6 +19,8 @@ import numpy as np
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from vantage_core import kernels
 
 
 @dataclass
@@ -83,20 +85,6 @@ def _dispatch_rows_vjp(primals, cotangent, output):
     return padded[inv].sum(axis=1), mx.zeros_like(src), mx.zeros_like(inv)  # (N, d): each token's slots summed
 
 
-@mx.custom_function
-def collect_rows(y: mx.array, slot_of_row: mx.array, inv: mx.array) -> mx.array:
-    """y (M, d) grouped by expert -> (N, k, d) back in token-slot order (zeros for dropped slots)."""
-    padded = mx.concatenate([y, mx.zeros((1, y.shape[-1]), y.dtype)])
-    return padded[inv]
-
-
-@collect_rows.vjp
-def _collect_rows_vjp(primals, cotangent, output):
-    y, slot_of_row, inv = primals
-    flat = cotangent.reshape(-1, cotangent.shape[-1])  # (N*k, d)
-    return flat[slot_of_row], mx.zeros_like(slot_of_row), mx.zeros_like(inv)
-
-
 @dataclass
 class DispatchPlan:
     """Host-side bookkeeping of one dispatch: which rows go where."""
@@ -150,8 +138,7 @@ class MoEBlock(nn.Module):
                              routing.capacity_factor if self.training else None)
         grouped = dispatch_rows(x, plan.src_token, plan.inv)  # (M, d)
         out = self.experts(grouped, plan.counts)  # (M, d)
-        per_slot = collect_rows(out, plan.slot_of_row, plan.inv)  # (N, k, d)
-        y = (per_slot * routing.weights[..., None].astype(per_slot.dtype)).sum(axis=1)  # (N, d)
+        y = kernels.moe_combine(out, routing.weights.astype(out.dtype), plan.inv, plan.slot_of_row)  # (N, d)
         shared = self.experts.shared(x)
         if shared is not None:
             y = y + shared

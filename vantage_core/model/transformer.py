@@ -171,6 +171,19 @@ class RMSNorm(nn.Module):
         return kernels.rms_norm(x, self.weight, self.eps)
 
 
+class Dropout(nn.Module):
+    """``mlx.nn.Dropout`` on the fused kernel (no parameters: same checkpoints)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability {p} outside [0, 1)")
+        self.p = p
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return kernels.dropout(x, self.p) if self.training else x
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, args: DecoderArgs, layer: int, ffn: nn.Module):
         super().__init__()
@@ -218,7 +231,7 @@ class Transformer(nn.Module):
         if "copy" in args.heads:
             self.question_in = nn.Linear(d, d, bias=False)
             self.question_query = nn.Linear(d, d, bias=False)
-        self.drop = nn.Dropout(args.dropout)
+        self.drop = Dropout(args.dropout)
         self.schema_encoder = schema_encoder if schema_encoder is not None and schema_encoder.provides_states else None
 
     # ---------------------------------------------------------------- schema

@@ -101,13 +101,15 @@ class ModelBatches:
     (``rows[rank::size]``): the global batch does not depend on the number of processes.
     """
 
-    def __init__(self, prepared: Any, batch_size: int, seed: int, world: World, collate: Callable[[Any], dict]):
+    def __init__(self, prepared: Any, batch_size: int, seed: int, world: World, collate: Callable[[Any], dict],
+                 bucket_batches: int = 32):
         from vantage_core.data.batching import TrainBatches
 
         if batch_size % world.size:
             raise ConfigError(f"train.batch_size: {batch_size} must be a multiple of the number of "
                               f"processes ({world.size})")
-        self.batches = TrainBatches(prepared, batch_size, seed=seed, rank=0, world_size=1)
+        self.batches = TrainBatches(prepared, batch_size, seed=seed, rank=0, world_size=1,
+                                    bucket_batches=bucket_batches)
         self.prepared, self.world, self.collate = prepared, world, collate
 
     def stream(self, start: int = 0):
@@ -269,7 +271,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
         say(f"resuming at step {trainer.step}")
         if world.is_main:
             trim_metrics(run_dir, trainer.step)
-    batches = ModelBatches(prepared, cfg.train.batch_size, cfg.run.seed, world, data.collate).stream(consumed)
+    batches = ModelBatches(prepared, cfg.train.batch_size, cfg.run.seed, world, data.collate,
+                           cfg.train.bucket_batches).stream(consumed)
 
     telemetry = Telemetry(run_dir, cfg.to_dict(), cfg.train.loggers, registry, cfg.train.steps,
                           trainer.step, enabled=world.is_main, progress=progress)

@@ -29,6 +29,7 @@ import mlx.nn as nn
 from vantage_core import kernels
 from vantage_core.errors import ConfigError
 from vantage_core.model.schema import Memory
+from vantage_core.model.transformer import Dropout
 
 ITEM_TYPES = 6  # vantage_core.data.actions.ITEM_TYPES
 INPUTS = ("q_mask", "item_mask", "item_type", "item_key", "item_link_name", "item_link_value",
@@ -228,7 +229,7 @@ class RelationEncoderLayer(nn.Module):
         self.attention = RelationAttention(dims, num_heads, n_relations)
         self.ln1, self.ln2 = nn.LayerNorm(dims), nn.LayerNorm(dims)
         self.linear1, self.linear2 = nn.Linear(dims, mlp_dims), nn.Linear(mlp_dims, dims)
-        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
 
     def __call__(self, x: mx.array, rel: mx.array, mask: mx.array) -> mx.array:
         x = x + self.dropout1(self.attention(self.ln1(x), rel, mask))  # (B, S, d)
@@ -289,7 +290,7 @@ class LinkedSchemaEncoder(nn.Module):
             self.mixer = RelationEncoder(n_layers, d_model, n_heads, hidden, len(RELATIONS), dropout)
         else:
             self.mixer = nn.TransformerEncoder(n_layers, d_model, n_heads, hidden, dropout=dropout) if n_layers else None
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     @property
     def question_tokenizer(self):

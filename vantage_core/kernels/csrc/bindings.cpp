@@ -1,6 +1,8 @@
 // Python bindings of the native kernels: vantage_core.kernels._native.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
 #include "kernels.h"
 
@@ -18,6 +20,16 @@ NB_MODULE(_native, m) {
         "(..., C), (...) -> (...) logsumexp(logits) - logits[target]; out-of-range targets score 0");
   m.def("softmax", &vantage::softmax, "x"_a, "causal"_a = false, nb::kw_only(), "stream"_a = nb::none(),
         "softmax over the last axis; causal masks keys after each query (last two axes: Tq, Tk)");
+  m.def("attention", &vantage::attention, "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a = false, "bias"_a = nb::none(),
+        nb::kw_only(), "stream"_a = nb::none(),
+        "(B, H, Tq, hd), (B, H_kv, Tk, hd) x2 -> (B, Tq, H, hd) softmax(scale q k^T + bias) v; any strides");
+  m.def("adamw", &vantage::adamw, "params"_a, "grads"_a, "m"_a, "v"_a, "lr"_a, "scale"_a, "b1"_a, "b2"_a, "eps"_a,
+        "weight_decay"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "AdamW over lists of tensors in one call (grads times scale first): the new params, m's, then v's");
+  m.def("moe_combine", &vantage::moe_combine, "rows"_a, "weights"_a, "inv"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "(M, d) rows by expert, (N, k) weights and row of each token-slot -> (N, d) weighted sums");
+  m.def("dropout", &vantage::dropout, "x"_a, "seed"_a, "p"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "x * keep / (1 - p): each element dropped with probability p by a hash of (seed, its index)");
   m.def("num_threads", &vantage::num_threads, "threads the kernels split rows over");
   m.def("set_num_threads", &vantage::set_num_threads, "n"_a, "0: the default (the cores, at most 8)");
   m.def("isa", &vantage::isa, "the instruction set the vectorized loops run with on this CPU");

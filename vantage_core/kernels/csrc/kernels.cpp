@@ -13,8 +13,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <dlfcn.h>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "mlx/allocator.h"
@@ -81,13 +83,18 @@ const char* isa() {
 #endif
 }
 
-// fn(begin, end, part) over [0, rows), in up to num_threads() parts when the work (elements)
-// is large enough that starting threads costs little beside it.
-template <typename F>
-void parallel_rows(int64_t rows, int64_t row_size, F&& fn) {
+// How many parts parallel_rows splits `rows` rows of `row_size` elements of work into: up to
+// num_threads(), when the work is large enough that starting threads costs little beside it.
+int64_t parts_for(int64_t rows, int64_t row_size) {
   constexpr int64_t min_work = 1 << 16;
   int64_t parts = std::min<int64_t>(num_threads(), std::max<int64_t>(1, rows * row_size / min_work));
-  parts = std::max<int64_t>(1, std::min(parts, rows));
+  return std::max<int64_t>(1, std::min(parts, rows));
+}
+
+// fn(begin, end, part) over [0, rows), in parts_for(rows, row_size) parts on as many threads.
+template <typename F>
+void parallel_rows(int64_t rows, int64_t row_size, F&& fn) {
+  int64_t parts = parts_for(rows, row_size);
   if (parts == 1) {
     fn(int64_t{0}, rows, 0);
     return;
@@ -252,6 +259,152 @@ VANTAGE_CLONES static void softmax_backward_rows(const float* y, const float* dy
     for (int64_t j = 0; j < C; ++j) o[j] = yr[j] * (dr[j] - dot);
   }
 }
+
+// A 32-bit integer hash with low bias (Wellons' lowbias32): every output bit depends on every
+// input bit, and it is a bijection, so distinct counters never share a draw.
+VANTAGE_INLINE uint32_t hash32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x7feb352dU;
+  h ^= h >> 15;
+  h *= 0x846ca68bU;
+  h ^= h >> 16;
+  return h;
+}
+
+// y[i] = x[i] * scale where hash(key + i * golden) >= threshold, else 0; i counts from `start`
+VANTAGE_CLONES static void dropout_range(const float* x, float* y, int64_t begin, int64_t end, uint32_t seed,
+                                         uint32_t threshold, float keep_scale) {
+  for (int64_t i = begin; i < end; ++i) {
+    uint32_t key = seed ^ hash32(static_cast<uint32_t>(static_cast<uint64_t>(i) >> 32) + 0x9e3779b9U);
+    uint32_t h = hash32(static_cast<uint32_t>(i) * 0x9e3779b9U + key);
+    y[i] = h >= threshold ? x[i] * keep_scale : 0.0f;
+  }
+}
+
+VANTAGE_CLONES static void adamw_range(const float* p, const float* g, const float* m, const float* v, float* po,
+                                       float* mo, float* vo, int64_t begin, int64_t end, float lr, float scale,
+                                       float b1, float b2, float eps, float wd) {
+  float decay = 1.0f - lr * wd;
+  for (int64_t i = begin; i < end; ++i) {
+    float gi = g[i] * scale;
+    float mi = b1 * m[i] + (1.0f - b1) * gi;
+    float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+    mo[i] = mi;
+    vo[i] = vi;
+    po[i] = p[i] * decay - lr * mi / (std::sqrt(vi) + eps);
+  }
+}
+
+VANTAGE_CLONES static void combine_rows(const float* rows, const float* w, const int32_t* inv, float* out, int64_t n0,
+                                        int64_t n1, int64_t M, int64_t K, int64_t D) {
+  for (int64_t n = n0; n < n1; ++n) {
+    float* o = out + n * D;
+    std::fill(o, o + D, 0.0f);
+    for (int64_t j = 0; j < K; ++j) {
+      int64_t r = inv[n * K + j];
+      if (r < 0 || r >= M) continue;  // a dropped slot
+      const float* x = rows + r * D;
+      float wj = w[n * K + j];
+      for (int64_t d = 0; d < D; ++d) o[d] += wj * x[d];
+    }
+  }
+}
+
+VANTAGE_CLONES static void combine_backward_rows(const float* rows, const float* w, const int32_t* inv,
+                                                 const float* dout, float* drows, float* dw, int64_t n0, int64_t n1,
+                                                 int64_t M, int64_t K, int64_t D) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* g = dout + n * D;
+    for (int64_t j = 0; j < K; ++j) {
+      int64_t r = inv[n * K + j];
+      if (r < 0 || r >= M) {
+        dw[n * K + j] = 0.0f;
+        continue;
+      }
+      const float* x = rows + r * D;
+      float* dx = drows + r * D;
+      float wj = w[n * K + j], dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t d = 0; d < D; ++d) {
+        dot += g[d] * x[d];
+        dx[d] = wj * g[d];
+      }
+      dw[n * K + j] = dot;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// attention: small GEMMs per (batch, head) on the BLAS MLX itself calls (OpenBLAS when Vantage
+// loaded it, else the wheel's own), reading strided operands in place
+
+extern "C" void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
+                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
+
+namespace {
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+// A (batch, head, time, hd) operand: its base and the element strides of batch, head and time;
+// hd is contiguous.
+struct Heads {
+  float* p;
+  int64_t sb, sh, st;
+  float* at(int64_t b, int64_t h) const { return p + b * sb + h * sh; }
+  int ld(int64_t cols) const { return static_cast<int>(std::max(st, cols)); }  // a one-row operand may have any stride
+};
+
+// The operand as it lies in memory when its hd axis is contiguous and its rows do not overlap
+// (logical axes of `a`: batch, head, time, hd at positions ax[0..3]); else a packed copy in
+// `scratch`.
+Heads heads_of(const mx::array& a, const int ax[4], std::vector<float>& scratch) {
+  auto st = a.strides();
+  auto sh = a.shape();
+  int64_t D = sh[ax[3]], T = sh[ax[2]];
+  auto* base = const_cast<float*>(a.data<float>());
+  if ((st[ax[3]] == 1 || D <= 1) && (T <= 1 || static_cast<int64_t>(st[ax[2]]) >= D))
+    return {base, static_cast<int64_t>(st[ax[0]]), static_cast<int64_t>(st[ax[1]]), static_cast<int64_t>(st[ax[2]])};
+  int64_t B = sh[ax[0]], H = sh[ax[1]];
+  scratch.resize(static_cast<size_t>(B * H * T * D));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t d = 0; d < D; ++d)
+          scratch[((b * H + h) * T + t) * D + d] =
+              base[b * st[ax[0]] + h * st[ax[1]] + t * st[ax[2]] + d * st[ax[3]]];
+  return {scratch.data(), H * T * D, T * D, D};
+}
+
+// While our threads each run small GEMMs, OpenBLAS must not start its own threads for them too
+// (two callers then wait on its one thread pool); one thread per call while the guard lives.
+// Found by name at run time: with another BLAS there is nothing to set.
+class SingleThreadedBlas {
+ public:
+  explicit SingleThreadedBlas(bool active) {
+    static auto get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    static auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    if (active && get && set && (before_ = get()) > 1) {
+      set(1);
+      set_ = set;
+    }
+  }
+  ~SingleThreadedBlas() {
+    if (set_) set_(before_);
+  }
+
+ private:
+  int before_ = 1;
+  void (*set_)(int) = nullptr;
+};
+
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int lda, const float* b,
+          int ldb, float beta, float* c, int ldc) {
+  cblas_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+constexpr int kHeadMajor[4] = {0, 1, 2, 3};  // (B, H, T, hd)
+constexpr int kTimeMajor[4] = {0, 2, 1, 3};  // (B, T, H, hd)
+}  // namespace
 
 // ------------------------------------------------------------------------------------------
 // primitives
@@ -420,6 +573,184 @@ std::vector<mx::array> Softmax::vjp(const std::vector<mx::array>& primals, const
   return {mx::array(primals[0].shape(), mx::float32, std::make_shared<SoftmaxBackward>(stream()), {outputs[0], dy})};
 }
 
+void Attention::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  allocate(outputs);
+  const auto &q = inputs[0], &k = inputs[1];
+  int64_t B = q.shape(0), H = q.shape(1), Tq = q.shape(2), D = q.shape(3), Hkv = k.shape(1), Tk = k.shape(2);
+  std::optional<mx::array> bias;
+  if (inputs.size() > 3) bias = inputs[3];
+  dispatch(stream(), inputs, outputs,
+           [inputs, out = outputs[0], probs = outputs[1], bias, B, H, Tq, D, Hkv, Tk, scale = scale_,
+            causal = causal_]() mutable {
+             float* o = out.data<float>();
+             if (Tk == 0) std::fill(o, o + out.size(), 0.0f);
+             if (Tk == 0 || Tq == 0 || B * H == 0) return;
+             std::vector<float> sq, sk, sv;
+             Heads hq = heads_of(inputs[0], kHeadMajor, sq), hk = heads_of(inputs[1], kHeadMajor, sk),
+                   hv = heads_of(inputs[2], kHeadMajor, sv);
+             Heads ho{o, Tq * H * D, D, H * D};
+             float* pr = probs.data<float>();
+             const float* bp = bias ? bias->data<float>() : nullptr;
+             auto bs = bias ? bias->strides() : mx::Strides{0, 0, 0, 0};
+             int64_t group = H / Hkv, work = Tq * Tk * (2 * D + 8);
+             SingleThreadedBlas guard(parts_for(B * H, work) > 1);
+             parallel_rows(B * H, work, [&](int64_t t0, int64_t t1, int) {
+               for (int64_t task = t0; task < t1; ++task) {
+                 int64_t b = task / H, h = task % H, g = h / group;
+                 float* P = pr + task * Tq * Tk;
+                 gemm(false, true, Tq, Tk, D, scale, hq.at(b, h), hq.ld(D), hk.at(b, g), hk.ld(D), 0.0f, P,
+                      static_cast<int>(Tk));
+                 if (bp) {
+                   for (int64_t i = 0; i < Tq; ++i) {
+                     const float* br = bp + b * bs[0] + h * bs[1] + i * bs[2];
+                     float* row = P + i * Tk;
+                     for (int64_t j = 0; j < Tk; ++j) row[j] += br[j * bs[3]];
+                   }
+                 }
+                 softmax_rows(P, P, 0, Tq, Tk, causal ? Tq : 0);
+                 gemm(false, false, Tq, D, Tk, 1.0f, P, static_cast<int>(Tk), hv.at(b, g), hv.ld(D), 0.0f,
+                      ho.at(b, h), ho.ld(D));
+               }
+             });
+           });
+}
+
+void AttentionBackward::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  allocate(outputs);
+  const auto &q = inputs[0], &k = inputs[1];
+  int64_t B = q.shape(0), H = q.shape(1), Tq = q.shape(2), D = q.shape(3), Hkv = k.shape(1), Tk = k.shape(2);
+  dispatch(stream(), inputs, outputs, [inputs, outputs, B, H, Tq, D, Hkv, Tk, scale = scale_]() mutable {
+    for (auto& a : outputs) std::fill(a.data<float>(), a.data<float>() + a.size(), 0.0f);
+    if (Tk == 0 || Tq == 0 || B * H == 0) return;
+    std::vector<float> sq, sk, sv, so;
+    Heads hq = heads_of(inputs[0], kHeadMajor, sq), hk = heads_of(inputs[1], kHeadMajor, sk),
+          hv = heads_of(inputs[2], kHeadMajor, sv), hdo = heads_of(inputs[4], kTimeMajor, so);
+    const float* pr = inputs[3].data<float>();
+    Heads dq{outputs[0].data<float>(), Tq * H * D, D, H * D};
+    Heads dk{outputs[1].data<float>(), Tk * Hkv * D, D, Hkv * D};
+    Heads dv{outputs[2].data<float>(), Tk * Hkv * D, D, Hkv * D};
+    float* ds = outputs[3].data<float>();
+    int64_t group = H / Hkv;
+    int ldk = static_cast<int>(Tk);
+    int64_t work = group * Tq * Tk * (4 * D + 8);
+    SingleThreadedBlas guard(parts_for(B * Hkv, work) > 1);
+    // one task per (batch, key/value head): the query heads sharing it add into its gradients
+    parallel_rows(B * Hkv, work, [&](int64_t t0, int64_t t1, int) {
+      for (int64_t task = t0; task < t1; ++task) {
+        int64_t b = task / Hkv, g = task % Hkv;
+        for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+          const float* P = pr + (b * H + h) * Tq * Tk;
+          float* dS = ds + (b * H + h) * Tq * Tk;
+          float beta = h == g * group ? 0.0f : 1.0f;
+          gemm(false, true, Tq, Tk, D, 1.0f, hdo.at(b, h), hdo.ld(D), hv.at(b, g), hv.ld(D), 0.0f, dS, ldk);  // dP
+          softmax_backward_rows(P, dS, dS, 0, Tq, Tk);  // d scores, in place
+          gemm(false, false, Tq, D, Tk, scale, dS, ldk, hk.at(b, g), hk.ld(D), 0.0f, dq.at(b, h), dq.ld(D));
+          gemm(true, false, Tk, D, Tq, scale, dS, ldk, hq.at(b, h), hq.ld(D), beta, dk.at(b, g), dk.ld(D));
+          gemm(true, false, Tk, D, Tq, 1.0f, P, ldk, hdo.at(b, h), hdo.ld(D), beta, dv.at(b, g), dv.ld(D));
+        }
+      }
+    });
+  });
+}
+
+std::vector<mx::array> Attention::vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                                      const std::vector<int>& argnums, const std::vector<mx::array>& outputs) {
+  const auto &q = primals[0], &k = primals[1];
+  int B = q.shape(0), H = q.shape(1), Tq = q.shape(2), D = q.shape(3), Hkv = k.shape(1), Tk = k.shape(2);
+  auto grads = mx::array::make_arrays(
+      {{B, Tq, H, D}, {B, Tk, Hkv, D}, {B, Tk, Hkv, D}, {B, H, Tq, Tk}}, {mx::float32, mx::float32, mx::float32, mx::float32},
+      std::make_shared<AttentionBackward>(stream(), scale_), {primals[0], primals[1], primals[2], outputs[1], cotangents[0]});
+  std::vector<mx::array> out;
+  for (int a : argnums) {
+    // q, k, v: the (B, T, H, hd) gradients seen as (B, H, T, hd); bias: the scores' gradient
+    out.push_back(a < 3 ? mx::transpose(grads[a], {0, 2, 1, 3}, stream()) : grads[3]);
+  }
+  return out;
+}
+
+void AdamW::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  allocate(outputs);
+  dispatch(stream(), inputs, outputs, [inputs, outputs, b1 = b1_, b2 = b2_, eps = eps_, wd = wd_]() mutable {
+    size_t n = outputs.size() / 3;
+    float lr = *inputs[4 * n].data<float>(), scale = *inputs[4 * n + 1].data<float>();
+    // chunks of at most 32k elements over all tensors, split over the threads
+    constexpr int64_t chunk = 1 << 15;
+    std::vector<std::tuple<size_t, int64_t, int64_t>> parts;
+    for (size_t t = 0; t < n; ++t)
+      for (int64_t b = 0; b < static_cast<int64_t>(inputs[t].size()); b += chunk)
+        parts.emplace_back(t, b, std::min<int64_t>(b + chunk, inputs[t].size()));
+    parallel_rows(static_cast<int64_t>(parts.size()), chunk, [&](int64_t c0, int64_t c1, int) {
+      for (int64_t c = c0; c < c1; ++c) {
+        auto [t, b, e] = parts[c];
+        adamw_range(inputs[t].data<float>(), inputs[n + t].data<float>(), inputs[2 * n + t].data<float>(),
+                    inputs[3 * n + t].data<float>(), outputs[t].data<float>(), outputs[n + t].data<float>(),
+                    outputs[2 * n + t].data<float>(), b, e, lr, scale, b1, b2, eps, wd);
+      }
+    });
+  });
+}
+
+void MoECombine::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  allocate(outputs);
+  dispatch(stream(), inputs, outputs,
+           [rows = inputs[0].data<float>(), w = inputs[1].data<float>(), inv = inputs[2].data<int32_t>(),
+            out = outputs[0].data<float>(), M = static_cast<int64_t>(inputs[0].shape(0)),
+            N = static_cast<int64_t>(inputs[1].shape(0)), K = static_cast<int64_t>(inputs[1].shape(1)),
+            D = last_dim(outputs[0])] {
+             parallel_rows(N, K * D, [&](int64_t n0, int64_t n1, int) { combine_rows(rows, w, inv, out, n0, n1, M, K, D); });
+           });
+}
+
+void MoECombineBackward::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  allocate(outputs);
+  dispatch(stream(), inputs, outputs,
+           [rows = inputs[0].data<float>(), w = inputs[1].data<float>(), inv = inputs[2].data<int32_t>(),
+            dout = inputs[3].data<float>(), drows = outputs[0].data<float>(), dw = outputs[1].data<float>(),
+            M = static_cast<int64_t>(inputs[0].shape(0)), N = static_cast<int64_t>(inputs[1].shape(0)),
+            K = static_cast<int64_t>(inputs[1].shape(1)), D = last_dim(inputs[3])] {
+             std::fill(drows, drows + M * D, 0.0f);  // rows no slot reads (none when nothing is dropped)
+             parallel_rows(N, 2 * K * D, [&](int64_t n0, int64_t n1, int) {
+               combine_backward_rows(rows, w, inv, dout, drows, dw, n0, n1, M, K, D);
+             });
+           });
+}
+
+std::vector<mx::array> MoECombine::vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                                       const std::vector<int>& argnums, const std::vector<mx::array>&) {
+  auto grads = mx::array::make_arrays({primals[0].shape(), primals[1].shape()}, {mx::float32, mx::float32},
+                                      std::make_shared<MoECombineBackward>(stream()),
+                                      {primals[0], primals[1], primals[2], mx::contiguous(cotangents[0], false, stream())});
+  std::vector<mx::array> out;
+  for (int a : argnums) out.push_back(a < 2 ? grads[a] : mx::zeros_like(primals[2], stream()));
+  return out;
+}
+
+void Dropout::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  allocate(outputs);
+  // p in [0, 1): the threshold is p * 2^32, below which a draw drops its element
+  auto threshold = static_cast<uint32_t>(std::min(static_cast<double>(p_) * 4294967296.0, 4294967295.0));
+  dispatch(stream(), inputs, outputs,
+           [x = inputs[0].data<float>(), seed = inputs[1].data<uint32_t>(), y = outputs[0].data<float>(),
+            n = static_cast<int64_t>(inputs[0].size()), threshold, scale = 1.0f / (1.0f - p_)] {
+             parallel_rows(n, 1, [&](int64_t b, int64_t e, int) { dropout_range(x, y, b, e, *seed, threshold, scale); });
+           });
+}
+
+std::vector<mx::array> Dropout::vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                                    const std::vector<int>& argnums, const std::vector<mx::array>&) {
+  // the same mask (same seed, same indices) on the cotangent
+  std::vector<mx::array> out;
+  for (int a : argnums) {
+    if (a == 0) {
+      out.push_back(mx::array(primals[0].shape(), mx::float32, std::make_shared<Dropout>(stream(), p_),
+                              {mx::contiguous(cotangents[0], false, stream()), primals[1]}));
+    } else {
+      out.push_back(mx::zeros_like(primals[1], stream()));
+    }
+  }
+  return out;
+}
+
 // ------------------------------------------------------------------------------------------
 // ops
 
@@ -468,6 +799,77 @@ mx::array softmax(const mx::array& x, bool causal, mx::StreamOrDevice s) {
   auto stream = mx::to_stream(s);
   return mx::array(x.shape(), mx::float32, std::make_shared<Softmax>(stream, causal),
                    {mx::contiguous(x, false, stream)});
+}
+
+mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, bool causal,
+                    const std::optional<mx::array>& bias, mx::StreamOrDevice s) {
+  for (auto [a, what] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}}) {
+    require_float32(*a, "attention", what);
+    if (a->ndim() != 4) throw std::invalid_argument(std::string("attention: ") + what + " must be 4-D (B, H, T, hd)");
+  }
+  int B = q.shape(0), H = q.shape(1), Tq = q.shape(2), D = q.shape(3), Hkv = k.shape(1), Tk = k.shape(2);
+  if (k.shape() != v.shape() || k.shape(0) != B || k.shape(3) != D)
+    throw std::invalid_argument("attention: k and v must be (B, H_kv, Tk, hd) with q's B and hd");
+  if (Hkv == 0 || H % Hkv) throw std::invalid_argument("attention: the key/value heads must divide the query heads");
+  if (causal && bias) throw std::invalid_argument("attention: pass either causal or bias");
+  auto stream = mx::to_stream(s);
+  std::vector<mx::array> inputs = {q, k, v};
+  if (bias) {
+    require_float32(*bias, "attention", "bias");
+    inputs.push_back(mx::broadcast_to(*bias, {B, H, Tq, Tk}, stream));
+  }
+  auto outs = mx::array::make_arrays({{B, Tq, H, D}, {B, H, Tq, Tk}}, {mx::float32, mx::float32},
+                                     std::make_shared<Attention>(stream, scale, causal), inputs);
+  return outs[0];
+}
+
+std::vector<mx::array> adamw(const std::vector<mx::array>& params, const std::vector<mx::array>& grads,
+                             const std::vector<mx::array>& m, const std::vector<mx::array>& v, const mx::array& lr,
+                             const mx::array& scale, float b1, float b2, float eps, float weight_decay,
+                             mx::StreamOrDevice s) {
+  size_t n = params.size();
+  if (grads.size() != n || m.size() != n || v.size() != n)
+    throw std::invalid_argument("adamw: params, grads, m and v must be lists of the same length");
+  if (n == 0) return {};
+  auto stream = mx::to_stream(s);
+  std::vector<mx::array> inputs;
+  std::vector<mx::Shape> shapes;
+  for (const auto* list : {&params, &grads, &m, &v}) {
+    for (size_t t = 0; t < n; ++t) {
+      const auto& a = (*list)[t];
+      require_float32(a, "adamw", "every tensor");
+      if (a.shape() != params[t].shape())
+        throw std::invalid_argument("adamw: tensor " + std::to_string(t) + " has mismatched shapes");
+      inputs.push_back(mx::contiguous(a, false, stream));
+    }
+  }
+  for (int copy = 0; copy < 3; ++copy)
+    for (size_t t = 0; t < n; ++t) shapes.push_back(params[t].shape());
+  inputs.push_back(mx::reshape(mx::astype(lr, mx::float32, stream), {}, stream));
+  inputs.push_back(mx::reshape(mx::astype(scale, mx::float32, stream), {}, stream));
+  return mx::array::make_arrays(shapes, std::vector<mx::Dtype>(3 * n, mx::float32),
+                                std::make_shared<AdamW>(stream, b1, b2, eps, weight_decay), inputs);
+}
+
+mx::array moe_combine(const mx::array& rows, const mx::array& weights, const mx::array& inv, mx::StreamOrDevice s) {
+  require_float32(rows, "moe_combine", "rows");
+  require_float32(weights, "moe_combine", "weights");
+  if (rows.ndim() != 2 || weights.ndim() != 2 || inv.shape() != weights.shape())
+    throw std::invalid_argument("moe_combine: rows must be (M, d), weights and inv (N, k)");
+  auto stream = mx::to_stream(s);
+  return mx::array({weights.shape(0), rows.shape(1)}, mx::float32, std::make_shared<MoECombine>(stream),
+                   {mx::contiguous(rows, false, stream), mx::contiguous(weights, false, stream),
+                    mx::stop_gradient(mx::contiguous(mx::astype(inv, mx::int32, stream), false, stream), stream)});
+}
+
+mx::array dropout(const mx::array& x, const mx::array& seed, float p, mx::StreamOrDevice s) {
+  require_float32(x, "dropout", "x");
+  if (!(p >= 0.0f && p < 1.0f)) throw std::invalid_argument("dropout: p must be in [0, 1)");
+  if (seed.size() != 1) throw std::invalid_argument("dropout: seed must be a single uint32");
+  auto stream = mx::to_stream(s);
+  return mx::array(x.shape(), mx::float32, std::make_shared<Dropout>(stream, p),
+                   {mx::contiguous(x, false, stream),
+                    mx::stop_gradient(mx::reshape(mx::astype(seed, mx::uint32, stream), {}, stream), stream)});
 }
 
 }  // namespace vantage
