@@ -271,13 +271,19 @@ VANTAGE_INLINE uint32_t hash32(uint32_t h) {
   return h;
 }
 
-// y[i] = x[i] * scale where hash(key + i * golden) >= threshold, else 0; i counts from `start`
+// y[i] = x[i] * keep_scale where hash(i's low 32 bits * golden + key) >= threshold, else 0; the
+// key mixes the seed with i's high 32 bits, so it changes once per 2^32 elements
 VANTAGE_CLONES static void dropout_range(const float* x, float* y, int64_t begin, int64_t end, uint32_t seed,
                                          uint32_t threshold, float keep_scale) {
-  for (int64_t i = begin; i < end; ++i) {
-    uint32_t key = seed ^ hash32(static_cast<uint32_t>(static_cast<uint64_t>(i) >> 32) + 0x9e3779b9U);
-    uint32_t h = hash32(static_cast<uint32_t>(i) * 0x9e3779b9U + key);
-    y[i] = h >= threshold ? x[i] * keep_scale : 0.0f;
+  for (int64_t block = begin; block < end;) {
+    uint64_t high = static_cast<uint64_t>(block) >> 32;
+    int64_t block_end = std::min<int64_t>(end, static_cast<int64_t>((high + 1) << 32));
+    uint32_t key = seed ^ hash32(static_cast<uint32_t>(high) + 0x9e3779b9U);
+    for (int64_t i = block; i < block_end; ++i) {
+      uint32_t h = hash32(static_cast<uint32_t>(i) * 0x9e3779b9U + key);
+      y[i] = h >= threshold ? x[i] * keep_scale : 0.0f;
+    }
+    block = block_end;
   }
 }
 
@@ -577,10 +583,8 @@ void Attention::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::a
   allocate(outputs);
   const auto &q = inputs[0], &k = inputs[1];
   int64_t B = q.shape(0), H = q.shape(1), Tq = q.shape(2), D = q.shape(3), Hkv = k.shape(1), Tk = k.shape(2);
-  std::optional<mx::array> bias;
-  if (inputs.size() > 3) bias = inputs[3];
   dispatch(stream(), inputs, outputs,
-           [inputs, out = outputs[0], probs = outputs[1], bias, B, H, Tq, D, Hkv, Tk, scale = scale_,
+           [inputs, out = outputs[0], probs = outputs[1], B, H, Tq, D, Hkv, Tk, scale = scale_,
             causal = causal_]() mutable {
              float* o = out.data<float>();
              if (Tk == 0) std::fill(o, o + out.size(), 0.0f);
@@ -590,8 +594,9 @@ void Attention::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::a
                    hv = heads_of(inputs[2], kHeadMajor, sv);
              Heads ho{o, Tq * H * D, D, H * D};
              float* pr = probs.data<float>();
-             const float* bp = bias ? bias->data<float>() : nullptr;
-             auto bs = bias ? bias->strides() : mx::Strides{0, 0, 0, 0};
+             bool has_bias = inputs.size() > 3;  // broadcast to (B, H, Tq, Tk): any strides
+             const float* bp = has_bias ? inputs[3].data<float>() : nullptr;
+             auto bs = has_bias ? inputs[3].strides() : mx::Strides{0, 0, 0, 0};
              int64_t group = H / Hkv, work = Tq * Tk * (2 * D + 8);
              SingleThreadedBlas guard(parts_for(B * H, work) > 1);
              parallel_rows(B * H, work, [&](int64_t t0, int64_t t1, int) {
@@ -620,8 +625,10 @@ void AttentionBackward::eval_cpu(const std::vector<mx::array>& inputs, std::vect
   const auto &q = inputs[0], &k = inputs[1];
   int64_t B = q.shape(0), H = q.shape(1), Tq = q.shape(2), D = q.shape(3), Hkv = k.shape(1), Tk = k.shape(2);
   dispatch(stream(), inputs, outputs, [inputs, outputs, B, H, Tq, D, Hkv, Tk, scale = scale_]() mutable {
-    for (auto& a : outputs) std::fill(a.data<float>(), a.data<float>() + a.size(), 0.0f);
-    if (Tk == 0 || Tq == 0 || B * H == 0) return;
+    if (Tk == 0 || Tq == 0 || B * H == 0) {  // else every element is written below
+      for (auto& a : outputs) std::fill(a.data<float>(), a.data<float>() + a.size(), 0.0f);
+      return;
+    }
     std::vector<float> sq, sk, sv, so;
     Heads hq = heads_of(inputs[0], kHeadMajor, sq), hk = heads_of(inputs[1], kHeadMajor, sk),
           hv = heads_of(inputs[2], kHeadMajor, sv), hdo = heads_of(inputs[4], kTimeMajor, so);
