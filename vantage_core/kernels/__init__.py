@@ -177,13 +177,13 @@ def adamw(params: list[mx.array], grads: list[mx.array], m: list[mx.array], v: l
 
 
 @mx.custom_function
-def _collect_rows(y: mx.array, slot_of_row: mx.array, inv: mx.array) -> mx.array:
+def collect_rows(y: mx.array, slot_of_row: mx.array, inv: mx.array) -> mx.array:
     """y (M, d) grouped by expert -> (N, k, d) back in token-slot order (zeros for dropped slots)."""
     padded = mx.concatenate([y, mx.zeros((1, y.shape[-1]), y.dtype)])
     return padded[inv]
 
 
-@_collect_rows.vjp
+@collect_rows.vjp
 def _collect_rows_vjp(primals, cotangent, output):
     y, slot_of_row, inv = primals
     flat = cotangent.reshape(-1, cotangent.shape[-1])  # (N*k, d): a permutation, so a gather back
@@ -196,7 +196,7 @@ def moe_combine(rows: mx.array, weights: mx.array, inv: mx.array, slot_of_row: m
     rows summed with its weights. Native: one pass, no (N, k, d) intermediate."""
     if _native_for(rows, weights):
         return _native.moe_combine(rows, weights, inv)
-    per_slot = _collect_rows(rows, slot_of_row, inv)  # (N, k, d)
+    per_slot = collect_rows(rows, slot_of_row, inv)  # (N, k, d)
     return (per_slot * weights[..., None]).sum(axis=1)
 
 

@@ -9,6 +9,8 @@ import numpy as np
 
 import mlx.core as mx
 
+from vantage_core.model.packing import Packing
+
 
 @dataclass
 class Memory:
@@ -26,11 +28,12 @@ class Memory:
     item_mask: mx.array | None = None  # (B, N) bool
     question: mx.array | None = None  # (B, Q, d)
     question_mask: mx.array | None = None  # (B, Q) bool
+    packing: Packing | None = None  # where ``states`` are real (not padding), if the encoder says
 
     def take(self, rows: mx.array) -> "Memory":
         """The memory of batch rows ``rows`` (beams share their request's memory)."""
-        return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self)
-                                if getattr(self, f.name) is not None})
+        return replace(self, packing=None, **{f.name: getattr(self, f.name)[rows] for f in fields(self)
+                                              if f.name != "packing" and getattr(self, f.name) is not None})
 
     @property
     def n_items(self) -> int:

@@ -22,6 +22,7 @@ import mlx.nn as nn
 from vantage_core import kernels
 from vantage_core.model.moe import MoEBlock
 from vantage_core.config import HEADS  # noqa: F401  (vocab, pointer, copy)
+from vantage_core.model.packing import Packing, pack, unpack
 from vantage_core.model.schema import Memory
 
 
@@ -94,18 +95,20 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.d_model, bias=False)
         self.rope = nn.RoPE(args.head_dim, base=args.rope_theta)
 
-    def __call__(self, x: mx.array, cache: KVCache | None = None) -> mx.array:
-        B, T, _ = x.shape
-        q = self.q_proj(x).reshape(B, T, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, H, T, hd)
-        k = self.k_proj(x).reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)  # (B, H_kv, T, hd)
-        v = self.v_proj(x).reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+    def __call__(self, x: mx.array, cache: KVCache | None = None, packing: Packing | None = None) -> mx.array:
+        # x: (B, T, d), or with a packing the (n, d) real positions of a (B, T) batch
+        q, k, v = (unpack(packing, proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))  # (B, T, H * hd)
+        B, T, _ = q.shape
+        q = q.reshape(B, T, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+        k = k.reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)  # (B, H_kv, T, hd)
+        v = v.reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         offset = cache.offset if cache is not None else 0
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         # "causal" aligns the last query with the last key, so it holds with a cache too.
         out = kernels.attention(q, k, v, self.scale, causal=T > 1)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1))
+        return self.o_proj(pack(packing, out.transpose(0, 2, 1, 3).reshape(B, T, -1)))
 
 
 def grouped(x: mx.array, n: int) -> tuple[mx.array, tuple[int, ...]]:
@@ -130,21 +133,24 @@ class CrossAttention(nn.Module):
         self.v_proj = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.d_model, bias=False)
 
-    def keys_values(self, states: mx.array) -> tuple[mx.array, mx.array]:
-        """(B, S, d) schema states -> keys and values (B, H_kv, S, hd), reusable across steps."""
+    def keys_values(self, states: mx.array, packing: Packing | None = None) -> tuple[mx.array, mx.array]:
+        """(B, S, d) schema states -> keys and values (B, H_kv, S, hd), reusable across steps
+        (with the states' ``packing``, projected at their real positions only)."""
         B, S, _ = states.shape
-        k = self.k_proj(states).reshape(B, S, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        v = self.v_proj(states).reshape(B, S, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        x = pack(packing, states)
+        k, v = (unpack(packing, proj(x)).reshape(B, S, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+                for proj in (self.k_proj, self.v_proj))
         return k, v
 
-    def __call__(self, x: mx.array, kv: tuple[mx.array, mx.array], bias: mx.array | None) -> mx.array:
+    def __call__(self, x: mx.array, kv: tuple[mx.array, mx.array], bias: mx.array | None,
+                 packing: Packing | None = None) -> mx.array:
         # With fewer memory rows than x rows (beams of one request share its memory), x's rows
         # come request-major in equal groups: each group attends as extra query positions.
-        x, rows = grouped(x, kv[0].shape[0])
-        B, T, _ = x.shape
-        q = self.q_proj(x).reshape(B, T, self.n_heads, -1).transpose(0, 2, 1, 3)
-        out = kernels.attention(q, *kv, self.scale, bias=bias)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, -1)).reshape(rows)
+        q, rows = grouped(unpack(packing, self.q_proj(x)), kv[0].shape[0])  # (B, T, H * hd)
+        B, T, _ = q.shape
+        out = kernels.attention(q.reshape(B, T, self.n_heads, -1).transpose(0, 2, 1, 3), *kv, self.scale, bias=bias)
+        out = out.transpose(0, 2, 1, 3).reshape(*rows[:-1], -1)
+        return self.o_proj(pack(packing, out))
 
 
 class SwiGLU(nn.Module):
@@ -199,10 +205,10 @@ class DecoderLayer(nn.Module):
     def has_cross(self) -> bool:
         return "cross" in self
 
-    def __call__(self, x: mx.array, cross_kv, cross_bias, cache: KVCache | None):
-        x = x + self.attn(self.attn_norm(x), cache)
+    def __call__(self, x: mx.array, cross_kv, cross_bias, cache: KVCache | None, packing: Packing | None = None):
+        x = x + self.attn(self.attn_norm(x), cache, packing)
         if cross_kv is not None and self.has_cross:
-            x = x + self.cross(self.cross_norm(x), cross_kv, cross_bias)
+            x = x + self.cross(self.cross_norm(x), cross_kv, cross_bias, packing)
         if isinstance(self.ffn, MoEBlock):
             y, routing = self.ffn(self.ffn_norm(x))
             return x + y, routing
@@ -287,10 +293,12 @@ class Transformer(nn.Module):
             offset += n
         return x.reshape(*rows, x.shape[-1])
 
-    def hidden(self, tokens: mx.array, memory: Memory | None = None, cache=None):
-        """(B, T) ids -> (final hidden states (B, T, d), aux); see :meth:`__call__`."""
+    def hidden(self, tokens: mx.array, memory: Memory | None = None, cache=None, packing: Packing | None = None):
+        """(B, T) ids -> (final hidden states (B, T, d), aux); see :meth:`__call__`. With a
+        :class:`~vantage_core.model.packing.Packing` of the batch's padding, every layer but
+        attention runs on the real positions only and the states come back packed, (n, d)."""
         memory = memory or Memory()
-        x = self.drop(self.embed_ids(tokens, memory))  # (B, T, d)
+        x = pack(packing, self.drop(self.embed_ids(tokens, memory)))  # (B, T, d) or (n, d)
         states, mask = memory.states, memory.mask
         if states is not None and mask is None:
             mask = mx.ones(states.shape[:2], dtype=mx.bool_)
@@ -303,29 +311,30 @@ class Transformer(nn.Module):
                 if layer_cache is not None and layer_cache.cross_kv is not None:
                     kv, bias = layer_cache.cross_kv, layer_cache.cross_bias
                 elif states is not None:
-                    kv = layer.cross.keys_values(states)
+                    kv = layer.cross.keys_values(states, memory.packing)
                     if layer_cache is not None:  # computed once per request, reused by every step
                         layer_cache.cross_kv, layer_cache.cross_bias = kv, cross_bias
-            x, routing = layer(x, kv, bias, layer_cache)
+            x, routing = layer(x, kv, bias, layer_cache, packing)
             if routing is not None:
                 routings.append(routing)
         return self.norm(x), _collect_aux(routings)
 
-    def logits(self, h: mx.array, memory: Memory | None = None) -> mx.array:
-        """Final hidden states (..., d) -> scores over the unified output space: the
-        vocabulary, then (pointer) this database's items, then (copy) the question pieces.
-        Padded items and pieces score -1e9."""
-        vocab = self.embed.as_linear(h) if self.args.tie_embeddings else self.lm_head(h)
+    def logits(self, h: mx.array, memory: Memory | None = None, packing: Packing | None = None) -> mx.array:
+        """Final hidden states (..., d), or packed ones (n, d) with their ``packing`` -> scores
+        over the unified output space (B, T, ...): the vocabulary, then (pointer) this
+        database's items, then (copy) the question pieces. Padded items and pieces score -1e9."""
+        vocab = unpack(packing, self.embed.as_linear(h) if self.args.tie_embeddings else self.lm_head(h))
         if len(self.args.heads) == 1:
             return vocab
         scale = 1 / math.sqrt(h.shape[-1])
         states = memory.items if memory.items is not None else memory.question
-        (h, rows), vocab = grouped(h, states.shape[0]), grouped(vocab, states.shape[0])[0]
+        vocab, rows = grouped(vocab, states.shape[0])
         out = [vocab]
         for head, states, smask, proj in (("pointer", memory.items, memory.item_mask, "item_query"),
                                           ("copy", memory.question, memory.question_mask, "question_query")):
             if head in self.args.heads and states is not None:
-                scores = (getattr(self, proj)(h) @ states.swapaxes(-1, -2)) * scale  # (B, T, N) or (B, T, Q)
+                query = grouped(unpack(packing, getattr(self, proj)(h)), states.shape[0])[0]  # (B, T, d)
+                scores = (query @ states.swapaxes(-1, -2)) * scale  # (B, T, N) or (B, T, Q)
                 out.append(mx.where(smask[:, None, :], scores, -1e9) if smask is not None else scores)
         out = mx.concatenate(out, axis=-1)
         return out.reshape(*rows[:-1], out.shape[-1])

@@ -127,11 +127,18 @@ class ModelBatches:
             epoch += 1
 
 
-def model_arrays(model: Any, batch: dict) -> dict:
+def model_arrays(model: Any, batch: dict, pack: bool = True) -> dict:
     """A host-side batch to the arrays the model's loss reads (``schema``: what the model's
-    schema encoder makes of the batch)."""
+    schema encoder makes of the batch; with ``pack``, where the real positions are)."""
     arrays = {k: mx.array(batch[k]) for k in ("tokens", "targets", "loss_mask", "padding_mask")}
-    arrays["schema"] = model.schema_inputs(batch)
+    arrays["schema"] = {k: v for k, v in model.schema_inputs(batch).items()
+                        if pack or not k.startswith("pack_")}  # the encoder's own packing, if any
+    if pack:
+        from vantage_core.model.packing import packing_indices
+
+        idx = packing_indices(batch["padding_mask"])
+        if idx is not None:  # the decoder's position-wise layers skip the padding
+            arrays["pack_rows"], arrays["pack_inv"] = mx.array(idx["rows"]), mx.array(idx["inv"])
     return arrays
 
 
@@ -330,7 +337,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
                 for _ in range(cfg.train.grad_accum):
                     b = next(batches)
                     consumed += 1
-                    micro.append(model_arrays(model, b))
+                    micro.append(model_arrays(model, b, cfg.train.pack_padding))
                 record = trainer.train_step(micro)
                 dt = time.perf_counter() - t0
                 for note in trainer.notes:

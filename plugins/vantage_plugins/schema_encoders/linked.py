@@ -28,6 +28,7 @@ import mlx.nn as nn
 
 from vantage_core import kernels
 from vantage_core.errors import ConfigError
+from vantage_core.model.packing import Packing, pack, packing_indices, unpack
 from vantage_core.model.schema import Memory
 from vantage_core.model.transformer import Dropout
 
@@ -208,17 +209,18 @@ class RelationAttention(nn.Module):
         self.rel_key = mx.zeros((n_relations, dims // num_heads))  # (R, dh); zeros: starts as plain attention
         self.rel_bias = mx.zeros((num_heads, n_relations))  # (H, R)
 
-    def __call__(self, x: mx.array, rel: mx.array, mask: mx.array) -> mx.array:
-        B, S, _ = x.shape
+    def __call__(self, x: mx.array, rel: mx.array, mask: mx.array, packing: Packing | None = None) -> mx.array:
+        # x: (B, S, d), or with a packing the (n, d) real positions
+        B, S = rel.shape[:2]
         H = self.num_heads
-        q, k, v = (proj(x).reshape(B, S, H, -1).transpose(0, 2, 1, 3)
+        q, k, v = (unpack(packing, proj(x)).reshape(B, S, H, -1).transpose(0, 2, 1, 3)
                    for proj in (self.query_proj, self.key_proj, self.value_proj))  # (B, H, S, dh)
         scale = q.shape[-1] ** -0.5
         per_rel = (q * scale) @ self.rel_key.T + self.rel_bias[None, :, None, :]  # (B, H, S, R)
         idx = mx.broadcast_to(rel[:, None].astype(mx.int32), (B, H, S, S))
         bias = mx.take_along_axis(per_rel, idx, axis=-1) + mask  # (B, H, S, S)
         out = kernels.attention(q, k, v, scale, bias=bias)  # (B, H, S, dh)
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, S, -1))
+        return self.out_proj(pack(packing, out.transpose(0, 2, 1, 3).reshape(B, S, -1)))
 
 
 class RelationEncoderLayer(nn.Module):
@@ -231,8 +233,8 @@ class RelationEncoderLayer(nn.Module):
         self.linear1, self.linear2 = nn.Linear(dims, mlp_dims), nn.Linear(mlp_dims, dims)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
 
-    def __call__(self, x: mx.array, rel: mx.array, mask: mx.array) -> mx.array:
-        x = x + self.dropout1(self.attention(self.ln1(x), rel, mask))  # (B, S, d)
+    def __call__(self, x: mx.array, rel: mx.array, mask: mx.array, packing: Packing | None = None) -> mx.array:
+        x = x + self.dropout1(self.attention(self.ln1(x), rel, mask, packing))  # (B, S, d) or (n, d)
         return x + self.linear2(self.dropout2(nn.relu(self.linear1(self.ln2(x)))))
 
 
@@ -245,10 +247,13 @@ class RelationEncoder(nn.Module):
         self.layers = [RelationEncoderLayer(dims, num_heads, mlp_dims, n_relations, dropout) for _ in range(n_layers)]
         self.ln = nn.LayerNorm(dims)
 
-    def __call__(self, x: mx.array, rel: mx.array, mask: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, rel: mx.array, mask: mx.array, packing: Packing | None = None) -> mx.array:
+        """``x`` (B, S, d) -> (B, S, d); with a packing of the padding, every layer but
+        attention runs on the real positions only."""
+        x = pack(packing, x)
         for layer in self.layers:
-            x = layer(x, rel, mask)
-        return self.ln(x)
+            x = layer(x, rel, mask, packing)
+        return unpack(packing, self.ln(x))
 
 
 class LinkedSchemaEncoder(nn.Module):
@@ -321,6 +326,9 @@ class LinkedSchemaEncoder(nn.Module):
                 raise ValueError("the relation-aware mixer needs batches from vantage_core.data.actions.collate "
                                  "with the relation features (ACTIONS_VERSION >= 2)")
             out["relations"] = mx.array(batch["relations"])  # (B, Q + N, Q + N) int8
+            idx = packing_indices(np.concatenate([batch["q_mask"], batch["item_mask"]], axis=1))
+            if idx is not None:  # the mixer's position-wise layers skip the padding
+                out.update(pack_rows=mx.array(idx["rows"]), pack_inv=mx.array(idx["inv"]))
         return out
 
     def memory(self, inputs: dict[str, mx.array]) -> Memory:
@@ -336,7 +344,14 @@ class LinkedSchemaEncoder(nn.Module):
             items = items + self.links.item_states(inputs["item_link_name"], inputs["item_link_value"])
         x = mx.concatenate([q, items], axis=1)  # (B, Q + N, d)
         mask = mx.concatenate([qmask, imask], axis=1)
+        packing = None
         if self.mixer is not None:
             bias = mx.where(mask[:, None, None, :], 0.0, -1e9).astype(x.dtype)
-            x = self.mixer(self.drop(x), inputs["relations"], bias) if self.relations else self.mixer(self.drop(x), bias)
-        return Memory(states=x, mask=mask, items=x[:, Q:], item_mask=imask, question=x[:, :Q], question_mask=qmask)
+            if self.relations:
+                packing = (Packing(inputs["pack_rows"], inputs["pack_inv"], tuple(mask.shape))
+                           if "pack_rows" in inputs else None)
+                x = self.mixer(self.drop(x), inputs["relations"], bias, packing)
+            else:
+                x = self.mixer(self.drop(x), bias)
+        return Memory(states=x, mask=mask, items=x[:, Q:], item_mask=imask, question=x[:, :Q], question_mask=qmask,
+                      packing=packing)
