@@ -123,3 +123,19 @@ def test_packed_training_step_runs_and_can_be_switched_off(model_and_batch, tmp_
     # same seed, same batches, no dropout or auxiliary loss: the same training either way
     packed, padded = (s["final_loss"] for s in summaries)
     assert abs(packed - padded) < 1e-4 * max(1.0, abs(padded))
+
+
+def test_packed_logits_match_at_real_positions(model_and_batch):
+    """What teacher-forced validation reads (vantage_core/train/evaluation.py)."""
+    model, batch = model_and_batch
+    model.eval()
+    memory = model.encode_schema(model.schema_inputs(batch))
+    tokens = mx.array(batch["tokens"])
+    padded, _ = model(tokens, memory)
+    packing = Packing.from_mask(batch["padding_mask"])
+    h, _ = model.hidden(tokens, memory, packing=packing)
+    assert h.shape == (int(batch["padding_mask"].sum()), model.args.d_model)
+    packed = model.logits(h, memory, packing)
+    real = batch["padding_mask"] > 0
+    assert packed.shape == padded.shape
+    assert np.allclose(np.array(packed)[real], np.array(padded)[real], rtol=1e-4, atol=1e-4)

@@ -87,6 +87,7 @@ def teacher_forced(model: Any, split: Any, vocab: Any, batch_size: int = 64) -> 
 
     from vantage_core import kernels
     from vantage_core.data.actions import collate
+    from vantage_core.model.packing import Packing
 
     was_training = model.training
     model.eval()
@@ -98,7 +99,9 @@ def teacher_forced(model: Any, split: Any, vocab: Any, batch_size: int = 64) -> 
             chunk = rows[s:s + batch_size]
             b = collate([split.feats[i] for i in chunk], [split.examples[i] for i in chunk], vocab)
             memory = model.encode_schema(model.schema_inputs(b))
-            logits, _ = model(mx.array(b["tokens"]), memory)
+            packing = Packing.from_mask(b["padding_mask"])  # the padding skipped, as in training
+            h, _ = model.hidden(mx.array(b["tokens"]), memory, packing=packing)
+            logits = model.logits(h, memory, packing)
             targets, mask = mx.array(b["targets"]), mx.array(b["loss_mask"])
             ce = kernels.cross_entropy(logits, targets) * mask
             ok = mx.all((mx.argmax(logits, -1) == targets) | (mask == 0), axis=1)
