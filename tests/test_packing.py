@@ -3,7 +3,6 @@ layers on the real positions only give the padded computation's loss and gradien
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +60,8 @@ def model_and_batch(tmp_path_factory):
     from vantage_core.train.run import action_data
 
     root = tmp_path_factory.mktemp("packing")
-    old = os.environ.get("VANTAGE_CACHE")
-    os.environ["VANTAGE_CACHE"] = str(root / "cache")
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VANTAGE_CACHE", str(root / "cache"))  # this module's own frozen-state cache
         cfg = load_config(base=TINY)
         reg = registry()
         data = action_data(cfg, reg, init_world(), Path(root / "tok"), lambda *_: None, progress=False)
@@ -74,11 +72,6 @@ def model_and_batch(tmp_path_factory):
         rows = order[np.linspace(0, len(order) - 1, 6).astype(int)]
         batch = data.collate(rows)
         yield model, batch
-    finally:
-        if old is None:
-            os.environ.pop("VANTAGE_CACHE")
-        else:
-            os.environ["VANTAGE_CACHE"] = old
 
 
 def test_packed_loss_and_gradients_match_the_padded_ones(model_and_batch):
@@ -109,10 +102,10 @@ def test_packed_loss_and_gradients_match_the_padded_ones(model_and_batch):
     assert touched > len(g0) // 2  # the gradients compared are not all zero
 
 
-def test_packed_training_step_runs_and_can_be_switched_off(model_and_batch, tmp_path):
+def test_packed_training_step_runs_and_can_be_switched_off(model_and_batch, tmp_path, monkeypatch):
     from vantage_core.train.run import train
 
-    os.environ.setdefault("VANTAGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VANTAGE_CACHE", str(tmp_path / "cache"))
     summaries = []
     for pack in (True, False):
         cfg = load_config(base={**TINY, "run": {"name": "p", "dir": str(tmp_path / f"run{pack}")},
