@@ -138,8 +138,9 @@ class TrainConfig(Section):
     # Rows of this many batches are sorted by length together before they are cut into batches
     # (whose order is then shuffled): more pads less; 0: the whole epoch.
     bucket_batches: int = Field(32, ge=0)
-    # The decoder's projections, norms and feed-forward blocks run on real positions only, not on
-    # the padding (vantage_core/model/packing.py); false: on the whole padded batch, as before.
+    # The decoder's and the relation mixer's projections, norms and feed-forward blocks run on
+    # real positions only, not on the padding (vantage_core/model/packing.py); false: on the whole
+    # padded batch, as before.
     pack_padding: bool = True
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, allow_inf_nan=False)  # cosine decays to lr * min_lr_ratio

@@ -2,12 +2,13 @@
 
 A right-padded (B, T) batch spends every projection, norm and feed-forward block on its padding
 too: on Spider's training batches about half of the decoder's positions and a fifth of the
-schema encoder's are padding. A :class:`Packing` holds where the real positions are (computed on
+schema encoder's are padding (``python benchmarks/padding.py``). A :class:`Packing` holds where the real positions are (computed on
 the host from the batch's mask, so it costs no sync); :meth:`Packing.pack` keeps those rows of a
 (B, T, ...) array as (n, ...), :meth:`Packing.unpack` puts them back with zeros on the padding,
 for attention, which needs the (B, T) layout. Both are permutation gathers whose backward
-passes are gathers too (no scatter-add). The real positions' values, and every gradient, are
-those of the padded computation: padding is masked out of every attention and every loss.
+passes are gathers too (no scatter-add). The real positions' values and the loss's gradients
+are those of the padded computation (padding is masked out of every attention and every loss),
+except that the routers' auxiliary losses then average over real tokens only.
 """
 
 from __future__ import annotations
