@@ -14,7 +14,7 @@ from vantage_core.model.packing import Packing, unpack
 def loss(model, batch: dict[str, mx.array]) -> tuple[mx.array, dict[str, mx.array]]:
     """``batch``: tokens, targets (B, T) int32, loss_mask (B, T) float, ``schema``: the arrays
     of ``model.schema_inputs``, and optionally ``pack_rows``/``pack_inv``, the
-    :func:`~vantage_core.model.packing.packing_indices` of the padding (the decoder's
+    :func:`~vantage_core.model.packing.packing_arrays` of the padding (the decoder's
     position-wise layers then skip it). Returns (total loss, metrics): ``ce``, ``balance``,
     ``z``, ``aux``, ``tokens`` (masked-in count) and ``loads`` ((n_moe_layers, E) share of
     token-slots).
@@ -23,8 +23,7 @@ def loss(model, batch: dict[str, mx.array]) -> tuple[mx.array, dict[str, mx.arra
     prompt (schema and question) costs no vocabulary projection or softmax.
     """
     memory = model.encode_schema(batch.get("schema") or {})
-    packing = (Packing(batch["pack_rows"], batch["pack_inv"], tuple(batch["tokens"].shape))
-               if "pack_rows" in batch else None)
+    packing = Packing.from_arrays(batch, batch["tokens"].shape)
     h, aux = model.hidden(batch["tokens"], memory, packing=packing)  # (B, T, d), or (n, d) packed
     mask = batch["loss_mask"].astype(mx.float32)
     targets = batch["targets"]

@@ -36,6 +36,13 @@ def packing_indices(mask: np.ndarray) -> dict[str, np.ndarray] | None:
     return {"rows": rows, "inv": inv.reshape(-1, 1)}
 
 
+def packing_arrays(mask: np.ndarray) -> dict[str, mx.array]:
+    """The packing of a (B, T) host mask as the entries an input dict carries (``pack_rows``,
+    ``pack_inv``; none when nothing is padding), read back by :meth:`Packing.from_arrays`."""
+    idx = packing_indices(mask)
+    return {} if idx is None else {"pack_rows": mx.array(idx["rows"]), "pack_inv": mx.array(idx["inv"])}
+
+
 @dataclass
 class Packing:
     """The real positions of a (B, T) batch (see :func:`packing_indices`)."""
@@ -45,9 +52,14 @@ class Packing:
     shape: tuple[int, int]  # (B, T)
 
     @classmethod
+    def from_arrays(cls, arrays: dict, shape: tuple[int, ...]) -> "Packing | None":
+        """The packing of :func:`packing_arrays`' entries in ``arrays`` for a batch of ``shape``
+        (B, T), or None where it has none."""
+        return cls(arrays["pack_rows"], arrays["pack_inv"], tuple(shape)) if "pack_rows" in arrays else None
+
+    @classmethod
     def from_mask(cls, mask: np.ndarray) -> "Packing | None":
-        idx = packing_indices(mask)
-        return None if idx is None else cls(mx.array(idx["rows"]), mx.array(idx["inv"]), tuple(mask.shape))
+        return cls.from_arrays(packing_arrays(mask), mask.shape)
 
     def pack(self, x: mx.array) -> mx.array:
         """(B, T, d) -> (n, d): the real positions' rows."""

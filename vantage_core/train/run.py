@@ -133,12 +133,10 @@ def model_arrays(model: Any, batch: dict, pack: bool = True) -> dict:
     arrays = {k: mx.array(batch[k]) for k in ("tokens", "targets", "loss_mask", "padding_mask")}
     arrays["schema"] = {k: v for k, v in model.schema_inputs(batch).items()
                         if pack or not k.startswith("pack_")}  # the encoder's own packing, if any
-    if pack:
-        from vantage_core.model.packing import packing_indices
+    if pack:  # the decoder's position-wise layers skip the padding
+        from vantage_core.model.packing import packing_arrays
 
-        idx = packing_indices(batch["padding_mask"])
-        if idx is not None:  # the decoder's position-wise layers skip the padding
-            arrays["pack_rows"], arrays["pack_inv"] = mx.array(idx["rows"]), mx.array(idx["inv"])
+        arrays.update(packing_arrays(batch["padding_mask"]))
     return arrays
 
 

@@ -28,7 +28,7 @@ import mlx.nn as nn
 
 from vantage_core import kernels
 from vantage_core.errors import ConfigError
-from vantage_core.model.packing import Packing, pack, packing_indices, unpack
+from vantage_core.model.packing import Packing, pack, packing_arrays, unpack
 from vantage_core.model.schema import Memory
 from vantage_core.model.transformer import Dropout
 
@@ -326,9 +326,8 @@ class LinkedSchemaEncoder(nn.Module):
                 raise ValueError("the relation-aware mixer needs batches from vantage_core.data.actions.collate "
                                  "with the relation features (ACTIONS_VERSION >= 2)")
             out["relations"] = mx.array(batch["relations"])  # (B, Q + N, Q + N) int8
-            idx = packing_indices(np.concatenate([batch["q_mask"], batch["item_mask"]], axis=1))
-            if idx is not None:  # the mixer's position-wise layers skip the padding
-                out.update(pack_rows=mx.array(idx["rows"]), pack_inv=mx.array(idx["inv"]))
+            # the mixer's position-wise layers skip the padding
+            out.update(packing_arrays(np.concatenate([batch["q_mask"], batch["item_mask"]], axis=1)))
         return out
 
     def memory(self, inputs: dict[str, mx.array]) -> Memory:
@@ -348,8 +347,7 @@ class LinkedSchemaEncoder(nn.Module):
         if self.mixer is not None:
             bias = mx.where(mask[:, None, None, :], 0.0, -1e9).astype(x.dtype)
             if self.relations:
-                packing = (Packing(inputs["pack_rows"], inputs["pack_inv"], tuple(mask.shape))
-                           if "pack_rows" in inputs else None)
+                packing = Packing.from_arrays(inputs, mask.shape)
                 x = self.mixer(self.drop(x), inputs["relations"], bias, packing)
             else:
                 x = self.mixer(self.drop(x), bias)
