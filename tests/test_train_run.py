@@ -174,3 +174,46 @@ def test_sweep_writes_one_comparison_table(tmp_path):
     # a second invocation reuses the finished runs instead of training them again
     again = run_sweep(sweep, out_dir=tmp_path / "out", progress=False, echo=lambda m: None)
     assert again["rows"] == result["rows"]
+
+
+def test_the_moving_average_resumes_bitwise_and_is_what_the_checkpoint_holds(tmp_path, monkeypatch):
+    """train.ema_decay: the checkpoint's model weights are the moving average of the trainable
+    weights (not the raw ones, which sit beside them), and an interrupted run resumes to the same
+    losses and the same average as one that ran straight through."""
+    sets = ["train.steps=10", "train.eval_every=0", "train.save_every=0", "data.validation=[]",
+            "train.ema_decay=0.9"]
+    train(tiny(tmp_path / "straight", *sets, config=POINTER), progress=False, echo=lambda m: None)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 4)
+        train(tiny(tmp_path / "split", *sets, config=POINTER), progress=False, echo=lambda m: None)
+    train(tiny(tmp_path / "split", *sets, config=POINTER), resume=True, progress=False, echo=lambda m: None)
+    assert losses(tmp_path / "split") == losses(tmp_path / "straight")
+
+    folder = tmp_path / "straight" / "checkpoints" / "last"
+    average = mx.load(str(folder / "model.safetensors"))
+    raw = mx.load(str(folder / ckpt.TRAINING_WEIGHTS))
+    assert raw and set(raw) <= set(average)  # the trainable weights only
+    assert any(not mx.array_equal(average[k], raw[k]).item() for k in raw)
+    resumed = mx.load(str(tmp_path / "split" / "checkpoints" / "last" / "model.safetensors"))
+    assert all(mx.array_equal(average[k], resumed[k]).item() for k in average)
+
+
+def test_the_weight_average_follows_its_decay():
+    """One update moves each averaged weight by (1 - decay) of its distance to the raw weight
+    (with the ramp (1 + step) / (10 + step) early on), and applied() puts the raw weights back."""
+    import mlx.nn as nn
+
+    from vantage_core.train.trainer import WeightAverage
+
+    model = nn.Linear(3, 2)
+    start = mx.array(model.weight)
+    average = WeightAverage(model, decay=0.5)
+    model.weight = start + 1.0
+    average.update(model, step=100)  # the ramp (101 / 110) is above 0.5: the decay rules
+    assert mx.allclose(average.weights["weight"], start + 0.5).item()
+    average.update(model, step=0)  # the ramp: 1 / 10, so 90% of the way
+    assert mx.allclose(average.weights["weight"], start + 0.95).item()
+    with average.applied(model) as raw:
+        assert mx.allclose(model.weight, start + 0.95).item()
+        assert mx.allclose(raw["weight"], start + 1.0).item()
+    assert mx.allclose(model.weight, start + 1.0).item()

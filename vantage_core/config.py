@@ -147,6 +147,10 @@ class TrainConfig(Section):
     warmup_steps: int = Field(50, ge=0)
     weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False)
     grad_clip: float = Field(1.0, ge=0, allow_inf_nan=False)
+    # An exponential moving average of the trainable weights, with this decay per step, is what
+    # validation scores and the checkpoints hold (the raw weights are kept beside it for --resume);
+    # null: the raw weights.
+    ema_decay: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
     eval_every: int = Field(250, ge=0)
     eval_examples: int = Field(200, ge=0)  # validation examples decoded at each evaluation
     # The best checkpoint is kept by this validation metric: a metric plugin's (decoding

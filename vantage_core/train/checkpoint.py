@@ -9,6 +9,8 @@ A checkpoint is a folder::
     config.yaml            the resolved config
     plugins.json           name, kind, distribution and version of every registered plugin
     tokenizer/             the decoder's tokenizer
+    training_weights.safetensors  the raw trainable weights, where model.safetensors holds their
+                           moving average (``train.ema_decay``); only for --resume
 
 It is first written in full to a temporary sibling folder and fsync'ed; then the old folder is
 renamed aside, the new one renamed into place, and the old one deleted. Each rename is atomic,
@@ -33,6 +35,7 @@ from vantage_core.errors import VantageError
 
 STATE_FILE = "trainer_state.json"
 ASIDE_SUFFIX = ".old"
+TRAINING_WEIGHTS = "training_weights.safetensors"
 
 
 def plugin_list(registry: Any = None) -> list[dict]:
@@ -83,8 +86,11 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
 
 def save_checkpoint(path: str | Path, *, model: Any, optimizer: Any, trainer_state: dict,
                     config_yaml: str | None = None, plugins: list[dict] | None = None,
-                    save_tokenizer: Callable[[Path], None] | None = None) -> Path:
-    """Write a checkpoint to ``path`` atomically (see the module docstring)."""
+                    save_tokenizer: Callable[[Path], None] | None = None,
+                    training_weights: dict | None = None) -> Path:
+    """Write a checkpoint to ``path`` atomically (see the module docstring). ``training_weights``:
+    the raw trainable weights where ``model`` holds their moving average (read back by
+    :func:`restore_training_weights` to resume)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -95,6 +101,8 @@ def save_checkpoint(path: str | Path, *, model: Any, optimizer: Any, trainer_sta
         opt_state = dict(tree_flatten(optimizer.state))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
         mx.save_safetensors(str(tmp / "rng.safetensors"), {"mlx_key": mx.random.state[0]})
+        if training_weights is not None:
+            mx.save_safetensors(str(tmp / TRAINING_WEIGHTS), training_weights)
         if config_yaml is not None:
             (tmp / "config.yaml").write_text(config_yaml)
         if plugins is not None:
@@ -178,3 +186,12 @@ def restore_checkpoint(path: str | Path, *, model: Any, optimizer: Any) -> dict:
     # where the stream stood.
     mx.eval(optimizer.state)
     return _read_state(path / STATE_FILE)
+
+
+def restore_training_weights(path: str | Path, model: Any) -> None:
+    """Put a checkpoint's raw training weights into ``model``, where it saved them beside their
+    moving average; a checkpoint without them leaves ``model`` as it is."""
+    file = resolve_checkpoint(path) / TRAINING_WEIGHTS
+    if file.exists():
+        model.update(tree_unflatten(list(read_safetensors(file).items())))
+        mx.eval(model.parameters())

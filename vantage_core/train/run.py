@@ -288,11 +288,17 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
 
     def save(name: str) -> None:
         if world.is_main:
-            ckpt.save_checkpoint(run_dir / "checkpoints" / name, model=model, optimizer=trainer.optimizer,
-                                 trainer_state=trainer_state(), config_yaml=dump_config(cfg),
-                                 plugins=ckpt.plugin_list(registry), save_tokenizer=tokenizer.save)
+            with trainer.averaged() as raw:
+                ckpt.save_checkpoint(run_dir / "checkpoints" / name, model=model, optimizer=trainer.optimizer,
+                                     trainer_state=trainer_state(), config_yaml=dump_config(cfg),
+                                     plugins=ckpt.plugin_list(registry), save_tokenizer=tokenizer.save,
+                                     training_weights=raw)
 
     def evaluate(final: bool = False) -> dict[str, float]:
+        with trainer.averaged():
+            return evaluate_weights(final)
+
+    def evaluate_weights(final: bool) -> dict[str, float]:
         if validation is None or not world.is_main:
             return {}
         from vantage_core.train.evaluation import predict, score, teacher_forced

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import signal
 import time
-from typing import Callable, Iterable
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -96,6 +97,31 @@ def expert_load_shares(metrics: dict) -> list[list[float]] | None:
     return [(r / r.sum()).tolist() if r.sum() > 0 else r.tolist() for r in rows]
 
 
+class WeightAverage:
+    """An exponential moving average of a model's trainable weights: ``decay`` per update, ramped
+    up as ``(1 + step) / (10 + step)`` over the first updates so the first weights weigh little."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.weights = dict(tree_flatten(model.trainable_parameters()))
+
+    def update(self, model: nn.Module, step: int) -> None:
+        rate = 1.0 - min(self.decay, (1 + step) / (10 + step))
+        current = dict(tree_flatten(model.trainable_parameters()))
+        self.weights = {k: w + rate * (current[k] - w) for k, w in self.weights.items()}
+        mx.eval(self.weights)
+
+    @contextmanager
+    def applied(self, model: nn.Module) -> Iterator[dict]:
+        """Inside, ``model`` holds the averaged weights; yields the raw ones, put back after."""
+        raw = dict(tree_flatten(model.trainable_parameters()))
+        model.update(tree_unflatten(list(self.weights.items())))
+        try:
+            yield raw
+        finally:
+            model.update(tree_unflatten(list(raw.items())))
+
+
 class Trainer:
     """One model's optimizer and step functions.
 
@@ -115,6 +141,7 @@ class Trainer:
         self.optimizer.init(model.trainable_parameters())
         self.step = 0  # optimizer updates done
         self.notes: list[str] = []  # things the caller should tell the user once
+        self.average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
         self._build()
 
     def _build(self) -> None:
@@ -177,12 +204,20 @@ class Trainer:
 
     def restore(self, path) -> dict:
         """Continue from a checkpoint: weights, optimizer, RNG; returns its trainer state."""
-        from vantage_core.train.checkpoint import restore_checkpoint
+        from vantage_core.train.checkpoint import restore_checkpoint, restore_training_weights
 
         state = restore_checkpoint(path, model=self.model, optimizer=self.optimizer)
+        if self.average is not None:
+            self.average = WeightAverage(self.model, self.average.decay)  # the checkpoint's weights
+            restore_training_weights(path, self.model)
         self.step = int(state["step"])
         self._build()  # the compiled steps captured the old optimizer state
         return state
+
+    def averaged(self):
+        """A context in which the model holds the weights to score and save (the moving average
+        where ``train.ema_decay`` is set); it yields the raw training weights, or None."""
+        return self.average.applied(self.model) if self.average is not None else nullcontext()
 
     def train_step(self, micro_batches: list[dict]) -> dict:
         """One optimizer update over ``micro_batches`` (this rank's share of the global batch).
@@ -223,6 +258,8 @@ class Trainer:
                                    f"check the data")
         grad_norm = self._update_step(grad_sum, n_sum)
         mx.eval(self.model.state, self.optimizer.state, grad_norm)
+        if self.average is not None:
+            self.average.update(self.model, self.step)
         self.step += 1
         record = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
                   "loss_tokens": int(n_total.item()), "tokens": int(summed[2].item())}
