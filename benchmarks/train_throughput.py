@@ -1,13 +1,13 @@
 """Training tokens/s of a tiny config with 1 process and with 2 processes (MLX ring backend on
-loopback), same global batch; or, with ``--compare kernels``, one process as it ran before
-issue 18 (MLX's own ops, glibc's malloc thresholds and every layer over the padding too:
+loopback), same global batch; or, with ``--compare kernels``, one process with every CPU
+speed-up off (MLX's own ops, glibc's malloc thresholds and every layer over the padding too:
 ``VANTAGE_NATIVE_KERNELS=0 VANTAGE_MALLOC=default``, ``train.pack_padding=false``), with the
 native CPU kernels (vantage_core/kernels) alone, with the kernels and the allocator setting
 (vantage_core/allocator.py), and with those and the padding skipped (vantage_core/model/packing.py),
 Vantage's default; with ``--compare ranks``, the first and the last of those on one process and
-the last on 2 processes; with ``--compare packing``, today's setting with the padding skipped and
-not; with ``--compare buckets``, today's setting with the default length buckets and whole-epoch
-ones.
+the last on 2 processes; with ``--compare packing``, the default setting with the padding skipped
+and not; with ``--compare buckets``, the default setting with the default length buckets and
+whole-epoch ones.
 
     python benchmarks/train_throughput.py [--config configs/quickstart.yaml] [--steps 40]
     python benchmarks/train_throughput.py --compare kernels --config configs/spider.yaml --steps 60
@@ -44,11 +44,11 @@ SETTINGS = {
                 (1, "native, glibc malloc, padded", {"VANTAGE_MALLOC": "default"}, PADDED),
                 (1, "native + allocator, padded", {}, PADDED),
                 (1, "native + allocator + packing", {}, [])],
-    # before issue 18 on one process, today on one process, today data parallel over the cores
+    # every speed-up off on one process, the default on one process, the default data parallel over the cores
     "ranks": [(1, "mlx_ops, glibc malloc, padded", BEFORE, PADDED), (1, "native + allocator + packing", {}, []),
               (2, "native + allocator + packing", {}, [])],
     "packing": [(1, "native + allocator, padded", {}, PADDED), (1, "native + allocator + packing", {}, [])],
-    # today's kernels with 32 batches' rows sorted by length together (the default) and with a
+    # the default setting with 32 batches' rows sorted by length together (the default) and with a
     # whole epoch's (train.bucket_batches=0: less padding, other batches)
     "buckets": [(1, "native + allocator + packing, 32-batch buckets", {}, []),
                 (1, "native + allocator + packing, whole-epoch buckets", {}, ["train.bucket_batches=0"])],

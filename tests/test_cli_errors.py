@@ -1,4 +1,4 @@
-"""Hostile files and values (issue 15, failures 7-9): one ``error: ...`` line naming the file,
+"""Hostile files and values: one ``error: ...`` line naming the file,
 line or field, never a traceback; values that cannot work are refused by ``config validate``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 16, item 2: `vantage export` writes the layout MLX and Hugging Face tools read
+"""`vantage export` writes the layout MLX and Hugging Face tools read
 (config.json with model_type and mlx-lm's quantization block, model.safetensors with
 format: mlx, the tokenizer under vantage_tokenizer/, a model card), `vantage generate` in a
 fresh process gives the same SQL from it as the model it came from, and older exports still load

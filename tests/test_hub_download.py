@@ -1,4 +1,4 @@
-"""Issue 16, item 7: `vantage data download` goes through huggingface_hub and its own settings
+"""`vantage data download` goes through huggingface_hub and its own settings
 (HF_ENDPOINT, proxies, HF_HUB_OFFLINE), against a stand-in hub on 127.0.0.1, and writes the
 files in the layout the adapters read. Each download runs `vantage` in a fresh process, so the
 environment it sees is the one set here."""

@@ -80,7 +80,7 @@ def test_cli_generate_prints_sql_rows_and_reads_a_file(paths, tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["generate", "--checkpoint", str(model), "--db", str(db), "--run",
                               "--constraint", "sql_schema", "how many singers?"])
-    # exit status 1 when the (untrained) model's SQL fails to run (issue 15), 0 when it runs
+    # exit status 1 when the (untrained) model's SQL fails to run, 0 when it runs
     assert res.exit_code == (1 if "error: the SQL did not run" in res.output else 0), res.output
     assert res.output.strip()
     qfile = tmp_path / "q.txt"

@@ -1,4 +1,4 @@
-"""Issue 18: the native CPU kernels match MLX's own ops in value and gradient.
+"""The native CPU kernels match MLX's own ops in value and gradient.
 
 Tolerances (float32): values within 2e-5 relative + 2e-6 absolute of the MLX reference, gradients
 within 1e-4 relative + 1e-5 absolute (the kernels sum in another order and use their own

@@ -1,4 +1,4 @@
-"""Issue 16, item 4: the notebooks are what notebooks/build.py writes (valid nbformat JSON), and
+"""The notebooks are what notebooks/build.py writes (valid nbformat JSON), and
 both run from top to bottom (nbclient, a real kernel) at the tiny sizes of their first cells."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reliability under hostile use (issue 15): the sandbox under concurrent callers, scores that
+"""Reliability under hostile use: the sandbox under concurrent callers, scores that
 count every example and compare complete results, and one clean error for bad files."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The server under hostile use (issue 15): concurrent ``run: true`` requests each get their own
+"""The server under hostile use: concurrent ``run: true`` requests each get their own
 rows, the concurrency limit counts work still running, the body limit holds for chunked
 bodies, and no input answers 5xx or echoes itself back."""
 

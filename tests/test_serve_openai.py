@@ -1,4 +1,4 @@
-"""Issue 16, item 3: the OpenAI-compatible endpoints, driven by the real `openai` package against
+"""The OpenAI-compatible endpoints, driven by the real `openai` package against
 uvicorn on 127.0.0.1: a chat completion and a streamed one give the SQL `POST /v1/generate`
 gives for the same question and schema, rows come in the `vantage` extra field, and the
 server's limits (admission counting running work) hold for chat requests too."""

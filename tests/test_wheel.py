@@ -1,4 +1,4 @@
-"""Issue 16, items 1 and 5: the wheel carries every package and the files `vantage` reads at run
+"""The wheel carries every package and the files `vantage` reads at run
 time (configs, playground, type marker, license), and the declared dependencies are the ones the
 code uses. .ci/wheel-smoke installs that wheel into a fresh virtual environment and runs
 `vantage plugins`, `vantage doctor` and a quickstart from it."""
