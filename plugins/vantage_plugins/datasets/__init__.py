@@ -11,6 +11,7 @@ from vantage_core import hookimpl
 def register_datasets(register):
     from vantage_plugins.datasets.spider import BirdDataset, SpiderDataset
     from vantage_plugins.datasets.gretel import GretelDataset
+    from vantage_plugins.datasets.outside import OutsideDataset
     from vantage_plugins.datasets.synthetic import SyntheticDataset
     from vantage_plugins.datasets.wikisql import WikiSQLDataset
 
@@ -19,3 +20,4 @@ def register_datasets(register):
     register("wikisql", WikiSQLDataset)
     register("gretel", GretelDataset)
     register("synthetic", SyntheticDataset)
+    register("outside", OutsideDataset)
