@@ -147,7 +147,8 @@ def _dataset_params_from(config, dataset: str) -> dict:
 @click.option("--dataset", "-d", required=True, help="Registered dataset name (see `vantage plugins --kind dataset`).")
 @click.option("--split", default="dev", show_default=True, help="Split of the dataset.")
 @click.option("--dataset-param", "dataset_params", multiple=True, metavar="KEY=VALUE",
-              help="Parameter of the dataset adapter, e.g. --dataset-param root=../shared/data/spider.")
+              help="Parameter of the dataset adapter, e.g. --dataset-param perturb=synonyms; with --checkpoint, "
+                   "on top of the parameters the run's config gave the dataset.")
 @click.option("--metric", "-m", "metric_names", multiple=True,
               help="Metric to compute (repeatable); default: the config's evaluate.metrics.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N examples.")
@@ -192,8 +193,8 @@ def evaluate(predictions_path, checkpoints, dataset, split, dataset_params, metr
     if engine is not None:  # --set inference.* changes how the model decodes
         engine.config = engine.config.model_copy(update={"inference": cfg.inference})
     params = dict(_param(p) for p in dataset_params)
-    if not params and engine is not None:
-        params = _dataset_params_from(engine.config, dataset)
+    if engine is not None:  # the parameters the run gave this dataset, with the ones given here on top
+        params = {**_dataset_params_from(engine.config, dataset), **params}
     adapter = registry().build("dataset", dataset, **params)
     report = adapter.load(split)
     click.echo(report.summary(dataset, split), err=True)

@@ -81,6 +81,7 @@ class LoadReport:
     examples: list[Example]
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     details: list[str] = field(default_factory=list)  # one line per skipped row: file:line: reason
+    notes: list[str] = field(default_factory=list)  # what the adapter did to the rows it kept, one line each
 
     def skip(self, reason: str, detail: str) -> None:
         """Count one skipped row under ``reason``; ``detail`` says which (``file:line: ...``)."""
@@ -90,7 +91,8 @@ class LoadReport:
     def summary(self, name: str, split: str) -> str:
         total = len(self.examples) + sum(self.skipped.values())
         why = "; ".join(f"{n} {reason}" for reason, n in self.skipped.most_common()) or "none"
-        return f"{name}/{split}: {len(self.examples)} loaded of {total}, skipped: {why}"
+        notes = "".join(f"; {note}" for note in self.notes)
+        return f"{name}/{split}: {len(self.examples)} loaded of {total}, skipped: {why}{notes}"
 
 
 class DatasetAdapter(Protocol):

@@ -5,6 +5,8 @@ Spider: ``train_spider.json`` (optionally ``train_others.json``) and, when prese
 official ``dev.json``; databases at ``database/<db_id>/<db_id>.sqlite``. Spider's test-time
 databases never appear in training, so the ``validation`` split holds out whole databases of the
 training file (``holdout_fraction`` of them, chosen by ``seed``), never random questions.
+``perturb: synonyms | values`` rewrites the validation questions (never the training ones) with
+the gold SQL unchanged (:mod:`vantage_plugins.datasets.perturb`).
 
 BIRD: ``train/train.json`` + ``train_tables.json`` + ``train_databases/`` and
 ``dev/dev.json`` + ``dev_tables.json`` + ``dev_databases/`` (or those files directly in
@@ -20,6 +22,7 @@ from typing import Any
 
 from vantage_core.data.example import Example, LoadReport, Schema
 from vantage_plugins.datasets.files import non_text_fields, read_json_utf8 as read_json
+from vantage_plugins.datasets.perturb import PERTURBATIONS, perturbed
 from vantage_core.data.schemas import missing_in_database, schema_from_spider_tables
 from vantage_core.errors import DataError
 
@@ -118,13 +121,16 @@ class SpiderDataset:
     """Spider 1.0 from its official release folder; validation holds out whole databases."""
 
     def __init__(self, path: str | None = None, holdout_fraction: float = 0.15, seed: int = 0,
-                 include_others: bool = False):
+                 include_others: bool = False, perturb: str = "none"):
         self.path = Path(path) if path else shared_data_dir() / "spider"
         if not (self.path / "tables.json").is_file():
             raise DataError(f"spider: no tables.json in {self.path}; set `path:` to the folder of the official "
                             f"release (train_spider.json, tables.json, database/) or VANTAGE_SHARED_DATA")
         if not 0 < holdout_fraction < 1:
             raise DataError(f"spider: holdout_fraction must be in (0, 1), got {holdout_fraction}")
+        if perturb not in PERTURBATIONS:
+            raise DataError(f"spider: perturb must be one of {', '.join(PERTURBATIONS)}; got {perturb!r}")
+        self.perturb = perturb
         self.holdout_fraction, self.seed, self.include_others = holdout_fraction, seed, include_others
         self.release = SpiderStyleRelease(self.path / "tables.json", self.path / "database")
         self.splits = ("train", "validation") + (("dev",) if (self.path / "dev.json").is_file() else ())
@@ -158,6 +164,9 @@ class SpiderDataset:
             report.examples += part.examples
             report.skipped.update(part.skipped)
             report.details += part.details
+        if split == "validation" and self.perturb != "none":
+            report.examples, note = perturbed(report.examples, self.perturb, self.release.schemas)
+            report.notes.append(note)
         return report
 
     @staticmethod
