@@ -45,8 +45,22 @@ def assert_one_error_line(err: str, *fragments: str) -> None:
     ("model:\n  d_model: 0\n", 2, "model.d_model"),
     ("inference:\n  top_p: 1.5\n", 2, "inference.top_p"),
     ("evaluate:\n  timeout_s: .inf\n", 2, "evaluate.timeout_s"),
+    ("model:\n  vocab_size: -5\n", 2, "model.vocab_size"),
+    ("model:\n  d_model: 130\n  n_heads: 4\n", 3, "model.n_heads: 4 must divide d_model (130)"),
+    ("model:\n  n_heads: 4\n  n_kv_heads: 3\n", 3, "model.n_kv_heads: 3 must divide n_heads (4)"),
+    ("model:\n  head_dim: -8\n", 2, "model.head_dim"),
+    ("model:\n  moe_every: -1\n", 2, "model.moe_every"),
+    ("model:\n  dtype: int8\n", 2, "model.dtype"),
+    ("data:\n  tokenizer: {name: sentencepiece, vocab_size: -5}\n", 2, "data.tokenizer.vocab_size"),
+    ("data:\n  serialization: {max_sql_tokens: 0}\n", 2, "data.serialization.max_sql_tokens"),
+    ("data:\n  train: [{name: synthetic, limit: -3}]\n", 2, "data.train.0.limit"),
+    ("model:\n  heads: [vocab, pointer]\n  cross_attention_every: 0\n  schema_encoder: {name: linked}\n"
+     "data:\n  target: actions\n  linker: {name: lexical}\n  tokenizer: {name: sql_actions}\n"
+     "train:\n  select_metric: action_exact\n", 2, "model.heads"),
 ], ids=["batch_size-negative", "lr-nan", "log_every-zero", "k-negative", "k-over-experts", "d_model-zero",
-        "top_p-over-1", "timeout-infinite"])
+        "top_p-over-1", "timeout-infinite", "vocab_size-negative", "n_heads-not-dividing-d_model",
+        "n_kv_heads-not-dividing-n_heads", "head_dim-negative", "moe_every-negative", "dtype-unknown",
+        "tokenizer-vocab_size-negative", "max_sql_tokens-zero", "limit-negative", "pointer-without-cross-attention"])
 def test_config_validate_refuses_values_that_cannot_work(tmp_path, capsys, yaml_text, line, field):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml_text)
@@ -69,13 +83,52 @@ def test_router_k_within_the_experts_is_valid():
     (b"model: &m {sub: *m}\n", "anchor refers to itself"),
     (b"train:\n  steps: 3\n  # caf" + BAD_BYTES + b"\n", ":3:"),
     (b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
-], ids=["self-list", "self-map", "not-utf8", "deep"])
+    (b"train:\n  steps: " + b"9" * 5000 + b"\n", ":2: train.steps: 99999999999999999999... (5000 characters)"),
+    (b"base: &b {steps: 3}\ntrain:\n  <<: *b\n", ":3: train.<<: YAML merge keys are not read"),
+    (b"train:\n  steps: !!python/name:os.system\n", ":2: train.steps: the YAML tag !!python/name:os.system"),
+    (b"!!python/object/apply:os.system [echo hi]\n", ":1: (top level): the YAML tag !!python/object/apply"),
+], ids=["self-list", "self-map", "not-utf8", "deep", "5000-digit-integer", "merge-key", "python-name-tag",
+        "python-apply-tag"])
 def test_hostile_yaml_is_one_error_line(tmp_path, capsys, content, fragment):
     path = tmp_path / "hostile.yaml"
     path.write_bytes(content)
     code, _, err = run_cli(["config", "validate", "--config", str(path)], capsys)
     assert code == 2
     assert_one_error_line(err, str(path), fragment)
+
+
+def test_a_5000_digit_override_is_one_error_line(capsys):
+    code, _, err = run_cli(["config", "validate", "--set", "train.steps=" + "9" * 5000], capsys)
+    assert code == 2
+    assert_one_error_line(err, "--set train.steps=...: the value is not valid YAML")
+    assert len(err) < 300  # the value is not echoed back
+
+
+@pytest.mark.parametrize("yaml_text, field", [
+    ("model:\n  vocab_size: -5\n", "model.vocab_size"),
+    ("model:\n  d_model: 130\n  n_heads: 4\n", "model.n_heads"),
+], ids=["vocab_size-negative", "n_heads-not-dividing-d_model"])
+def test_params_refuses_what_config_validate_refuses(tmp_path, capsys, yaml_text, field):
+    path = tmp_path / "model.yaml"
+    path.write_text(yaml_text)
+    code, _, err = run_cli(["params", str(path)], capsys)
+    assert code == 2
+    assert_one_error_line(err, f"{path}:", field)
+
+
+@pytest.mark.parametrize("command, option, value", [
+    ("serve", "--timeout", "nan"), ("serve", "--timeout", "-5"), ("serve", "--timeout", "0"),
+    ("serve", "--timeout", "inf"), ("generate", "--top-p", "nan"), ("generate", "--temperature", "inf"),
+], ids=["timeout-nan", "timeout-negative", "timeout-zero", "timeout-infinite", "top_p-nan", "temperature-infinite"])
+def test_a_number_option_that_cannot_work_is_refused_at_parse_time(tmp_path, capsys, command, option, value):
+    """Refused before a model is loaded or a server started: one ``Error:`` line naming the option."""
+    args = [command, "-m", str(tmp_path), option, value]
+    if command == "generate":
+        args += ["--db", str(tmp_path / "none.sqlite"), "how many?"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"'{option}'" in errors[0] and value in errors[0], err
 
 
 def test_a_yaml_alias_used_twice_is_fine(tmp_path):

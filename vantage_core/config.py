@@ -14,6 +14,7 @@ from typing import Any, Iterator, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from vantage_core.errors import ConfigError
 from vantage_core.textfiles import read_utf8
@@ -23,6 +24,15 @@ Lines = dict[tuple, int]  # path of keys/indices -> 1-based line in the source f
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+CLASH = "fields_clash"  # the error type of values that do not work together
+
+
+def clash(field: str, message: str) -> PydanticCustomError:
+    """A validator's error about values that do not work together, reported at ``field`` (dotted,
+    within the validated section) so that the message names that field and its line."""
+    return PydanticCustomError(CLASH, message, {"clash_field": field})
 
 
 class PluginSpec(BaseModel):
@@ -46,7 +56,7 @@ class DataSource(PluginSpec):
 
     split: str | None = None  # None: the slot's own split (train / validation / test)
     weight: float = Field(1.0, gt=0, allow_inf_nan=False)
-    limit: int | None = None  # keep the first N examples (for quick runs)
+    limit: int | None = Field(None, gt=0)  # keep the first N examples (for quick runs)
 
 
 class RunConfig(Section):
@@ -63,26 +73,26 @@ HEADS = ("vocab", "pointer", "copy")  # the model's output heads (vantage_core/m
 
 
 class ModelConfig(Section):
-    vocab_size: int | None = None  # None: taken from the trained tokenizer
+    vocab_size: int | None = Field(None, gt=0)  # None: taken from the trained tokenizer
     d_model: int = Field(256, gt=0)
     n_layers: int = Field(4, gt=0)
     n_heads: int = Field(4, gt=0)
-    n_kv_heads: int | None = None  # None: as many as n_heads (no grouped-query attention)
-    head_dim: int | None = None  # None: d_model // n_heads
+    n_kv_heads: int | None = Field(None, gt=0)  # None: as many as n_heads (no grouped-query attention)
+    head_dim: int | None = Field(None, gt=0)  # None: d_model // n_heads
     max_seq_len: int = Field(512, gt=0)
     rope_theta: float = Field(10000.0, gt=0, allow_inf_nan=False)
     norm_eps: float = Field(1e-5, gt=0, allow_inf_nan=False)
     num_experts: int = Field(8, gt=0)
     expert_hidden: int = Field(512, gt=0)
-    moe_every: int = 1  # an MoE block in every n-th layer, a dense SwiGLU elsewhere
-    dense_hidden: int | None = None  # hidden size of the dense layers; None: expert_hidden * k
-    cross_attention_every: int = 4  # schema cross-attention in every n-th layer; 0: never
+    moe_every: int = Field(1, ge=0)  # an MoE block in every n-th layer, a dense SwiGLU elsewhere; 0: never
+    dense_hidden: int | None = Field(None, gt=0)  # hidden size of the dense layers; None: expert_hidden * k
+    cross_attention_every: int = Field(4, ge=0)  # schema cross-attention in every n-th layer; 0: never
     tie_embeddings: bool = True
     # Output heads: vocab (subword or SQL-keyword vocabulary), pointer (this database's tables
     # and columns), copy (spans of the question); pointer and copy need data.target: actions.
     heads: list[str] = ["vocab"]
     dropout: float = Field(0.0, ge=0, lt=1)  # on the decoder's input embeddings
-    dtype: str = "float32"  # float32 on the CPU; bfloat16 where the device has fast bf16
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # float32 on the CPU; bfloat16 where the device has fast bf16
     router: PluginSpec = PluginSpec(name="topk")
     expert: PluginSpec = PluginSpec(name="swiglu")
     schema_encoder: PluginSpec = PluginSpec(name="transformer")
@@ -107,12 +117,26 @@ class ModelConfig(Section):
             raise ValueError(f"{heads}: a list of distinct heads from {', '.join(HEADS)} that includes vocab")
         return heads
 
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "ModelConfig":
+        """The sizes the model builder divides: heads into the width, key/value heads into heads."""
+        n_kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % n_kv:
+            raise clash("n_kv_heads", f"{n_kv} must divide n_heads ({self.n_heads}): each key/value head "
+                                      f"serves the same number of query heads")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise clash("n_heads", f"{self.n_heads} must divide d_model ({self.d_model}), or set head_dim")
+        if len(self.heads) > 1 and not self.cross_attention_every:
+            raise clash("heads", f"{self.heads} point at schema items, which reach the decoder through "
+                                 f"cross-attention; set cross_attention_every above 0 or heads: [vocab]")
+        return self
+
 
 class SerializationConfig(Section):
-    cell_values: int = 0  # cell values shown per column (read from the database)
-    max_schema_tokens: int = 384  # beyond this, the least relevant tables and columns are cut
-    max_question_tokens: int = 64
-    max_sql_tokens: int = 160
+    cell_values: int = Field(0, ge=0)  # cell values shown per column (read from the database)
+    max_schema_tokens: int = Field(384, gt=0)  # beyond this, the least relevant tables and columns are cut
+    max_question_tokens: int = Field(64, gt=0)
+    max_sql_tokens: int = Field(160, gt=0)
     schema_in_prompt: bool = True  # the schema text also goes into the decoder's prompt (after <sep>)
 
 
@@ -129,10 +153,19 @@ class DataConfig(Section):
     serialization: SerializationConfig = SerializationConfig()
     cache_dir: str | None = None  # None: ~/.cache/vantage
 
+    @field_validator("tokenizer")
+    @classmethod
+    def _check_vocab_size(cls, tokenizer: PluginSpec) -> PluginSpec:
+        """The tokenizer's ``vocab_size`` (which ``vantage params`` also reads) must be a whole number above 0."""
+        size = tokenizer.params.get("vocab_size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise clash("vocab_size", f"{size!r}; the vocabulary size must be a whole number above 0")
+        return tokenizer
+
 
 class TrainConfig(Section):
     steps: int = Field(1000, ge=0)
-    minutes: float | None = None  # wall-clock ceiling: stop (save, evaluate) when it is reached
+    minutes: float | None = Field(None, gt=0, allow_inf_nan=False)  # wall-clock ceiling: stop (save, evaluate) when it is reached
     batch_size: int = Field(16, gt=0)
     grad_accum: int = Field(1, gt=0)
     # Rows of this many batches are sorted by length together before they are cut into batches
@@ -200,14 +233,14 @@ class Config(Section):
     def _check_target(self) -> "Config":
         actions = self.data.target == "actions"
         if len(self.model.heads) > 1 and not actions:
-            raise ValueError(f"model.heads: {self.model.heads} point at schema items and question pieces; "
-                             f"they need data.target: actions (or set model.heads: [vocab])")
+            raise clash("model.heads", f"{self.model.heads} point at schema items and question pieces; "
+                                       f"they need data.target: actions (or set model.heads: [vocab])")
         if actions and self.data.linker is None:
-            raise ValueError("data.linker: data.target: actions needs a schema_linker plugin, e.g. "
-                             "{name: lexical} (or {name: none} for no linking features)")
+            raise clash("data.linker", "data.target: actions needs a schema_linker plugin, e.g. "
+                                       "{name: lexical} (or {name: none} for no linking features)")
         if actions and self.train.select_metric != "action_exact":
-            raise ValueError(f"train.select_metric: {self.train.select_metric!r}; with data.target: actions "
-                             f"the best checkpoint is chosen by action_exact (teacher-forced, on validation)")
+            raise clash("train.select_metric", f"{self.train.select_metric!r}; with data.target: actions "
+                        f"the best checkpoint is chosen by action_exact (teacher-forced, on validation)")
         return self
 
 
@@ -232,6 +265,10 @@ NOT_PLUGIN_PARAMS = {"name", "split", "weight", "limit"}
 
 class _Loader(yaml.SafeLoader):
     pass
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp", "map", "seq")}
 
 
 MAX_YAML_NODES = 200_000  # more is an alias bomb, not a config
@@ -266,12 +303,12 @@ def _construct(node: yaml.Node, path: tuple, lines: Lines, source: str, inside: 
     if len(lines) > MAX_YAML_NODES:
         raise ConfigError(f"{source}: more than {MAX_YAML_NODES} values once aliases are expanded")
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        _check_tag(node, path, source)
         inside = inside | {id(node)}
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _Loader(" ").construct_object(key_node) if not isinstance(key_node, yaml.ScalarNode) \
-                else yaml.safe_load(key_node.value) if key_node.tag != "tag:yaml.org,2002:str" else key_node.value
+            key = _key(key_node, path, source)
             if key in out:
                 raise ConfigError(f"{source}:{key_node.start_mark.line + 1}: {_dotted(path + (key,))}: "
                                   f"duplicate key (first at line {lines[path + (key,)]})")
@@ -281,7 +318,44 @@ def _construct(node: yaml.Node, path: tuple, lines: Lines, source: str, inside: 
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(v, path + (i,), lines, source, inside) for i, v in enumerate(node.value)]
-    return _Loader(" ").construct_object(node, deep=True)
+    return _scalar(node, path, source)
+
+
+def _check_tag(node: yaml.Node, path: tuple, source: str) -> None:
+    """Refuse a tag other than YAML's plain ones (``!!python/...``, ``!!binary``, ``!custom``)."""
+    if node.tag not in PLAIN_TAGS:
+        raise ConfigError(f"{source}:{node.start_mark.line + 1}: {_dotted(path)}: the YAML tag {_short_tag(node.tag)} "
+                          f"is not allowed; a config holds plain values only (text, numbers, true/false, lists, "
+                          f"mappings)")
+
+
+def _key(node: yaml.Node, path: tuple, source: str) -> Any:
+    """A mapping key: plain text, a number or true/false; a merge key (``<<``) is refused."""
+    where = f"{source}:{node.start_mark.line + 1}"
+    if node.tag == MERGE_TAG:
+        raise ConfigError(f"{where}: {_dotted(path + ('<<',))}: YAML merge keys are not read; write the "
+                          f"fields out, or give the whole mapping by its alias (key: *name)")
+    if not isinstance(node, yaml.ScalarNode):
+        raise ConfigError(f"{where}: {_dotted(path)}: a key must be text or a number, not a "
+                          f"{'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
+    return _scalar(node, path + (node.value,), source)
+
+
+def _scalar(node: yaml.Node, path: tuple, source: str) -> Any:
+    """The value of a plain scalar (text, number, true/false, null); any other tag, or a number
+    too long to read, is a one-line error naming the file, line and field."""
+    _check_tag(node, path, source)
+    where = f"{source}:{node.start_mark.line + 1}: {_dotted(path)}"
+    try:
+        return _Loader(" ").construct_object(node, deep=True)
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        shown = node.value if len(node.value) <= 40 else f"{node.value[:20]}... ({len(node.value)} characters)"
+        raise ConfigError(f"{where}: {shown} cannot be read as {_short_tag(node.tag)}: "
+                          f"{str(exc).split(';')[0]}") from None
+
+
+def _short_tag(tag: str) -> str:
+    return tag.replace("tag:yaml.org,2002:", "!!")
 
 
 def _dotted(path: tuple) -> str:
@@ -318,8 +392,8 @@ def parse_override(text: str) -> tuple[tuple, Any]:
     path = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text}: the value is not valid YAML: {exc}") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"--set {key}=...: the value is not valid YAML: {str(exc).splitlines()[0].split(';')[0]}") from None
     return path, parsed
 
 
@@ -391,6 +465,8 @@ def _validate(located: Located) -> Config:
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("function-before",)))
             msg = err["msg"]
+            if err["type"] == CLASH:  # reported at the field it names
+                loc = loc + tuple(err["ctx"]["clash_field"].split("."))
             if err["type"] == "extra_forbidden":
                 section = _section_model(loc[:-1])
                 valid = ", ".join(section.model_fields) if section else ""

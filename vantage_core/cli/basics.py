@@ -58,7 +58,8 @@ def show(**options) -> None:
 
 
 @click.command()
-@click.option("--size", default=1024, show_default=True, help="Matrix size for the sgemm check.")
+@click.option("--size", default=1024, show_default=True, type=click.IntRange(1, 16384),
+              help="Matrix size for the sgemm check.")
 def doctor(size: int) -> None:
     """Check the installation: MLX, its device, the BLAS in use and its sgemm rate."""
     from vantage_core import doctor as d

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from vantage_core.cli.options import FiniteFloat, positive_seconds
+
 DECODING = click.Choice(["greedy", "beam", "sample"])
 
 
@@ -28,8 +30,8 @@ def decoding_options(func):
         click.option("--execution-guided/--no-execution-guided", default=None,
                      help="Pick the first candidate that runs without error."),
         click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=None),
-        click.option("--temperature", type=click.FloatRange(0, 10), default=None),
-        click.option("--top-p", type=click.FloatRange(0, 1), default=None),
+        click.option("--temperature", type=FiniteFloat(0, 10), default=None),
+        click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), default=None),
     ]):
         func = opt(func)
     return func
@@ -129,15 +131,15 @@ def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_
 @click.option("--checkpoint", "-m", "checkpoints", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
               help="A run, checkpoint or export folder; repeated, their ensemble.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--db-dir", type=click.Path(exists=True, file_okay=False), multiple=True,
               help="Folders of known databases (<db_id>/<db_id>.sqlite or <db_id>.sqlite); repeatable.")
 @click.option("--db", "db_urls", multiple=True, metavar="[NAME=]URL",
               help="A database by URL (or SQLite path), known by NAME or by its own name; repeatable.")
 @click.option("--max-concurrency", default=4, show_default=True, type=click.IntRange(1, 256),
               help="Requests waiting or running at once; more get 503.")
-@click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=float,
-              help="Seconds a request may take, waiting included (504 beyond).")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=positive_seconds(),
+              help="Seconds a request may take, waiting included (504 beyond); a finite number above 0.")
 def serve(checkpoints, host, port, db_dir, db_urls, max_concurrency, timeout_s) -> None:
     """Serve the model over HTTP (OpenAPI document at /docs, playground at /, and the OpenAI-compatible
     /v1/models and /v1/chat/completions)."""
@@ -155,10 +157,13 @@ def serve(checkpoints, host, port, db_dir, db_urls, max_concurrency, timeout_s) 
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
 @click.option("--quantize", type=click.Choice(["4", "8"]), default=None, help="Quantize to 4 or 8 bits (MLX).")
 @click.option("--group-size", default=64, show_default=True, type=click.Choice(["32", "64", "128"]))
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier export at --out, once the new one is complete.")
 @decoding_options
 def export(checkpoint, out, quantize, group_size, overwrite, **decoding) -> None:
-    """Write a self-contained model folder: config.json, model.safetensors, vantage_tokenizer/, a model card."""
+    """Write a self-contained model folder: config.json, model.safetensors, vantage_tokenizer/, a model card.
+
+    --out may not be, contain or lie inside --checkpoint."""
     from vantage_core.inference.export import export_model
 
     inference = {k: v for k, v in _inference_overrides(**decoding).items() if v is not None}

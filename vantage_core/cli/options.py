@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import click
 
@@ -25,3 +26,21 @@ def load_from_options(options: dict):
     from vantage_core.config import load_config
 
     return load_config(options.get("config"), list(options.get("overrides") or ()))
+
+
+class FiniteFloat(click.FloatRange):
+    """A float within a range that is also a real number: ``nan`` and ``inf`` are refused (a
+    plain ``FloatRange`` lets ``nan`` through, since every comparison with it is false)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number; give a number in the range {self._describe_range()}", param, ctx)
+        return number
+
+
+def positive_seconds() -> FiniteFloat:
+    """A number of seconds: finite and more than 0."""
+    return FiniteFloat(min=0, min_open=True)

@@ -22,7 +22,6 @@ first export format: ``config.yaml``, ``export.json``, ``tokenizer/``).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +32,7 @@ from mlx.utils import tree_flatten
 
 from vantage_core.config import Config, dump_config
 from vantage_core.errors import VantageError
+from vantage_core.folders import check_output_folder, new_folder, refuse_overlap
 
 FORMAT_VERSION = 2  # 1: config.yaml + export.json + tokenizer/ (still loaded by the engine)
 CONFIG_FILE = "config.json"
@@ -58,11 +58,8 @@ def export_model(source: str | Path, out: str | Path, *, bits: int | None = None
     from vantage_core.config import InferenceConfig
     from vantage_core.inference.engine import quantize_model
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise VantageError(f"{out} already exists; pass --overwrite to replace it")
-        shutil.rmtree(out)
+    refuse_overlap(source, out, "--out")
+    out = check_output_folder(out, overwrite=overwrite, replaceable=is_any_export, what="model export")
     model, tokenizer, cfg, info = load_any(source)
     if info.get("quantization") and bits:
         raise VantageError(f"{source}: already quantized ({info['quantization']['bits']} bits); "
@@ -78,23 +75,9 @@ def export_model(source: str | Path, out: str | Path, *, bits: int | None = None
     record = {"format_version": FORMAT_VERSION, "source": str(Path(info["folder"]).resolve()),
               "quantization": quant, "parameter_bytes": _nbytes(model), "float_parameter_bytes": float_bytes,
               "vantage_version": vantage_core.__version__}
-    _write_atomically(out, lambda tmp: _write_folder(tmp, model, tokenizer, cfg, info, record))
+    with new_folder(out) as tmp:  # an earlier export at ``out`` stays until this one is complete
+        _write_folder(tmp, model, tokenizer, cfg, info, record)
     return record
-
-
-def _write_atomically(out: Path, write: Any) -> None:
-    """``write(tmp)`` into a sibling folder, renamed to ``out`` only once complete."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _write_folder(tmp: Path, model: Any, tokenizer: Any, cfg: Config, info: dict, record: dict) -> None:
@@ -223,6 +206,12 @@ def model_card(cfg: Config, record: dict, figures: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- loading
+
+def is_any_export(folder: str | Path) -> bool:
+    """Whether ``folder`` holds an export in this layout or the first one (``export.json``): what
+    ``vantage export --overwrite`` may replace."""
+    return is_export(folder) or (Path(folder) / "export.json").is_file()
+
 
 def is_export(folder: str | Path) -> bool:
     """Whether ``folder`` holds an export in this layout (``config.json`` with a ``vantage`` block)."""

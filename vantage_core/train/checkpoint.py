@@ -12,7 +12,8 @@ A checkpoint is a folder::
     training_weights.safetensors  the raw trainable weights, where model.safetensors holds their
                            moving average (``train.ema_decay``); only for --resume
 
-It is first written in full to a temporary sibling folder and fsync'ed; then the old folder is
+It is written as every output folder is (:func:`vantage_core.folders.new_folder`): first in
+full to a temporary sibling folder and fsync'ed; then the old folder is
 renamed aside, the new one renamed into place, and the old one deleted. Each rename is atomic,
 and :func:`resolve_checkpoint` falls back to the renamed-aside folder, so an interruption
 between the two renames loses nothing. A temporary folder left by a save that was killed is
@@ -22,8 +23,6 @@ removed by the next save beside it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +31,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from vantage_core.errors import VantageError
+from vantage_core.folders import new_folder
 
 STATE_FILE = "trainer_state.json"
 ASIDE_SUFFIX = ".old"
@@ -46,44 +46,6 @@ def plugin_list(registry: Any = None) -> list[dict]:
             for e in (registry or default_registry()).entries()]
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists, owned by someone else
-    return True
-
-
-def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Delete ``.<name>.tmp-<pid>`` folders beside ``path`` whose process is gone (a save that
-    was killed); a live process's folder is its save in progress and stays. Returns the removed."""
-    removed = []
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-    return removed
-
-
 def save_checkpoint(path: str | Path, *, model: Any, optimizer: Any, trainer_state: dict,
                     config_yaml: str | None = None, plugins: list[dict] | None = None,
                     save_tokenizer: Callable[[Path], None] | None = None,
@@ -92,11 +54,7 @@ def save_checkpoint(path: str | Path, *, model: Any, optimizer: Any, trainer_sta
     the raw trainable weights where ``model`` holds their moving average (read back by
     :func:`restore_training_weights` to resume)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    remove_stale_temporaries(path)  # ours from an earlier failed try, or a killed process's
-    tmp.mkdir()
-    try:
+    with new_folder(path, aside=path.with_name(path.name + ASIDE_SUFFIX), durable=True) as tmp:
         mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
         opt_state = dict(tree_flatten(optimizer.state))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
@@ -111,19 +69,6 @@ def save_checkpoint(path: str | Path, *, model: Any, optimizer: Any, trainer_sta
             save_tokenizer(tmp / "tokenizer")
         # Written last: a folder holding it is complete.
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    aside = path.with_name(path.name + ASIDE_SUFFIX)
-    if aside.exists() and path.exists():  # a leftover from an earlier interrupted swap
-        shutil.rmtree(aside)
-    # (an aside without ``path`` is the only complete copy: it stays until the new one is in place)
-    if path.exists():
-        os.replace(path, aside)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    shutil.rmtree(aside, ignore_errors=True)
     return path
 
 

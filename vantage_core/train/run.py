@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from mlx.utils import tree_flatten
 
 from vantage_core.config import Config, dump_config
 from vantage_core.errors import ConfigError, VantageError
+from vantage_core.folders import check_output_folder, output_path, swap_in
 from vantage_core.train import checkpoint as ckpt
 from vantage_core.train.distributed import World, init_world
 from vantage_core.train.telemetry import Telemetry, trim_metrics
@@ -50,7 +52,9 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, world: World) -> Path:
-    """Check the run directory against --resume/--overwrite; on resume, check the config matches."""
+    """Check the run directory against --resume/--overwrite (only an earlier run, a folder with
+    config.yaml, may be overwritten); on resume, check the config matches. Changes nothing: a new
+    run is started beside it (:func:`staged_start`)."""
     run_dir = cfg.run.path
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
@@ -76,12 +80,40 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, world: World) ->
     if exists and not overwrite:
         raise VantageError(f"{run_dir} already exists; pass --resume to continue that run or "
                            f"--overwrite to replace it (or set run.name / run.dir)")
+    return check_output_folder(run_dir, overwrite=overwrite, replaceable=lambda d: (d / "config.yaml").is_file(),
+                               what="training run", out_option="run.dir")
+
+
+@contextmanager
+def staged_start(run_dir: Path, resume: bool, world: World) -> Iterator[Path]:
+    """The folder a run's start (config, plugins, tokenizer) is written to: on --resume the run
+    folder itself; otherwise a hidden sibling that replaces the run folder (an earlier run there
+    included) only once the block ends without an error, and is deleted when it raises. A start
+    that fails on its data or its model thus leaves the run folder as it was."""
+    if resume:
+        yield run_dir
+        return
+    target = output_path(run_dir)
+    staging = target.with_name(f".{target.name}.starting")  # one name for every rank
     if world.is_main:
-        if exists:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a start that was killed
+        try:
+            staging.mkdir(parents=True)
+        except OSError as exc:
+            raise VantageError(f"{run_dir}: cannot create the run folder here ({exc.strerror}); set run.dir "
+                               f"to a folder you can write") from None
     world.barrier()
-    return run_dir
+    try:
+        yield staging
+    except BaseException:
+        if world.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    world.barrier()
+    if world.is_main:
+        swap_in(staging, target)
+    world.barrier()
+    shutil.rmtree(staging, ignore_errors=True)  # a rank on another machine: its own copy
 
 
 def _main_first(world: World, fn: Callable[[], Any]) -> Any:
@@ -234,32 +266,33 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
     run_dir = prepare_run_dir(cfg, resume, overwrite, world)
     t_start = time.perf_counter()
     mx.random.seed(cfg.run.seed)
-    if world.is_main and not resume:
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
-        (run_dir / "plugins.json").write_text(json.dumps(ckpt.plugin_list(registry), indent=2))
-    elif world.is_main:
-        (run_dir / "config.yaml").write_text(dump_config(cfg))  # the resumable fields may have changed
+    with staged_start(run_dir, resume, world) as start_dir:
+        if world.is_main and not resume:
+            (start_dir / "config.yaml").write_text(dump_config(cfg))
+            (start_dir / "plugins.json").write_text(json.dumps(ckpt.plugin_list(registry), indent=2))
 
-    # -- data and tokenizer (rank 0 first: it fills the caches the others then read)
-    tok_dir = run_dir / "tokenizer"
-    if cfg.data.target == "actions":
-        data = action_data(cfg, registry, world, tok_dir, say, progress)
-    else:
-        data = token_data(cfg, registry, world, tok_dir, say)
-    tokenizer, prepared, validation = data.tokenizer, data.train, data.validation
+        # -- data and tokenizer (rank 0 first: it fills the caches the others then read)
+        tok_dir = start_dir / "tokenizer"
+        if cfg.data.target == "actions":
+            data = action_data(cfg, registry, world, tok_dir, say, progress)
+        else:
+            data = token_data(cfg, registry, world, tok_dir, say)
+        tokenizer, prepared, validation = data.tokenizer, data.train, data.validation
+        say(f"train: {len(prepared)} examples; validation: {len(validation) if validation else 0}; "
+            f"vocabulary {tokenizer.vocab_size}; {world.size} process(es)")
+
+        # -- model
+        model = build_model(cfg.model, tokenizer, registry)
+        mx.eval(model.parameters())
+        if hasattr(model.schema_encoder, "precompute"):  # frozen states once, through the content-keyed cache
+            texts = [prepared.frozen_texts()] + ([validation.frozen_texts()] if validation is not None else [])
+            _main_first(world, lambda: model.schema_encoder.precompute(
+                [q for qs, _ in texts for q in qs], [n for _, ns in texts for n in ns], progress=progress))
     if world.is_main:
+        if resume:
+            (run_dir / "config.yaml").write_text(dump_config(cfg))  # the resumable fields may have changed
         record = {"train": prepared.record(), "validation": validation.record() if validation else None}
         (run_dir / "data.json").write_text(json.dumps(record, indent=2, default=str))
-    say(f"train: {len(prepared)} examples; validation: {len(validation) if validation else 0}; "
-        f"vocabulary {tokenizer.vocab_size}; {world.size} process(es)")
-
-    # -- model and trainer
-    model = build_model(cfg.model, tokenizer, registry)
-    mx.eval(model.parameters())
-    if hasattr(model.schema_encoder, "precompute"):  # frozen states once, through the content-keyed cache
-        texts = [prepared.frozen_texts()] + ([validation.frozen_texts()] if validation is not None else [])
-        _main_first(world, lambda: model.schema_encoder.precompute(
-            [q for qs, _ in texts for q in qs], [n for _, ns in texts for n in ns], progress=progress))
     total, trainable = count_parameters(model)
     say(f"model: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable)")
 
