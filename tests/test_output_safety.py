@@ -172,6 +172,7 @@ def test_a_failed_start_with_overwrite_keeps_the_earlier_run(tmp_path, _cache):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("run: {name: earlier}\n")
+    (run / "plugins.json").write_text("[]\n")
     (run / "metrics.jsonl").write_text('{"step": 1, "kind": "train", "loss": 2.0}\n')
     before = snapshot(run)
     with pytest.raises(VantageError, match="/nonexistent/spider"):
@@ -181,11 +182,77 @@ def test_a_failed_start_with_overwrite_keeps_the_earlier_run(tmp_path, _cache):
 
 
 def test_train_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    """A project folder with a config.yaml of its own is not a run (a run also has plugins.json)."""
     from vantage_core.train.run import train
 
-    folder = tmp_path / "documents"
+    folder = tmp_path / "project"
     folder.mkdir()
     (folder / "thesis.tex").write_text("years of work")
+    (folder / "config.yaml").write_text("theme: dark\n")
     with pytest.raises(VantageError, match="holds files that are not a training run"):
         train(_tiny(folder), overwrite=True, progress=False, echo=lambda m: None)
-    assert snapshot(folder) == {"thesis.tex": b"years of work"}
+    assert snapshot(folder) == {"config.yaml": b"theme: dark\n", "thesis.tex": b"years of work"}
+
+
+@pytest.mark.parametrize("entries, replaceable", [
+    (["config.yaml", "plugins.json", "notes.txt"], True),  # an earlier run, the user's notes included
+    (["tokenizer/"], True),  # what `vantage tokenizer train` or `vantage data prepare` saved for the run
+    (["config.yaml"], False),
+    (["tokenizer/", "thesis.tex"], False),
+], ids=["earlier-run", "tokenizer-only", "config-only", "tokenizer-and-other-files"])
+def test_what_train_overwrite_may_replace(tmp_path, entries, replaceable):
+    from vantage_core.train.run import is_run_dir
+
+    for entry in entries:
+        if entry.endswith("/"):
+            (tmp_path / entry).mkdir()
+        else:
+            (tmp_path / entry).write_text("x")
+    assert is_run_dir(tmp_path) is replaceable
+
+
+def test_tokenizer_train_replaces_a_tokenizer_only_with_overwrite(tmp_path, capsys):
+    config = tmp_path / "tok.yaml"
+    config.write_text(f"run: {{dir: {tmp_path / 'run'}}}\ndata:\n  train: [{{name: synthetic, n_databases: 3, "
+                      f"examples_per_db: 5, out_dir: {tmp_path / 'dbs'}}}]\n"
+                      f"  tokenizer: {{name: sentencepiece, vocab_size: 200}}\n")
+    out = tmp_path / "run" / "tokenizer"
+    out.mkdir(parents=True)
+    (out / "tokenizer.json").write_text("{}")  # stands for the tokenizer an earlier run trained
+    code, _, err = run_cli(["tokenizer", "train", "-c", str(config)], capsys)
+    assert code == 2 and f"--out {out} already exists; pass --overwrite" in one_error_line(err)
+    assert snapshot(out) == {"tokenizer.json": b"{}"}
+    assert run_cli(["tokenizer", "train", "-c", str(config), "--overwrite"], capsys)[0] == 0
+    assert (out / "tokenizer.model").is_file() and sorted(p.name for p in out.parent.iterdir()) == ["tokenizer"]
+
+
+# ---------------------------------------------------------------------------- other commands
+
+def test_evaluate_refuses_an_out_that_would_overwrite_the_predictions(tmp_path, capsys):
+    from fixtures.releases import write_spider
+
+    root = write_spider(tmp_path / "spider", n_dbs=2, per_db=1)
+    out = tmp_path / "eval"
+    out.mkdir()
+    predictions = out / "pred.sql"
+    predictions.write_text("SELECT   count(*)   FROM orders   -- spaced as its author wrote it\n")
+    before = predictions.read_bytes()
+    code, _, err = run_cli(["evaluate", "-p", str(predictions), "-d", "spider", "--split", "dev",
+                            "--dataset-param", f"path={root}", "--metric", "execution", "--out", str(out)], capsys)
+    assert code == 2
+    assert f"--out {out}: the results would overwrite the predictions being scored, {predictions}" in \
+        one_error_line(err.split("\n", 1)[1])  # (the first line is the dataset's load summary)
+    assert predictions.read_bytes() == before
+
+
+def test_an_out_folder_under_a_file_is_one_error_line(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"kind": "train", "step": s, "loss": 1 / s}) + "\n"
+                                               for s in range(1, 4)))
+    (tmp_path / "a_file").write_text("x")
+    code, _, err = run_cli(["plot", str(run), "--out", str(tmp_path / "a_file" / "plots")], capsys)
+    assert code == 2
+    assert f"{tmp_path / 'a_file' / 'plots'}: Not a directory" in one_error_line(err)

@@ -76,3 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     except RecursionError:
         click.echo("error: an input is nested too deeply to read", err=True)
         sys.exit(2)
+    except OSError as exc:
+        # a file or folder the command could not read or write (an --out under a file, in a
+        # folder it may not write, on a full disk): one line naming it, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}; give a path this user can read or write", err=True)
+        sys.exit(2)

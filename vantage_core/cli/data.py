@@ -182,11 +182,16 @@ def tokenizer() -> None:
 @config_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where to save it (default: <run dir>/tokenizer).")
-def train_cmd(out_dir: str | None, **options) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an earlier tokenizer at --out, once the new one is trained.")
+def train_cmd(out_dir: str | None, overwrite: bool, **options) -> None:
     """Train the tokenizer data.tokenizer names on the questions, SQL and schemas of data.train."""
     from vantage_core.data.pipeline import train_tokenizer
+    from vantage_core.data.tokenizer import META_FILE
+    from vantage_core.folders import check_output_folder, new_folder
 
     cfg = _load_data_config(options)
     out = Path(out_dir) if out_dir else cfg.run.path / "tokenizer"
-    tok = train_tokenizer(cfg.data, out, echo=click.echo)
+    check_output_folder(out, overwrite=overwrite, replaceable=lambda d: (d / META_FILE).is_file(), what="tokenizer")
+    with new_folder(out) as tmp:  # a run's tokenizer stays as it was until the new one is saved
+        tok = train_tokenizer(cfg.data, tmp, echo=click.echo)
     click.echo(f"tokenizer {cfg.data.tokenizer.name}: vocabulary {tok.vocab_size}, saved to {out}")

@@ -138,6 +138,15 @@ def _dataset_params_from(config, dataset: str) -> dict:
     return {}
 
 
+def refuse_overwriting(predictions: Path, out: Path, split: str) -> None:
+    """Refuse an ``--out`` whose results would replace the predictions file being scored."""
+    from vantage_core.evaluate.runner import output_files
+
+    if predictions.resolve() in {p.resolve() for p in output_files(out, split)}:
+        raise DataError(f"--out {out}: the results would overwrite the predictions being scored, {predictions}; "
+                        f"choose another --out (or move the predictions file)")
+
+
 @click.command()
 @click.option("--predictions", "-p", "predictions_path", type=click.Path(dir_okay=False), default=None,
               help="Predictions: one SQL per line (Spider), BIRD's JSON, or JSON lines.")
@@ -233,6 +242,8 @@ def evaluate(predictions_path, checkpoints, dataset, split, dataset_params, metr
                                f"name one with --metric ({', '.join(registry().names('metric'))})")
     metrics = build_metrics(specs, cfg.evaluate.timeout_s, cfg.evaluate.max_rows)
     out = Path(out_dir) if out_dir else cfg.run.path / f"eval-{dataset}-{split}"
+    if not checkpoints:
+        refuse_overwriting(Path(predictions_path), out, split)
     result = evaluate_predictions(examples, predictions, metrics, out, workers=workers or cfg.evaluate.workers,
                                   split=split, title=f"{Path(predictions_path).name} on {dataset}/{split}")
     if engine is not None:

@@ -111,6 +111,13 @@ def _one_line(sql: str) -> str:
     return re.sub(r"\s+", " ", sql).strip()
 
 
+def output_files(out_dir: str | os.PathLike, split: str = "dev") -> list[Path]:
+    """Every file :func:`evaluate_predictions` may write into ``out_dir`` (replacing one there)."""
+    names = ("pred.sql", "gold.sql", f"predict_{split}.json", "predictions.jsonl", "results.jsonl",
+             "summary.json", "summary.md", "summary.png")
+    return [Path(out_dir) / name for name in names]
+
+
 def write_official_predictions(examples: Sequence[Example], predictions: Sequence[str], out_dir: Path,
                                split: str = "dev") -> list[Path]:
     """Spider: ``pred.sql`` (one query per line) and ``gold.sql`` (query TAB db_id); BIRD:

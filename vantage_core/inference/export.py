@@ -208,9 +208,17 @@ def model_card(cfg: Config, record: dict, figures: dict) -> str:
 # ---------------------------------------------------------------------------- loading
 
 def is_any_export(folder: str | Path) -> bool:
-    """Whether ``folder`` holds an export in this layout or the first one (``export.json``): what
-    ``vantage export --overwrite`` may replace."""
-    return is_export(folder) or (Path(folder) / "export.json").is_file()
+    """Whether ``folder`` holds an export of Vantage's, in this layout (a ``config.json`` with a
+    ``vantage`` block) or the first one (``export.json``): what ``vantage export --overwrite``
+    may replace."""
+    folder = Path(folder)
+    if (folder / "export.json").is_file():
+        return True
+    try:
+        doc = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("vantage"), dict)
 
 
 def is_export(folder: str | Path) -> bool:

@@ -52,9 +52,9 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, world: World) -> Path:
-    """Check the run directory against --resume/--overwrite (only an earlier run, a folder with
-    config.yaml, may be overwritten); on resume, check the config matches. Changes nothing: a new
-    run is started beside it (:func:`staged_start`)."""
+    """Check the run directory against --resume/--overwrite (only an earlier run may be
+    overwritten); on resume, check the config matches. Changes nothing: a new run is started
+    beside it (:func:`staged_start`)."""
     run_dir = cfg.run.path
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
@@ -80,8 +80,17 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, world: World) ->
     if exists and not overwrite:
         raise VantageError(f"{run_dir} already exists; pass --resume to continue that run or "
                            f"--overwrite to replace it (or set run.name / run.dir)")
-    return check_output_folder(run_dir, overwrite=overwrite, replaceable=lambda d: (d / "config.yaml").is_file(),
-                               what="training run", out_option="run.dir")
+    return check_output_folder(run_dir, overwrite=overwrite, replaceable=is_run_dir, what="training run",
+                               out_option="run.dir")
+
+
+def is_run_dir(folder: Path) -> bool:
+    """Whether ``folder`` holds a run of ``vantage train`` (every run writes config.yaml and
+    plugins.json first) or only the tokenizer ``vantage tokenizer train`` and ``vantage data
+    prepare`` save for one: what --overwrite may replace."""
+    if (folder / "config.yaml").is_file() and (folder / "plugins.json").is_file():
+        return True
+    return {entry.name for entry in folder.iterdir()} <= {"tokenizer"}
 
 
 @contextmanager
