@@ -3,9 +3,9 @@
 Each connector's four duties (introspect, execute read-only and bounded, speak its dialect, be
 named by URL) and the hostile battery of tests/test_executor.py repeated on each engine: every
 query refused or stopped by its own limits, every database unchanged (byte for byte for files,
-row for row for PostgreSQL). PostgreSQL tests need a server: ``.ci/run`` starts a throwaway one
-and exports ``VANTAGE_TEST_POSTGRES_URL`` (``.ci/postgres start DIR`` does it by hand); without
-it they skip, saying so. No test reads the wall clock.
+row for row for PostgreSQL). PostgreSQL tests use ``$VANTAGE_TEST_POSTGRES_URL`` when it is set,
+else a throwaway cluster the session starts (tests/conftest.py); where neither can be had they
+skip, saying so. No test reads the wall clock.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import uuid
 
 import pytest
 
+from conftest import as_role, with_database
 from vantage_core.databases import (DialectResult, database_id, file_of_url, is_url, open_database, url_for,
                                     url_scheme)
 from vantage_core.errors import DataError
 
-PG_ENV = "VANTAGE_TEST_POSTGRES_URL"
 TIMEOUT = 1.0
 ENGINES = ("sqlite", "duckdb", "postgresql")
 
@@ -43,34 +43,15 @@ def make_source(path):
     return path
 
 
-def _pg_server() -> str | None:
-    url = os.environ.get(PG_ENV)
-    if not url:
-        return None
-    try:
-        import psycopg
-
-        psycopg.connect(url, connect_timeout=5).close()
-    except Exception:
-        return None
-    return url
-
-
-def with_database(server_url: str, name: str) -> str:
-    return urllib.parse.urlunsplit(urllib.parse.urlsplit(server_url)._replace(path="/" + name))
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     return make_source(tmp_path_factory.mktemp("src") / "shop.sqlite")
 
 
 @pytest.fixture(scope="module")
-def pg_server():
-    url = _pg_server()
-    if url is None:
-        pytest.skip(f"no PostgreSQL server: set {PG_ENV} (.ci/run starts one; `.ci/postgres start DIR` by hand)")
-    return url
+def pg_server(postgres_server):
+    """The test server's superuser URL."""
+    return postgres_server
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +65,7 @@ def pg_db(pg_server, source):
     url = with_database(pg_server, name)
     summary = load_into(url, source, reader="vantage_test_reader")
     assert summary.tables == 2 and summary.rows == 502 and summary.keys_added == 3, summary.line()
-    parts = urllib.parse.urlsplit(url)
-    netloc = "vantage_test_reader@" + parts.netloc.rpartition("@")[2]
-    yield urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    yield as_role(url, "vantage_test_reader")
     from vantage_core.databases import close_all
 
     close_all()
@@ -111,13 +90,13 @@ def url(request, source):
     return request.getfixturevalue("duck_url" if request.param == "duckdb" else "pg_db")
 
 
-def fingerprint(url: str, source) -> str:
-    """What must never change: a file's bytes; a PostgreSQL database's tables and every row."""
+def fingerprint(url: str, admin: str | None = None) -> str:
+    """What must never change: a file's bytes; a PostgreSQL database's tables and every row (read
+    through ``admin``, the server's superuser URL)."""
     if url_scheme(url) != "postgresql":
         return hashlib.sha256(open(file_of_url(url), "rb").read()).hexdigest()
     import psycopg
 
-    admin = os.environ[PG_ENV]
     with psycopg.connect(with_database(admin, urllib.parse.urlsplit(url).path.lstrip("/"))) as conn:
         tables = [r[0] for r in conn.execute("SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = "
                                              "c.relnamespace WHERE nspname = 'public' ORDER BY relname")]
@@ -277,15 +256,16 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_query_is_refused_or_stopped(url, source, name):
+def test_hostile_query_is_refused_or_stopped(request, url, name):
     db = open_database(url)
-    before = fingerprint(url, source)
+    admin = request.getfixturevalue("pg_server") if url_scheme(url) == "postgresql" else None
+    before = fingerprint(url, admin)
     res = db.execute(HOSTILE[name], TIMEOUT)
     assert not res.ok, f"{name} ran on {url_scheme(url)}: {res.rows[:3]}"
     assert res.error
     if name in ("recursive_cte", "cross_join"):  # stopped by the engine's own deadline or memory cap
         assert res.timed_out or "memory" in res.error.lower(), res.error
-    assert fingerprint(url, source) == before, f"{name} changed the database"
+    assert fingerprint(url, admin) == before, f"{name} changed the database"
     assert not os.path.exists("/tmp/vantage-pwned") and not os.path.exists("/tmp/vantage-pwned.csv")
     assert db.execute("SELECT count(*) FROM item", TIMEOUT).rows == [(500,)]  # still serving
 
@@ -299,6 +279,61 @@ def test_postgresql_session_stays_read_only(pg_db):
     with psycopg.connect(pg_db) as conn:  # the reader role itself cannot write, whatever the connector does
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DELETE FROM item")
+
+
+def admin_of(reader_url: str, server_url: str) -> str:
+    """The superuser's URL for the database a reader's URL names."""
+    return with_database(server_url, urllib.parse.urlsplit(reader_url).path.lstrip("/"))
+
+
+def test_postgresql_refuses_a_superuser_unless_allowed(pg_db, pg_server, monkeypatch):
+    from vantage_core.databases import ALLOW_PRIVILEGED_ENV
+    from vantage_core.plugins import registry
+
+    admin = admin_of(pg_db, pg_server)
+    monkeypatch.delenv(ALLOW_PRIVILEGED_ENV, raising=False)
+    res = registry().build("database", "postgresql", admin).execute("SELECT count(*) FROM item")
+    assert not res.ok and "can do more than read (superuser" in res.error, res.error
+    assert "vantage data load-into URL --from FILE.sqlite --reader ROLE" in res.error and "--allow-privileged" in res.error
+    with pytest.raises(DataError, match="superuser"):  # reading the schema is refused the same way
+        registry().build("database", "postgresql", admin).schema()
+    monkeypatch.setenv(ALLOW_PRIVILEGED_ENV, "1")  # what --allow-privileged sets
+    assert registry().build("database", "postgresql", admin).execute("SELECT count(*) FROM item").rows == [(500,)]
+
+
+def test_postgresql_refuses_a_role_that_can_write_one_table(pg_db, pg_server, monkeypatch):
+    import psycopg
+
+    from vantage_core.databases import ALLOW_PRIVILEGED_ENV
+    from vantage_core.plugins import registry
+
+    monkeypatch.delenv(ALLOW_PRIVILEGED_ENV, raising=False)
+    with psycopg.connect(admin_of(pg_db, pg_server), autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS vantage_test_writer")
+        admin.execute("CREATE ROLE vantage_test_writer LOGIN")
+        admin.execute("GRANT SELECT, INSERT ON item TO vantage_test_writer")
+        try:
+            db = registry().build("database", "postgresql", as_role(pg_db, "vantage_test_writer"))
+            res = db.execute("SELECT count(*) FROM item")
+            db.close()
+        finally:
+            admin.execute("REVOKE ALL ON item FROM vantage_test_writer")
+            admin.execute("DROP ROLE vantage_test_writer")
+    assert not res.ok and "INSERT, UPDATE, DELETE or TRUNCATE on item" in res.error, res.error
+
+
+def test_postgresql_session_is_reset_after_each_request(pg_db, pg_server):
+    """A session-level advisory lock taken by SQL that reached the server (here through the
+    connector's inner runner, past the allow list) is gone once the request ends."""
+    import psycopg
+
+    db = open_database(pg_db)
+    res = db._run("SELECT pg_advisory_lock(4242)", TIMEOUT, 10, 1 << 20, False)
+    assert res.ok, res.error
+    with psycopg.connect(admin_of(pg_db, pg_server)) as admin:
+        held = admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0]
+    assert held == 0
+    assert db.execute("SELECT count(*) FROM item", TIMEOUT).rows == [(500,)]
 
 
 # ---------------------------------------------------------------------------- the engine and the CLI

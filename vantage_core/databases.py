@@ -29,9 +29,10 @@ from vantage_core.evaluate.executor import ExecutionResult, _ResultHasher, _row_
 
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9.\-]*)(\+[A-Za-z0-9_.\-]+)?://")
 ALIASES = {"postgres": "postgresql"}
-# the statements a connector runs: one query that only reads (sqlglot's expression classes)
-READ_STATEMENTS = ("Select", "Union", "Intersect", "Except", "Values")
 DEFAULT_RESULT_BYTES = 32 << 20
+# "1": a connector may run model SQL as a role that can write or administer (--allow-privileged;
+# an environment variable, so that evaluation's spawned workers inherit it)
+ALLOW_PRIVILEGED_ENV = "VANTAGE_ALLOW_PRIVILEGED"
 
 
 @dataclass
@@ -72,6 +73,20 @@ def file_of_url(url: str) -> str:
     return path
 
 
+def privileged_allowed() -> bool:
+    """Whether model SQL may run as a database role that can do more than read (unsafe)."""
+    return os.environ.get(ALLOW_PRIVILEGED_ENV, "") == "1"
+
+
+def allow_privileged(allowed: bool = True) -> None:
+    """Let model SQL run as a role that can write or administer, in this process and the workers
+    it starts (``--allow-privileged``); unsafe: the SQL allow lists are then the only guard."""
+    if allowed:
+        os.environ[ALLOW_PRIVILEGED_ENV] = "1"
+    else:
+        os.environ.pop(ALLOW_PRIVILEGED_ENV, None)
+
+
 def describe(target: Any) -> str:
     """A database for messages: the URL without a password."""
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", str(target))
@@ -104,7 +119,8 @@ class Database:
 
     def transpile(self, sql: str) -> str:
         """``sql`` (SQLite's dialect) in the engine's dialect; :class:`DataError` when it is not
-        exactly one statement that only reads."""
+        exactly one statement that only reads, or :meth:`_check_tree` refuses it (before and
+        after it is written in the engine's dialect)."""
         import sqlglot
         from sqlglot.errors import ParseError
 
@@ -114,11 +130,10 @@ class Database:
             raise DataError(f"cannot parse the SQL: {str(exc).splitlines()[0]}") from None
         if len(trees) != 1:
             raise DataError(f"give exactly one statement, got {len(trees)}")
-        kind = type(trees[0]).__name__
-        if kind not in READ_STATEMENTS:
-            raise DataError(f"only queries that read are run (SELECT, UNION, ...); this is {kind.upper()}")
         self._check_tree(trees[0])
-        return self._adapt(self._sqlite_semantics(trees[0])).sql(dialect=self.dialect)
+        text = self._adapt(self._sqlite_semantics(trees[0])).sql(dialect=self.dialect)
+        self._check_written(text)
+        return text
 
     def execute(self, sql: str, timeout_s: float = 5.0, max_rows: int = 10000,
                 max_result_bytes: int = DEFAULT_RESULT_BYTES, digest: bool = False) -> DialectResult:
@@ -340,8 +355,17 @@ class Database:
         return exp.Min(this=column)
 
     def _check_tree(self, tree: Any) -> None:
-        """Refuse a statement the engine would run but must not (a subclass names its dangerous
-        functions); raises :class:`DataError`."""
+        """Refuse a statement the engine would run but must not; raises :class:`DataError`.
+        Default: anything but one query that reads (a subclass checks more)."""
+        from vantage_core.sql_policy import TOP, engine_name
+
+        if type(tree).__name__ not in TOP:
+            raise DataError(f"only queries that read are run on {engine_name(self.dialect)} (SELECT, UNION, ...); "
+                            f"this is {type(tree).__name__.upper()}")
+
+    def _check_written(self, sql: str) -> None:
+        """Refuse the statement as written in the engine's dialect (the text that runs); default:
+        nothing more to check."""
 
     def _adapt(self, tree: Any) -> Any:
         """The parsed SQLite statement adjusted for the engine before it is written out."""
@@ -351,10 +375,8 @@ class Database:
 class QueriedDatabase(Database):
     """A connector that runs its own queries (DuckDB, PostgreSQL): introspection records the
     text columns in ``_text``, cell values come from a bounded ``SELECT DISTINCT`` through
-    ``_run``, and the functions in ``denied`` are refused before anything runs."""
-
-    denied: frozenset[str] = frozenset()
-    engine = "the engine"  # for error messages
+    ``_run``, and a statement runs only when :mod:`vantage_core.sql_policy`'s allow lists pass
+    it, both as parsed and as written in the engine's dialect, reading this database's tables."""
 
     def __init__(self, url: str):
         super().__init__(url)
@@ -369,9 +391,19 @@ class QueriedDatabase(Database):
                         1 << 26, False)
         return [r[0] for r in res.rows if isinstance(r[0], str)] if res.ok else []
 
+    def _readable_tables(self) -> list[str]:
+        """The tables a query may read: this database's own."""
+        return [t.name for t in self.schema().tables]
+
     def _check_tree(self, tree: Any) -> None:
-        refuse_functions(tree, self.denied, self.engine)
-        refuse_huge_strings(tree)
+        from vantage_core.sql_policy import check_query
+
+        check_query(tree, self.dialect, self._readable_tables())
+
+    def _check_written(self, sql: str) -> None:
+        from vantage_core.sql_policy import check_sql
+
+        check_sql(sql, self.dialect, self._readable_tables())
 
 
 def _number_or_none(text: str) -> float | None:
@@ -380,36 +412,6 @@ def _number_or_none(text: str) -> float | None:
         return float(text.strip())
     except ValueError:
         return None
-
-
-def refuse_functions(tree: Any, denied: frozenset[str], engine: str) -> None:
-    """:class:`DataError` when the statement calls one of ``denied`` (lower-case names)."""
-    from sqlglot import exp
-
-    for node in tree.find_all(exp.Func):
-        name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
-        if name in denied:
-            raise DataError(f"function {name}() is not allowed on {engine} (it reaches outside the data)")
-
-
-def refuse_huge_strings(tree: Any, limit: int = 100_000_000) -> None:
-    """:class:`DataError` when a string-building function is asked for more than ``limit``
-    characters by a literal (SQLite's sandbox caps lengths with ``SQLITE_LIMIT_LENGTH``; other
-    engines allocate such a string before any interrupt can stop them)."""
-    from sqlglot import exp
-
-    for node in tree.find_all(exp.Func):
-        name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
-        if name not in {"repeat", "lpad", "rpad", "randomblob", "zeroblob", "space", "replicate"}:
-            continue
-        for lit in node.find_all(exp.Literal):
-            if not lit.is_string:
-                try:
-                    n = float(lit.this)
-                except ValueError:
-                    continue
-                if n > limit:
-                    raise DataError(f"{name}() of {lit.this} characters: over the limit of {limit}")
 
 
 def quote_ident(name: str) -> str:

@@ -66,9 +66,10 @@ ENGINE_FUNCTIONS = {
 }
 # plain types a cast may name (DataType.Type names)
 TYPES = frozenset({
-    "INT", "BIGINT", "SMALLINT", "TINYINT", "UINT", "UBIGINT", "DOUBLE", "FLOAT", "DECIMAL", "TEXT", "VARCHAR",
-    "CHAR", "NCHAR", "NVARCHAR", "BOOLEAN", "DATE", "DATETIME", "TIMESTAMP", "TIMESTAMPTZ", "TIME", "BLOB",
-    "VARBINARY", "INTERVAL",
+    "INT", "BIGINT", "SMALLINT", "TINYINT", "MEDIUMINT", "INT128", "UINT", "UBIGINT", "USMALLINT", "UTINYINT",
+    "UMEDIUMINT", "UINT128", "DOUBLE", "FLOAT", "DECIMAL", "BIGDECIMAL", "TEXT", "VARCHAR", "CHAR", "NCHAR",
+    "NVARCHAR", "BPCHAR", "BOOLEAN", "DATE", "DATETIME", "TIMESTAMP", "TIMESTAMPTZ", "TIMESTAMPNTZ",
+    "TIMESTAMPLTZ", "TIME", "TIMETZ", "INTERVAL", "BLOB", "VARBINARY",
 })
 # functions that build a string longer than their input (bounded, and never nested)
 AMPLIFIERS = frozenset({"Repeat", "Pad", "Replace"})

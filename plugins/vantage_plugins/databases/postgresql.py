@@ -1,13 +1,19 @@
 """The ``postgresql`` connector (``postgresql://user@host:port/db``, psycopg 3).
 
+Model SQL runs as a role that can only read: a URL whose role is a superuser, may create roles
+or databases, replicate, bypass row security, or may create or write anything in the database is
+refused on connecting, with how to make a reader (``vantage data load-into URL --from FILE
+--reader ROLE``), unless privileged roles are allowed (``--allow-privileged``, unsafe: the allow
+lists are then the only guard). Before anything runs, :mod:`vantage_core.sql_policy` passes the
+statement or refuses it by name.
+
 Every statement runs in a transaction that is read-only from its first statement
 (``default_transaction_read_only`` is set for the whole session, and a read-only transaction
-cannot be made read-write) and is always rolled back, under ``statement_timeout`` and a
-client-side deadline across fetches. Results are read through a server-side cursor (``DECLARE``
-accepts only a query), so a huge result never travels past the row cap. psycopg's extended
-protocol refuses more than one statement. Functions that reach the server's files, settings or
-other sessions are refused before anything runs; for defence in depth, connect as a role that
-can only SELECT (``vantage data load-into --reader ROLE`` grants one).
+cannot be made read-write), under ``statement_timeout`` and a client-side deadline across
+fetches, and is always rolled back; then ``DISCARD ALL`` resets the session (settings, prepared
+statements, advisory locks, temporary tables, cursors), so nothing one request did reaches the
+next. Results are read through a server-side cursor (``DECLARE`` accepts only a query), so a huge
+result never travels past the row cap.
 """
 
 from __future__ import annotations
@@ -17,21 +23,34 @@ from itertools import count
 
 from vantage_core.data.example import Column, ForeignKey, Schema, Table
 from vantage_core.data.sqlite_schema import coarse_type
-from vantage_core.databases import QueriedDatabase, describe, fetch_bounded
+from vantage_core.databases import QueriedDatabase, describe, fetch_bounded, privileged_allowed
 from vantage_core.errors import DataError
 from vantage_core.evaluate.executor import ExecutionResult
 
-DENIED = frozenset({
-    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_ls_logdir", "pg_ls_waldir",
-    "pg_ls_tmpdir", "pg_ls_archive_statusdir", "pg_current_logfile", "lo_import", "lo_export", "lo_get",
-    "lo_from_bytea", "lo_put", "lo_unlink", "lo_create", "lo_open", "set_config", "pg_reload_conf",
-    "pg_rotate_logfile", "pg_terminate_backend", "pg_cancel_backend", "pg_switch_wal", "pg_promote",
-    "pg_create_restore_point", "pg_logical_emit_message", "pg_advisory_lock", "pg_advisory_xact_lock",
-    "pg_try_advisory_lock", "nextval", "setval", "query_to_xml", "query_to_xml_and_xmlschema",
-    "query_to_xmlschema", "cursor_to_xml", "table_to_xml", "schema_to_xml", "database_to_xml",
-    "dblink", "dblink_exec", "pg_file_write", "pg_sleep_until", "txid_current", "pg_notify",
-    "current_setting", "pg_settings_get_flags",
-})
+# predefined roles whose members reach the server's files, programs, other sessions or all data
+POWERFUL_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program",
+                  "pg_write_all_data", "pg_signal_backend", "pg_checkpoint")
+# what the URL's role may do beyond reading: one row of reasons, each NULL or a short text
+PRIVILEGES_SQL = """
+SELECT CASE WHEN r.rolsuper THEN 'superuser' END,
+       CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END,
+       CASE WHEN r.rolcreatedb THEN 'CREATEDB' END,
+       CASE WHEN r.rolreplication THEN 'REPLICATION' END,
+       CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END,
+       CASE WHEN has_database_privilege(current_database(), 'CREATE') THEN 'CREATE on the database' END,
+       (SELECT 'CREATE on schema ' || min(nspname) FROM pg_namespace
+        WHERE left(nspname, 3) <> 'pg_' AND nspname <> 'information_schema' AND has_schema_privilege(oid, 'CREATE')),
+       (SELECT 'INSERT, UPDATE, DELETE or TRUNCATE on ' || min(c.relname) FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE left(n.nspname, 3) <> 'pg_' AND n.nspname <> 'information_schema' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+        AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')),
+       (SELECT 'USAGE or UPDATE on sequence ' || min(c.relname) FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE left(n.nspname, 3) <> 'pg_' AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'USAGE, UPDATE') END),
+       (SELECT 'member of ' || min(rolname) FROM pg_roles
+        WHERE rolname = ANY(%s) AND pg_has_role(current_user, oid, 'USAGE'))
+FROM pg_roles r WHERE r.rolname = current_user
+"""
 TEXT_TYPES = ("text", "character", "char", "name", "citext")
 _names = count()
 
@@ -43,13 +62,14 @@ def conninfo_of(url: str) -> str:
 
 
 class PostgreSQLDatabase(QueriedDatabase):
-    denied, engine = DENIED, "PostgreSQL"
     dialect = "postgres"
 
-    def __init__(self, url: str, connect_timeout_s: int = 10, work_mem: str = "64MB"):
+    def __init__(self, url: str, connect_timeout_s: int = 10, work_mem: str = "64MB",
+                 allow_privileged: bool | None = None):
         super().__init__(url)
         self.conninfo = conninfo_of(url)
         self.connect_timeout_s, self.work_mem = connect_timeout_s, work_mem
+        self.allow_privileged = privileged_allowed() if allow_privileged is None else allow_privileged
         self._conn = None
         self._names: dict[str, str] = {}  # lower-case identifier -> as the database spells it
 
@@ -58,12 +78,53 @@ class PostgreSQLDatabase(QueriedDatabase):
 
         if self._conn is None or self._conn.closed or self._conn.broken:
             try:
-                self._conn = psycopg.connect(self.conninfo, connect_timeout=self.connect_timeout_s,
-                                             options="-c default_transaction_read_only=on "
-                                                     f"-c work_mem={self.work_mem}")
+                conn = psycopg.connect(self.conninfo, connect_timeout=self.connect_timeout_s, prepare_threshold=None,
+                                       options=f"-c default_transaction_read_only=on -c work_mem={self.work_mem}")
             except psycopg.Error as exc:
                 raise DataError(f"{describe(self.url)}: cannot connect: {str(exc).strip()}") from None
+            try:
+                if not self.allow_privileged:
+                    self._refuse_privileged(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
+
+    def _refuse_privileged(self, conn) -> None:
+        """:class:`DataError` when the connection's role can do more than read."""
+        import psycopg
+
+        try:
+            row = conn.execute(PRIVILEGES_SQL, (list(POWERFUL_ROLES),)).fetchone()
+            role = conn.info.user
+        except psycopg.Error as exc:
+            raise DataError(f"{describe(self.url)}: cannot read the role's privileges: {str(exc).strip()}") from None
+        finally:
+            conn.rollback()
+        reasons = [r for r in (row or ()) if r]
+        if reasons:
+            raise DataError(
+                f"{describe(self.url)}: role {role} can do more than read ({'; '.join(reasons)}); model SQL runs "
+                f"as a role that can only read: load the data with `vantage data load-into URL --from FILE.sqlite "
+                f"--reader ROLE` and connect as ROLE, or pass --allow-privileged (unsafe: then only the SQL "
+                f"allow list stands between the model and the server)")
+
+    def _end_request(self, conn) -> None:
+        """Undo whatever a request did (never commit), then reset the session to how it connected:
+        ``DISCARD ALL`` drops settings, prepared statements, cursors, temporary tables and
+        advisory locks. A connection that cannot be reset is closed (the next request reconnects)."""
+        import psycopg
+
+        try:
+            conn.rollback()
+            conn.autocommit = True  # DISCARD ALL runs outside a transaction
+            try:
+                conn.execute("DISCARD ALL")
+            finally:
+                conn.autocommit = False
+        except psycopg.Error:
+            self.close()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -90,7 +151,7 @@ class PostgreSQLDatabase(QueriedDatabase):
         except psycopg.Error as exc:
             raise DataError(f"{describe(self.url)}: cannot read the schema: {str(exc).strip()}") from None
         finally:
-            conn.rollback()
+            self._end_request(conn)
         tables: dict[int, Table] = {}
         attname: dict[tuple[int, int], str] = {}
         for oid, rel, num, att, dtype in cols:
@@ -171,10 +232,7 @@ class PostgreSQLDatabase(QueriedDatabase):
         except psycopg.Error as exc:
             res = ExecutionResult(False, error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
         finally:
-            try:
-                conn.rollback()  # never commit: whatever happened is undone
-            except psycopg.Error:
-                self.close()
+            self._end_request(conn)
         res.elapsed = round(time.perf_counter() - t0, 4)
         return res
 
