@@ -1,7 +1,8 @@
 """Commands that write folders never lose what was there: `vantage export` refuses an output that
 is, contains or lies inside its source, replaces an earlier export only once the new one is
 complete, and names an output it cannot write in one line; a `vantage train` whose start fails
-leaves the run folder as it found it."""
+leaves the run folder as it found it; `tokenizer train`, `evaluate` and `plot` neither replace
+what they should keep nor answer an unwritable --out with a traceback."""
 
 from __future__ import annotations
 
@@ -9,19 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_cli_errors import run_cli
 
-from vantage_core.cli import main
 from vantage_core.errors import VantageError
 
 TINY = Path(__file__).parent / "fixtures" / "train_tiny.yaml"
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
 
 
 def one_error_line(err: str) -> str:
