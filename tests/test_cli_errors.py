@@ -34,7 +34,7 @@ def assert_one_error_line(err: str, *fragments: str) -> None:
         assert fragment in err, (fragment, err)
 
 
-# ---------------------------------------------------------------------------- config values (8)
+# ---------------------------------------------------------------------------- config values
 
 @pytest.mark.parametrize("yaml_text, line, field", [
     ("train:\n  batch_size: -4\n", 2, "train.batch_size"),
@@ -76,7 +76,7 @@ def test_router_k_within_the_experts_is_valid():
     assert cfg.model.router.params["k"] == 4
 
 
-# ---------------------------------------------------------------------------- YAML files (7)
+# ---------------------------------------------------------------------------- YAML files
 
 @pytest.mark.parametrize("content, fragment", [
     (b"train: &a [*a]\n", "anchor refers to itself"),
@@ -140,7 +140,7 @@ def test_a_yaml_alias_used_twice_is_fine(tmp_path):
         load_config(path, registry=False)
 
 
-# ---------------------------------------------------------------------------- predictions and data (7, 9)
+# ---------------------------------------------------------------------------- predictions and data
 
 @pytest.fixture()
 def spider(tmp_path):
@@ -208,7 +208,7 @@ def test_a_form_feed_inside_a_line_stays_in_its_prediction(tmp_path):
     assert read_predictions(path) == ["SELECT 1\x0c FROM t", "SELECT 2\x0b", "SELECT '\u2028'"]
 
 
-# ---------------------------------------------------------------------------- generate (7, 9)
+# ---------------------------------------------------------------------------- generate
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
@@ -243,7 +243,7 @@ def test_generate_run_exits_1_when_the_sql_fails(model_dir, tmp_path, capsys):
     assert code == 1 and "error: the SQL did not run" in err, (out, err)
 
 
-# ---------------------------------------------------------------------------- checkpoints, metrics (7, 9)
+# ---------------------------------------------------------------------------- checkpoints, metrics
 
 def _tiny_checkpoint(path):
     import mlx.nn as nn
