@@ -127,3 +127,58 @@ def test_empty_statement_is_not_a_result(db, sandbox):
     for sql in ("", ";", "-- just a comment"):
         result = sandbox.execute(str(db), sql)
         assert not result.ok, sql
+
+
+def _wal_database(folder):
+    """A WAL-mode database whose writer has closed (SQLite then removes its -wal and -shm)."""
+    path = folder / "wal.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.executemany("INSERT INTO item VALUES (?, ?)", [(i, f"item{i}") for i in range(50)])
+    conn.commit()
+    conn.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["wal.sqlite"]
+    return path
+
+
+def test_read_only_runs_on_a_wal_database_leave_no_files_beside_it(tmp_path):
+    """Every read-only path (the sandbox, the unisolated runner, the connector's schema and cell
+    values, the schema readers) leaves a WAL-mode database's folder as it found it: no -wal, no
+    -shm, the same bytes."""
+    from vantage_core.data.schemas import connect_readonly, schema_from_sqlite
+    from vantage_core.databases import open_database
+    from vantage_core.evaluate.spider import _schema_from_sqlite
+
+    path = _wal_database(tmp_path)
+    before = _digest(path)
+    with Sandbox() as box:
+        assert box.execute(str(path), "SELECT count(*) FROM item").rows == [(50,)]
+    assert execute_unisolated(str(path), "SELECT count(*) FROM item").rows == [(50,)]
+    db = open_database(f"sqlite:///{path}")
+    assert [t.name for t in db.schema().tables] == ["item"] and len(db.cased_values()) == 50
+    assert db.execute("SELECT max(id) FROM item").rows == [(49,)]
+    assert [t.name for t in schema_from_sqlite(path).tables] == ["item"]
+    assert "item" in _schema_from_sqlite(str(path)).tables
+    conn = connect_readonly(path)
+    assert conn.execute("SELECT count(*) FROM item").fetchone() == (50,)
+    conn.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wal.sqlite"] and _digest(path) == before
+
+
+def test_a_wal_database_being_written_is_read_through_its_writer(tmp_path):
+    """While a writer holds rows in its -wal (not yet in the file), a read sees them, and a
+    connection opened before the writer came sees its later commits too."""
+    path = _wal_database(tmp_path)
+    with Sandbox() as box:
+        assert box.execute(str(path), "SELECT count(*) FROM item").rows == [(50,)]  # opened immutable
+        writer = sqlite3.connect(path)
+        writer.execute("PRAGMA wal_autocheckpoint=0")  # the new rows stay in the -wal
+        writer.execute("INSERT INTO item VALUES (50, 'item50')")
+        writer.commit()
+        assert (tmp_path / "wal.sqlite-wal").exists()
+        assert box.execute(str(path), "SELECT count(*) FROM item").rows == [(51,)]
+        writer.execute("INSERT INTO item VALUES (51, 'item51')")
+        writer.commit()
+        assert box.execute(str(path), "SELECT count(*) FROM item").rows == [(52,)]
+        writer.close()

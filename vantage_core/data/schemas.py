@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from vantage_core.data.example import Column, ForeignKey, Schema, Table
-from vantage_core.data.sqlite_schema import coarse_type, schema_from_sqlite  # noqa: F401  (re-exported)
+from vantage_core.data.sqlite_schema import coarse_type, readonly_uri, schema_from_sqlite  # noqa: F401  (re-exported)
 from vantage_core.errors import DataError
 
 
 def connect_readonly(db_path: str | Path, timeout_s: float = 5.0) -> sqlite3.Connection:
-    """A read-only connection (``mode=ro``): data loading never writes to a dataset's databases."""
+    """A read-only connection (:func:`readonly_uri`): data loading never writes to a dataset's
+    databases, nor leaves files beside them."""
     path = Path(db_path)
     if not path.is_file():
         raise DataError(f"{path}: database file not found")
-    conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=timeout_s,
+    conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=timeout_s,
                            check_same_thread=False)
     conn.text_factory = lambda b: b.decode("utf-8", errors="replace")  # Spider has a few latin-1 cells
     return conn

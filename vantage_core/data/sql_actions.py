@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from vantage_core.data.linking import SchemaItem
+from vantage_core.data.sql_names import sql_name
 
 VOCAB, ITEM, QUESTION = 0, 1, 2
 PAD, BOS, EOS, VAL, LIKEVAL, NUM, UNK_LIT = "<pad>", "<s>", "</s>", "<val>", "<likeval>", "<num>", "<lit>"
@@ -220,10 +221,6 @@ def _reorder_side(acts: list, from_first: bool) -> list:
     return out[sel:e] + out[:sel] + out[e:]
 
 
-def _quote(name: str) -> str:
-    return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else '"' + name.replace('"', '""') + '"'
-
-
 def render_sql(actions: list[tuple[int, object]], items: list[SchemaItem], question: str, offsets,
                db_values: dict[str, str] | None = None) -> str:
     """Actions -> SQL text (every column as ``table.column``). ``db_values``: lower-cased cell
@@ -251,7 +248,7 @@ def render_sql(actions: list[tuple[int, object]], items: list[SchemaItem], quest
             continue
         if kind == ITEM:
             it = items[val]
-            out.append(_quote(it.table) if it.column is None else f"{_quote(it.table)}.{_quote(it.column)}")
+            out.append(sql_name(it.table) if it.column is None else f"{sql_name(it.table)}.{sql_name(it.column)}")
         elif kind == VOCAB:
             out.append("" if val in (BOS, EOS, PAD) else (UNK_LIT if val == UNK_LIT else str(val)))
         i += 1

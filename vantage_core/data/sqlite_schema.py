@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import urllib.parse
 from pathlib import Path
 
 from vantage_core.data.example import Column, ForeignKey, Schema, Table
+from vantage_core.data.sql_names import quoted
 from vantage_core.errors import DataError
+
+
+def is_wal_file(path: str | Path) -> bool:
+    """Whether a SQLite file is in WAL mode (bytes 18 and 19 of its header are 2)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
+
+
+def readonly_uri(path: str | Path) -> str:
+    """The URI that opens a SQLite file read-only without creating anything beside it.
+
+    ``mode=ro`` alone still creates ``-wal`` and ``-shm`` files beside a WAL-mode database (and
+    cannot remove them on close). A WAL-mode file with no ``-wal`` beside it has every committed
+    page in the file and no connection open on it, so it is opened ``immutable=1``: no locks, no
+    shared memory, no files. Otherwise a writer may hold pages in its ``-wal``, and ``mode=ro``
+    reads through the files that writer already made."""
+    full = os.path.abspath(path)
+    uri = "file:" + urllib.parse.quote(full) + "?mode=ro"
+    if is_wal_file(full) and not os.path.exists(full + "-wal"):
+        uri += "&immutable=1"
+    return uri
+
+
+def file_signature(path: str | Path) -> tuple:
+    """What changes when a file is written or replaced (inode, size, modification time) and
+    whether a ``-wal`` file is beside it: a connection opened before such a change is reopened."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return st.st_ino, st.st_size, st.st_mtime_ns, os.path.exists(str(path) + "-wal")
 
 
 def coarse_type(declared: str) -> str:
@@ -29,7 +67,7 @@ def schema_from_sqlite(db_path: str | Path, db_id: str | None = None) -> Schema:
     if not path.is_file():
         raise DataError(f"database not found: {path}")
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(readonly_uri(path), uri=True)
     except sqlite3.Error as exc:
         raise DataError(f"{path}: cannot open the database: {exc}") from None
     try:
@@ -37,15 +75,14 @@ def schema_from_sqlite(db_path: str | Path, db_id: str | None = None) -> Schema:
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid")]
         tables, fks = [], []
         for name in names:
-            quoted = '"' + name.replace('"', '""') + '"'
-            info = conn.execute(f"PRAGMA table_info({quoted})").fetchall()  # cid, name, type, notnull, dflt, pk
+            info = conn.execute(f"PRAGMA table_info({quoted(name)})").fetchall()  # cid, name, type, notnull, dflt, pk
             columns = [Column(row[1], coarse_type(row[2])) for row in info]
             pks = [row[1] for row in sorted(info, key=lambda r: r[5]) if row[5]]
             tables.append(Table(name, columns, primary_keys=pks))
-            for row in conn.execute(f"PRAGMA foreign_key_list({quoted})"):  # id, seq, table, from, to, ...
+            for row in conn.execute(f"PRAGMA foreign_key_list({quoted(name)})"):  # id, seq, table, from, to, ...
                 ref_table, src, dst = row[2], row[3], row[4]
                 if dst is None:  # references the other table's primary key implicitly
-                    ref_info = conn.execute(f"PRAGMA table_info(\"{ref_table}\")").fetchall()
+                    ref_info = conn.execute(f"PRAGMA table_info({quoted(ref_table)})").fetchall()
                     dst = next((r[1] for r in ref_info if r[5]), None)
                 if dst is not None:
                     fks.append(ForeignKey(name, src, ref_table, dst))

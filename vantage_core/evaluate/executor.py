@@ -13,6 +13,11 @@ Two layers of defence:
    limit. The parent waits for the answer for the time limit plus a grace period, then kills the
    worker and starts a fresh one, so a runaway query cannot stall the evaluation.
 
+The worker runs whatever runner it is sent first (SQLite's :class:`_QueryRunner` by default; the
+DuckDB connector sends its own), so every engine that runs in-process gets the same outside
+limits: the address-space cap, the kill at the deadline, one request at a time per worker.
+Each answer carries the worker's peak resident memory while it ran the query (``peak_bytes``).
+
 A :class:`Sandbox` serves one caller at a time (a lock spans each request and its answer, and
 every answer carries its request's id), so threads never receive each other's rows; the
 module-level :func:`execute` spreads threads over a small :class:`SandboxPool`. Results are
@@ -33,9 +38,10 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
+
+from vantage_core.data.sqlite_schema import file_signature, readonly_uri
 
 # pragmas that only read; any other pragma is refused. database_list is not among them: it
 # returns the server's absolute path of the database file.
@@ -61,6 +67,7 @@ class ExecutionResult:
     n_rows: int | None = None  # rows in the whole result (None when reading stopped at the cap)
     digest: str | None = None  # hash of the whole result as a multiset of rows (with digest=True)
     ordered_digest: str | None = None  # hash of the whole result as a sequence of rows
+    peak_bytes: int | None = None  # the worker's peak resident memory while it ran the query (Linux)
 
 
 def same_result(gold: ExecutionResult, pred: ExecutionResult, order_matters: bool, equal_rows) -> bool:
@@ -161,18 +168,27 @@ class _QueryRunner:
     def __init__(self, max_bytes: int = 100_000_000, heap_bytes: int = 1 << 30, cache: int = 16):
         self.max_bytes = max_bytes
         self.cache = cache
-        self.connections: dict[str, sqlite3.Connection] = {}
+        # path -> (connection, the file's signature when it was opened)
+        self.connections: dict[str, tuple[sqlite3.Connection, tuple]] = {}
         self.deadline = float("inf")
         self.heap_bytes = heap_bytes
 
+    def prepare(self) -> None:
+        """What the worker loads before its memory cap (sqlite3 is loaded already)."""
+
     def _connect(self, db_path: str) -> sqlite3.Connection:
-        conn = self.connections.pop(db_path, None)
+        """A cached connection, reopened when the file was written, replaced or got a ``-wal``
+        since it was opened (an ``immutable`` connection would not see the change)."""
+        conn, signature = self.connections.pop(db_path, (None, ()))
+        if conn is not None and signature != file_signature(db_path):
+            conn.close()
+            conn = None
         if conn is None:
             if not os.path.isfile(db_path):
                 # the file name only: the server's folders are nobody's business
                 raise FileNotFoundError(f"no database file {os.path.basename(db_path)!r}")
-            uri = "file:" + urllib.parse.quote(os.path.abspath(db_path)) + "?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            signature = file_signature(db_path)
+            conn = sqlite3.connect(readonly_uri(db_path), uri=True, check_same_thread=False, isolation_level=None)
             conn.text_factory = _decode_text
             conn.execute("PRAGMA query_only=ON")
             if self.heap_bytes:
@@ -185,8 +201,8 @@ class _QueryRunner:
             conn.set_authorizer(_authorizer)
             conn.set_progress_handler(lambda: int(time.monotonic() > self.deadline), 1000)
             if len(self.connections) >= self.cache:
-                self.connections.pop(next(iter(self.connections))).close()
-        self.connections[db_path] = conn  # most recently used last
+                self.connections.pop(next(iter(self.connections)))[0].close()
+        self.connections[db_path] = (conn, signature)  # most recently used last
         return conn
 
     def run(self, db_path: str, sql: str, timeout_s: float, max_rows: int,
@@ -238,17 +254,32 @@ class _QueryRunner:
         return result
 
 
-def _limit_memory(extra_bytes: int) -> None:
-    """Cap this process's address space at its current size plus ``extra_bytes``."""
+def _status_bytes(key: str) -> int | None:
+    """A size from this process's ``/proc/self/status`` (``VmSize``, ``VmHWM``) in bytes; None
+    off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _limit_memory(extra_bytes: int) -> int | None:
+    """Cap this process's address space at its current size plus ``extra_bytes``; the cap, or
+    None where it cannot be set (not Linux: SQLite's own heap limit still applies)."""
     try:
         import resource
-
-        with open("/proc/self/status") as f:
-            vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
-        limit = vm + extra_bytes
+    except ImportError:
+        return None
+    size = _status_bytes("VmSize")
+    if size is None:
+        return None
+    limit = size + extra_bytes
+    try:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    except (ImportError, OSError, StopIteration, ValueError):
-        pass  # not Linux: SQLite's own heap limit still applies
+    except (OSError, ValueError):  # a lower hard limit is already set: it stands
+        return None
+    return limit
 
 
 def _read_message(stream) -> Any:
@@ -265,15 +296,52 @@ def _write_message(stream, obj: Any) -> None:
     stream.flush()
 
 
-def _serve(max_bytes: int, heap_bytes: int, mem_bytes: int) -> None:
-    """The worker's loop: read ``(request_id, db_path, sql, timeout_s, max_rows,
-    max_result_bytes, digest)`` requests from stdin, answer ``(request_id, ExecutionResult)`` on
-    stdout."""
+def _reset_peak_memory() -> None:
+    """Start a new peak resident-memory count for this process (Linux's ``clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _should_retire(base: int | None, retire_bytes: int) -> bool:
+    """Whether the worker's address space grew more than ``retire_bytes`` past ``base`` (its size
+    when capped): allocators keep address space they freed (DuckDB's after a large string), so a
+    worker that grew is replaced before an ordinary query fails against its cap."""
+    size = _status_bytes("VmSize")
+    return base is not None and size is not None and size - base > retire_bytes
+
+
+def _answer(runner: Any, query: tuple) -> ExecutionResult:
+    """One query's result, with the worker's peak memory while it ran."""
+    _reset_peak_memory()
+    try:
+        result = runner.run(*query)
+    except MemoryError:
+        result = ExecutionResult(False, [], "MemoryError: result too large")
+    result.peak_bytes = _status_bytes("VmHWM")
+    return result
+
+
+def _serve(mem_bytes: int, retire_bytes: int) -> None:
+    """The worker's loop. The first message on stdin is the runner (an object whose
+    ``prepare()`` loads its engine and whose ``run(db_path, sql, timeout_s, max_rows,
+    max_result_bytes, digest)`` returns an :class:`ExecutionResult`); the worker then caps its
+    address space, says ``ready``, and answers each ``(request_id, db_path, sql, ...)`` request
+    with ``(request_id, ExecutionResult, retiring)`` on stdout; ``retiring`` says it exits after
+    this answer, once its address space grew past ``retire_bytes`` (see :func:`_should_retire`)."""
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the answer pipe
-    _limit_memory(mem_bytes)
-    runner = _QueryRunner(max_bytes, heap_bytes)
-    while True:
+    try:
+        runner = _read_message(requests)
+    except EOFError:
+        return
+    runner.prepare()  # the engine's libraries count in the size the cap is measured from
+    base = _status_bytes("VmSize") if _limit_memory(mem_bytes) else None
+    _write_message(answers, "ready")
+    retire = False
+    while not retire:
         try:
             request = _read_message(requests)
         except EOFError:
@@ -281,14 +349,13 @@ def _serve(max_bytes: int, heap_bytes: int, mem_bytes: int) -> None:
         if request is None:
             return
         request_id, query = request[0], request[1:]
+        result = _answer(runner, query)
+        retire = _should_retire(base, retire_bytes)
         try:
-            result = runner.run(*query)
+            _write_message(answers, (request_id, result, retire))
         except MemoryError:
-            result = ExecutionResult(False, [], "MemoryError: result too large")
-        try:
-            _write_message(answers, (request_id, result))
-        except MemoryError:
-            _write_message(answers, (request_id, ExecutionResult(False, [], "MemoryError: result too large")))
+            _write_message(answers, (request_id, ExecutionResult(False, [], "MemoryError: result too large"), True))
+            return
 
 
 class Sandbox:
@@ -297,25 +364,49 @@ class Sandbox:
     The worker is a fresh interpreter (``python -m vantage_core.evaluate.executor``), so it
     inherits no threads or heap from the caller and needs no ``__main__`` guard there.
     ``grace_s`` is how long past the query's own time limit the parent waits before it kills the
-    worker (the in-process progress handler normally stops the query first).
+    worker (the in-process progress handler normally stops the query first). ``mem_bytes`` is
+    the worker's address space past its size once its engine is loaded. ``runner`` is what the
+    worker runs queries with (see :func:`_serve`; it travels pickled, so its class must be
+    importable by name): SQLite's sandboxed runner by default. A worker whose address space grew
+    past ``retire_bytes`` (default: half of ``mem_bytes``) exits after its answer, and the next
+    query starts a fresh one.
     """
 
-    def __init__(self, max_bytes: int = 100_000_000, heap_bytes: int = 1 << 30,
-                 mem_bytes: int = 2 << 30, grace_s: float = 2.0, result_bytes: int = DEFAULT_RESULT_BYTES):
+    def __init__(self, max_bytes: int = 100_000_000, heap_bytes: int = 1 << 30, mem_bytes: int = 2 << 30,
+                 grace_s: float = 2.0, result_bytes: int = DEFAULT_RESULT_BYTES, runner: Any = None,
+                 retire_bytes: int | None = None, start_limit_s: float = 60.0):
         self.max_bytes, self.heap_bytes, self.mem_bytes, self.grace_s = max_bytes, heap_bytes, mem_bytes, grace_s
-        self.result_bytes = result_bytes
+        self.result_bytes, self.start_limit_s = result_bytes, start_limit_s
+        self.retire_bytes = mem_bytes // 2 if retire_bytes is None else retire_bytes
+        self.runner = runner if runner is not None else _QueryRunner(max_bytes, heap_bytes)
         self.process: subprocess.Popen | None = None
-        self.restarts = 0
+        self.restarts = 0  # workers killed or found dead
+        self.retired = 0  # workers that exited on their own to give back address space
         # one request and its answer at a time: two threads sharing the pipes would read each
         # other's answers (or wait forever for one the other already took)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
 
     def _start(self) -> None:
-        cmd = [sys.executable, "-m", "vantage_core.evaluate.executor",
-               str(self.max_bytes), str(self.heap_bytes), str(self.mem_bytes)]
-        env = dict(os.environ, VANTAGE_BLAS="none")  # the worker needs no BLAS threads
+        """A fresh worker, sent its runner; returns once it says it is ready (its start-up is not
+        counted against the first query's time)."""
+        cmd = [sys.executable, "-m", "vantage_core.evaluate.executor", str(self.mem_bytes), str(self.retire_bytes)]
+        # no BLAS threads; one malloc arena (each more reserves 64 MB of the capped address space)
+        env = dict(os.environ, VANTAGE_BLAS="none", MALLOC_ARENA_MAX="1")
         self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        _write_message(self.process.stdin, self.runner)
+        ready, _, _ = select.select([self.process.stdout], [], [], self.start_limit_s)
+        if not ready or _read_message(self.process.stdout) != "ready":
+            raise OSError(f"the worker did not start within {self.start_limit_s:g}s")
+
+    def _retire(self) -> None:
+        """Let a worker that said it exits after its answer go (counted in ``retired``)."""
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._kill()
+        self.retired += 1
 
     def _kill(self) -> None:
         if self.process is not None:
@@ -343,11 +434,14 @@ class Sandbox:
                     self._kill()
                     self.restarts += 1
                 self._start()  # may fail too (no processes left): an error result, not a raise
+                start = time.monotonic()  # the query's time starts once its worker is ready
             _write_message(self.process.stdin, (request_id, db_path, sql, timeout_s, max_rows, max_result_bytes, digest))
             ready, _, _ = select.select([self.process.stdout], [], [], timeout_s + self.grace_s)
             if ready:
-                answer_id, result = _read_message(self.process.stdout)
+                answer_id, result, retiring = _read_message(self.process.stdout)
                 if answer_id == request_id:
+                    if retiring:
+                        self._retire()
                     return result
                 # an answer to another request: the pipe is out of step, so trust nothing in it
                 error, timed_out = "worker answered another request (restarted)", False
@@ -483,4 +577,4 @@ if __name__ == "__main__":
     # import ourselves by name so that pickled results name this module, not __main__
     from vantage_core.evaluate.executor import _serve as serve
 
-    serve(*(int(a) for a in sys.argv[1:4]))
+    serve(int(sys.argv[1]), int(sys.argv[2]))

@@ -40,6 +40,8 @@ from itertools import product
 from typing import Any, Iterable
 
 from vantage_core.data.example import Schema
+from vantage_core.data.sql_names import quoted
+from vantage_core.data.sqlite_schema import readonly_uri
 
 MODES = ("compat", "corrected")
 
@@ -143,12 +145,12 @@ class DbSchema:
 
 @functools.lru_cache(maxsize=256)
 def _schema_from_sqlite(db_path: str) -> DbSchema:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    conn = sqlite3.connect(readonly_uri(db_path), uri=True)
     try:
         names = [r[0].lower() for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         tables = {}
         for name in names:
-            tables[name] = [r[1].lower() for r in conn.execute(f'PRAGMA table_info("{name}")')]
+            tables[name] = [r[1].lower() for r in conn.execute(f"PRAGMA table_info({quoted(name)})")]
     finally:
         conn.close()
     return DbSchema(tables)

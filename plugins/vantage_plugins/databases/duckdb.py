@@ -1,32 +1,113 @@
 """The ``duckdb`` connector (``duckdb:///path.duckdb``).
 
-The file is opened ``read_only`` with external access off (no file reads or writes, no
-ATTACH, COPY, INSTALL or LOAD), extension autoloading off, a memory limit and one thread, and
-the configuration locked so that a query cannot ``SET`` any of it back. Each statement runs on
-its own cursor, interrupted at the deadline by a timer (``interrupt`` is DuckDB's thread-safe
-cancel; a fresh cursor per statement keeps a late interrupt from reaching the next one).
+Every query runs in a worker process (:class:`vantage_core.evaluate.executor.Sandbox`, the one
+SQLite's sandbox uses) that opens the file ``read_only`` with external access off (no file reads
+or writes, no ATTACH, COPY, INSTALL or LOAD), extension autoloading off, no temporary directory
+(nothing spills to disk), DuckDB's own ``memory_limit``, one thread, and the configuration locked
+so that a query cannot ``SET`` any of it back. Around DuckDB, the worker's address space is capped
+at its size plus the memory limit plus :data:`HEADROOM` (what DuckDB allocates outside its buffer
+manager, a list or a string, fails there instead of growing the server), and the worker is
+killed :data:`GRACE_S` past the query's deadline when DuckDB's own interrupt has not stopped it
+(one function call building a huge value never checks for it). The statement reaching the worker
+has passed the allow lists of :meth:`Database.transpile`. One request at a time per worker, each
+answer matched to its request: concurrent callers never see each other's rows.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from pathlib import Path
 
 from vantage_core.data.example import Column, ForeignKey, Schema, Table
-from vantage_core.data.sqlite_schema import coarse_type
-from vantage_core.databases import QueriedDatabase, fetch_bounded, file_of_url, quote_ident
+from vantage_core.data.sql_names import quoted
+from vantage_core.data.sqlite_schema import coarse_type, file_signature
+from vantage_core.databases import QueriedDatabase, fetch_bounded, file_of_url
 from vantage_core.errors import DataError
-from vantage_core.evaluate.executor import ExecutionResult
+from vantage_core.evaluate.executor import ExecutionResult, Sandbox
 
-# table functions that read outside the database (refused even though external access is off)
-DENIED = frozenset({"read_csv", "read_csv_auto", "read_parquet", "parquet_scan", "read_json", "read_json_auto",
-                    "read_text", "read_blob", "glob", "sniff_csv", "duckdb_secrets", "getenv", "query", "query_table"})
 TEXT_TYPES = ("VARCHAR", "TEXT", "STRING", "CHAR")
+HEADROOM = 512 << 20  # the worker's address space past the memory limit: Python, the result, DuckDB's own
+GRACE_S = 0.5  # how long past its deadline a query may run before its worker is killed
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+         "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def memory_bytes(limit: str) -> int:
+    """The bytes a DuckDB memory limit (``1GB``, ``512MiB``) stands for; :class:`DataError` naming
+    the parameter and the valid forms otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(limit))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in UNITS or float(m.group(1)) <= 0:
+        raise DataError(f"duckdb memory_limit {limit!r}: give a positive size such as 512MB or 2GB "
+                        f"(units: {', '.join(u.upper() for u in UNITS if u)})")
+    return int(float(m.group(1)) * UNITS[unit])
+
+
+class DuckDBRunner:
+    """Runs queries on DuckDB files inside the sandbox's worker (see ``Sandbox``): one read-only,
+    locked-down connection per file, reopened when the file changes; each statement on its own
+    cursor, interrupted at its deadline by a timer (``interrupt`` is DuckDB's thread-safe cancel; a
+    fresh cursor per statement keeps a late interrupt from reaching the next one)."""
+
+    def __init__(self, memory_limit: str = "1GB", threads: int = 1):
+        self.memory_limit, self.threads = memory_limit, threads
+        self.connections: dict[str, tuple] = {}  # path -> (connection, the file's signature)
+
+    def prepare(self) -> None:
+        import duckdb  # noqa: F401  (loaded before the worker's memory cap is measured)
+
+    def _connect(self, path: str):
+        import duckdb
+
+        conn, signature = self.connections.pop(path, (None, ()))
+        if conn is not None and signature != file_signature(path):
+            conn.close()
+            conn = None
+        if conn is None:
+            config = {"memory_limit": self.memory_limit, "threads": self.threads, "enable_external_access": False,
+                      "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                      "allow_community_extensions": False, "allow_persistent_secrets": False,
+                      "temp_directory": "", "integer_division": True,  # SQLite: 5 / 2 = 2
+                      "lock_configuration": True}
+            signature = file_signature(path)
+            conn = duckdb.connect(path, read_only=True, config=config)
+        self.connections[path] = (conn, signature)
+        return conn
+
+    def run(self, path: str, sql: str, timeout_s: float, max_rows: int, max_result_bytes: int,
+            digest: bool) -> ExecutionResult:
+        import duckdb
+
+        t0 = time.perf_counter()
+        try:
+            cur = self._connect(path).cursor()
+        except duckdb.Error as exc:
+            return ExecutionResult(False, error=f"cannot open {Path(path).name} with DuckDB: {_first_line(exc)}")
+        timer = threading.Timer(timeout_s, cur.interrupt)
+        timer.start()
+        try:
+            cur.execute("EXPLAIN " + sql)  # plans only: names, types and functions are checked first
+            cur.execute(sql)
+            res = fetch_bounded(iter(lambda: cur.fetchmany(1000), []), max_rows, max_result_bytes, digest)
+        except duckdb.InterruptException:
+            res = ExecutionResult(False, error=f"timed out after {timeout_s:g} s", timed_out=True)
+        except duckdb.Error as exc:
+            res = ExecutionResult(False, error=f"{type(exc).__name__}: {_first_line(exc)}")
+        finally:
+            timer.cancel()
+            cur.close()
+        res.elapsed = round(time.perf_counter() - t0, 4)
+        return res
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class DuckDBDatabase(QueriedDatabase):
-    denied, engine = DENIED, "DuckDB"
     dialect = "duckdb"
 
     def __init__(self, url: str, memory_limit: str = "1GB", threads: int = 1):
@@ -35,51 +116,42 @@ class DuckDBDatabase(QueriedDatabase):
         if not Path(self.path).is_file():
             raise DataError(f"{self.path}: no such DuckDB file")
         self.memory_limit, self.threads = memory_limit, threads
-        self._conn = None
-
-    def _connection(self):
-        import duckdb
-
-        if self._conn is None:
-            config = {"memory_limit": self.memory_limit, "threads": self.threads, "enable_external_access": False,
-                      "autoinstall_known_extensions": False, "autoload_known_extensions": False,
-                      "integer_division": True, "lock_configuration": True}  # SQLite: 5 / 2 = 2
-            try:
-                self._conn = duckdb.connect(self.path, read_only=True, config=config)
-            except duckdb.Error as exc:
-                raise DataError(f"{self.path}: cannot open it with DuckDB: {exc}") from None
-        return self._conn
+        self.sandbox = Sandbox(mem_bytes=memory_bytes(memory_limit) + HEADROOM, grace_s=GRACE_S,
+                               runner=DuckDBRunner(memory_limit, threads))
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.sandbox.close()
 
     # -- introspection ---------------------------------------------------------------------
+    def _rows(self, sql: str) -> list[tuple]:
+        """Rows of a catalog query run in the worker; :class:`DataError` when it fails."""
+        res = self._run(sql, 30.0, 1 << 20, 1 << 28, False)
+        if not res.ok:
+            raise DataError(f"{Path(self.path).name}: cannot read the schema with DuckDB: {res.error}")
+        return res.rows
+
     def _introspect(self) -> Schema:
-        conn = self._connection()
-        names = [r[0] for r in conn.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT internal "
-            "ORDER BY table_oid").fetchall()]
+        names = [r[0] for r in self._rows(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT internal ORDER BY table_oid")]
         tables = {n: Table(n, []) for n in names}
-        for t, c, dtype in conn.execute(
+        for t, c, dtype in self._rows(
                 "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' "
-                "ORDER BY table_oid, column_index").fetchall():
+                "ORDER BY table_oid, column_index"):
             if t in tables:
                 tables[t].columns.append(Column(c, coarse_type(dtype)))
                 if any(k in dtype.upper() for k in TEXT_TYPES):
                     self._text.add((t.lower(), c.lower()))
         fks = []
-        for t, kind, cols, ref_t, ref_cols in conn.execute(
-                "SELECT table_name, constraint_type, constraint_column_names, referenced_table, "
-                "referenced_column_names FROM duckdb_constraints() WHERE schema_name = 'main' "
-                "AND constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY')").fetchall():
+        for t, kind, cols, ref_t, ref_cols in self._rows(
+                "SELECT table_name, constraint_type, to_json(constraint_column_names)::VARCHAR, referenced_table, "
+                "to_json(referenced_column_names)::VARCHAR FROM duckdb_constraints() WHERE schema_name = 'main' "
+                "AND constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY')"):
             if t not in tables:
                 continue
             if kind == "PRIMARY KEY":
-                tables[t].primary_keys.extend(cols)
+                tables[t].primary_keys.extend(json.loads(cols))
             else:
-                fks += [ForeignKey(t, c, ref_t, rc) for c, rc in zip(cols, ref_cols or [])]
+                fks += [ForeignKey(t, c, ref_t, rc) for c, rc in zip(json.loads(cols), json.loads(ref_cols or "[]"))]
         return Schema(Path(self.path).stem, list(tables.values()), fks)
 
     # -- execution -------------------------------------------------------------------------
@@ -93,25 +165,7 @@ class DuckDBDatabase(QueriedDatabase):
         return exp.Anonymous(this=name, expressions=[column, extreme.this.copy()])
 
     def _run(self, sql: str, timeout_s: float, max_rows: int, max_result_bytes: int, digest: bool) -> ExecutionResult:
-        import duckdb
-
-        cur = self._connection().cursor()
-        timer = threading.Timer(timeout_s, cur.interrupt)
-        t0 = time.perf_counter()
-        timer.start()
-        try:
-            cur.execute("EXPLAIN " + sql)  # plans only: names, types and functions are checked first
-            cur.execute(sql)
-            res = fetch_bounded(iter(lambda: cur.fetchmany(1000), []), max_rows, max_result_bytes, digest)
-        except duckdb.InterruptException:
-            res = ExecutionResult(False, error=f"timed out after {timeout_s:g} s", timed_out=True)
-        except duckdb.Error as exc:
-            res = ExecutionResult(False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-        finally:
-            timer.cancel()
-            cur.close()
-        res.elapsed = round(time.perf_counter() - t0, 4)
-        return res
+        return self.sandbox.execute(self.path, sql, timeout_s, max_rows, max_result_bytes, digest)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -143,7 +197,7 @@ def load_from_sqlite(url: str, sqlite_path, replace: bool = False, reader=None):
             raise DataError(f"{url}: table {clash[0]} already exists; --replace drops the tables of the same names first")
         if replace:  # referencing tables first: DuckDB refuses to drop a table others reference
             for name in reversed(order):
-                conn.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+                conn.execute(f"DROP TABLE IF EXISTS {quoted(name)}")
         pk_of: dict[str, list[str]] = {}
         for name in order:
             t = by_name[name]
@@ -156,7 +210,7 @@ def load_from_sqlite(url: str, sqlite_path, replace: bool = False, reader=None):
                     _duck_insert(conn, t)
                     break
                 except duckdb.Error as exc:
-                    conn.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+                    conn.execute(f"DROP TABLE IF EXISTS {quoted(name)}")
                     why = str(exc).splitlines()[0][:120]
                     if pk and keys:
                         summary.keys_skipped += [f"{name}: FOREIGN KEY ({fk.column}) -> {fk.ref_table}: {why}" for fk in keys]
@@ -176,12 +230,12 @@ def load_from_sqlite(url: str, sqlite_path, replace: bool = False, reader=None):
 
 
 def _duck_create(conn, t, pk: bool, fks) -> None:
-    cols = [f"{quote_ident(c)} {DUCK_TYPES[k]}" for c, k in zip(t.columns, t.kinds)]
+    cols = [f"{quoted(c)} {DUCK_TYPES[k]}" for c, k in zip(t.columns, t.kinds)]
     if pk:
-        cols.append(f"PRIMARY KEY ({', '.join(quote_ident(c) for c in t.primary_keys)})")
-    cols += [f"FOREIGN KEY ({quote_ident(fk.column)}) REFERENCES {quote_ident(fk.ref_table)} ({quote_ident(fk.ref_column)})"
+        cols.append(f"PRIMARY KEY ({', '.join(quoted(c) for c in t.primary_keys)})")
+    cols += [f"FOREIGN KEY ({quoted(fk.column)}) REFERENCES {quoted(fk.ref_table)} ({quoted(fk.ref_column)})"
              for fk in fks]
-    conn.execute(f"CREATE TABLE {quote_ident(t.name)} ({', '.join(cols)})")
+    conn.execute(f"CREATE TABLE {quoted(t.name)} ({', '.join(cols)})")
 
 
 def _duck_insert(conn, t) -> None:
@@ -194,6 +248,6 @@ def _duck_insert(conn, t) -> None:
     data = pa.table({f"c{i}": pa.array([r[i] for r in t.rows], type=arrow[k]) for i, k in enumerate(t.kinds)})
     conn.register("vantage_source", data)
     try:
-        conn.execute(f"INSERT INTO {quote_ident(t.name)} SELECT * FROM vantage_source")
+        conn.execute(f"INSERT INTO {quoted(t.name)} SELECT * FROM vantage_source")
     finally:
         conn.unregister("vantage_source")

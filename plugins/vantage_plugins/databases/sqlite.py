@@ -38,11 +38,13 @@ class SQLiteDatabase(Database):
         import sqlite3
 
         from vantage_core.data.schemas import connect_readonly
+        from vantage_core.data.sql_names import quoted
 
         conn = connect_readonly(self.path)
         try:
-            rows = conn.execute(f'SELECT DISTINCT "{column}" FROM "{table}" WHERE typeof("{column}") = \'text\' '
-                                f'LIMIT {int(limit)}').fetchall()
+            c = quoted(column)
+            rows = conn.execute(f"SELECT DISTINCT {c} FROM {quoted(table)} WHERE typeof({c}) = 'text' "
+                                f"LIMIT {int(limit)}").fetchall()
         except sqlite3.DatabaseError:
             return []
         finally:
