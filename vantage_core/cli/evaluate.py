@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from vantage_core.cli.options import config_options, load_from_options
+from vantage_core.cli.options import allow_privileged_option, config_options, load_from_options
 from vantage_core.errors import DataError
 from vantage_core.evaluate.runner import build_metrics
 
@@ -171,6 +171,7 @@ def refuse_overwriting(predictions: Path, out: Path, split: str) -> None:
               help="Score execution on another engine: a database URL with {db_id} for each example's database "
                    "(postgresql://user@host/{db_id}, duckdb:///dbs/{db_id}.duckdb; fill them with `vantage data load-into`).")
 @config_options
+@allow_privileged_option
 def evaluate(predictions_path, checkpoints, dataset, split, dataset_params, metric_names, limit, align, workers,
              out_dir, execute_on=None, **options) -> None:
     """Score a model (--checkpoint) or any system's predictions file against a dataset split.

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from vantage_core.cli.options import FiniteFloat, positive_seconds
+from vantage_core.cli.options import FiniteFloat, allow_privileged_option, positive_seconds
 
 DECODING = click.Choice(["greedy", "beam", "sample"])
 
@@ -75,6 +75,7 @@ def _table(rows: list[list], max_rows: int = 20, width: int = 32) -> str:
 @click.option("--candidates", "show_candidates", is_flag=True, help="Show every candidate with its score.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per question.")
 @decoding_options
+@allow_privileged_option
 def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_json, **decoding) -> None:
     """Turn a question about a database (SQLite file or URL) into SQL.
 
@@ -140,6 +141,7 @@ def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_
               help="Requests waiting or running at once; more get 503.")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=positive_seconds(),
               help="Seconds a request may take, waiting included (504 beyond); a finite number above 0.")
+@allow_privileged_option
 def serve(checkpoints, host, port, db_dir, db_urls, max_concurrency, timeout_s) -> None:
     """Serve the model over HTTP (OpenAPI document at /docs, playground at /, and the OpenAI-compatible
     /v1/models and /v1/chat/completions)."""

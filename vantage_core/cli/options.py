@@ -22,6 +22,21 @@ def config_options(func):
     return wrapper
 
 
+def allow_privileged_option(func):
+    """``--allow-privileged``: model SQL may run as a database role that can write (unsafe)."""
+
+    def allow(ctx, param, value):
+        if value:
+            from vantage_core.databases import allow_privileged
+
+            allow_privileged()
+
+    return click.option("--allow-privileged", is_flag=True, expose_value=False, callback=allow,
+                        help="UNSAFE: run model SQL even as a PostgreSQL role that can write or administer (a "
+                             "superuser, say). By default such a role is refused; make one that can only read "
+                             "with `vantage data load-into URL --from FILE --reader ROLE`.")(func)
+
+
 def load_from_options(options: dict):
     from vantage_core.config import load_config
 
