@@ -122,11 +122,14 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from vantage_core.data.load_into import load_into
-    from vantage_core.databases import open_database
+    from vantage_core.databases import allow_privileged, open_database
     from vantage_core.evaluate import spider
     from vantage_core.evaluate.executor import execute
     from vantage_core.plugins import registry
 
+    # --postgres is an administrator's URL (it creates the databases); the queries are gold SQL, and
+    # what is measured is agreement between engines, so they run as that role (--allow-privileged)
+    allow_privileged()
     report = registry().build("dataset", "spider", holdout_fraction=0.15, seed=0).load("validation")
     examples = report.examples[: args.limit] if args.limit else report.examples
     out = Path(args.out)
