@@ -89,6 +89,7 @@ HOSTILE = {
     "drop": "DROP TABLE item",
     "create_table": "CREATE TABLE t (a INTEGER)",
     "create_temp_table": "CREATE TEMP TABLE t AS SELECT * FROM item",
+    "create_view": "CREATE VIEW v AS SELECT * FROM item",
     "create_macro": "CREATE MACRO m(a) AS a + 1",
     "create_secret": "CREATE SECRET s (TYPE s3, KEY_ID 'k', SECRET 's')",
     "checkpoint": "CHECKPOINT",
