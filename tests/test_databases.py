@@ -409,6 +409,25 @@ def test_generate_takes_a_database_url(model_dir, duck_url):
 
 
 @pytest.mark.slow
+def test_generate_refuses_a_superuser_url_unless_allow_privileged(model_dir, pg_db, pg_server, monkeypatch, capsys):
+    import json
+
+    from test_cli_errors import assert_one_error_line, run_cli
+    from vantage_core.databases import ALLOW_PRIVILEGED_ENV
+
+    monkeypatch.setenv(ALLOW_PRIVILEGED_ENV, "0")  # restored after the test (--allow-privileged sets it)
+    args = ["generate", "-m", str(model_dir), "--db", admin_of(pg_db, pg_server), "how many items?", "--run",
+            "--json", "--decoding", "greedy", "--max-new-tokens", "8"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert_one_error_line(err, "can do more than read (superuser",
+                          "vantage data load-into URL --from FILE.sqlite --reader ROLE", "--allow-privileged")
+    code, out, err = run_cli(args + ["--allow-privileged"], capsys)
+    assert code in (0, 1), err  # 1: the untrained model's SQL did not run
+    assert json.loads(out.strip().splitlines()[-1])["dialect"] == "postgres"
+
+
+@pytest.mark.slow
 def test_serve_answers_over_a_database_url(model_dir, duck_url):
     from fastapi.testclient import TestClient
 

@@ -69,7 +69,7 @@ class PostgreSQLDatabase(QueriedDatabase):
         super().__init__(url)
         self.conninfo = conninfo_of(url)
         self.connect_timeout_s, self.work_mem = connect_timeout_s, work_mem
-        self.allow_privileged = privileged_allowed() if allow_privileged is None else allow_privileged
+        self.allow_privileged = allow_privileged  # None: as privileged_allowed() says when connecting
         self._conn = None
         self._names: dict[str, str] = {}  # lower-case identifier -> as the database spells it
 
@@ -83,7 +83,7 @@ class PostgreSQLDatabase(QueriedDatabase):
             except psycopg.Error as exc:
                 raise DataError(f"{describe(self.url)}: cannot connect: {str(exc).strip()}") from None
             try:
-                if not self.allow_privileged:
+                if not (privileged_allowed() if self.allow_privileged is None else self.allow_privileged):
                     self._refuse_privileged(conn)
             except BaseException:
                 conn.close()
