@@ -106,7 +106,8 @@ HOSTILE = {
 
 @pytest.fixture(scope="module")
 def shop(postgres_server, tmp_path_factory):
-    """A fresh database with a reader role: (superuser URL, reader URL); dropped after."""
+    """A fresh database with a reader role: (superuser URL, reader URL, a superuser connection to
+    it that watches the server); dropped after."""
     import psycopg
 
     from vantage_core.data.load_into import load_into
@@ -115,7 +116,8 @@ def shop(postgres_server, tmp_path_factory):
     name = f"vh_{uuid.uuid4().hex[:10]}"
     admin = with_database(postgres_server, name)
     load_into(admin, make_source(tmp_path_factory.mktemp("src") / "shop.sqlite"), reader=READER)
-    yield admin, as_role(admin, READER)
+    with psycopg.connect(admin, autocommit=True) as watcher:
+        yield admin, as_role(admin, READER), watcher
     close_all()
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -126,14 +128,14 @@ def connector(request, shop):
     """The connector under test: as the superuser with privileged roles allowed, or as the reader."""
     from vantage_plugins.databases.postgresql import PostgreSQLDatabase
 
-    admin, reader = shop
+    admin, reader, _ = shop
     db = PostgreSQLDatabase(admin, allow_privileged=True) if request.param == "superuser" else \
         PostgreSQLDatabase(reader)
     yield db
     db.close()
 
 
-SERVER_STATE = {  # what no request may change, read through a fresh superuser session
+SERVER_STATE = {  # what no request may change, as a superuser's session sees it
     "rows": "SELECT 'item', count(*), sum(hashtext(t::text)) FROM item t UNION ALL "
             "SELECT 'category', count(*), sum(hashtext(t::text)) FROM category t",
     "relations": "SELECT relname, relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -161,13 +163,11 @@ SESSION_STATE = {  # what the connector's own session may not keep after a reque
 }
 
 
-def server_state(admin_url: str) -> str:
-    """A digest of SERVER_STATE (the database's rows and the server's roles, slots, settings...)."""
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        got = {k: conn.execute(q).fetchall() for k, q in SERVER_STATE.items()}
-    return repr(got)
+def server_state(watcher) -> dict:
+    """SERVER_STATE (the database's rows and the server's roles, slots, settings...) read through
+    the watching superuser connection (settings given to databases or roles, which only new
+    sessions would show, are read from pg_db_role_setting; reloaded ones reach every session)."""
+    return {k: watcher.execute(q).fetchall() for k, q in SERVER_STATE.items()}
 
 
 def session_state(db) -> dict:
@@ -184,10 +184,10 @@ def test_hostile_statement_changes_nothing(connector, shop, name):
     """Each statement is refused, stopped or cut, changes nothing on the server or in the
     connector's session, and the next query answers."""
     sql, outcome = HOSTILE[name]
-    admin = shop[0]
+    watcher = shop[2]
     connector.execute("SELECT count(*) FROM item", DEADLINE)  # connected, schema read
     clean_session = session_state(connector)
-    before = server_state(admin)
+    before = server_state(watcher)
     res = connector.execute(sql, DEADLINE, max_rows=MAX_ROWS)
     if outcome == REFUSED:
         assert not res.ok and res.error and not res.timed_out, f"{name} ran: {res.rows[:3]}"
@@ -195,7 +195,7 @@ def test_hostile_statement_changes_nothing(connector, shop, name):
         assert not res.ok and (res.timed_out or "memory" in (res.error or "")), (res.error, res.rows[:3])
     else:
         assert (res.ok and res.truncated and len(res.rows) == MAX_ROWS) or res.timed_out, (res.error, len(res.rows))
-    assert server_state(admin) == before, f"{name} changed the server"
+    assert server_state(watcher) == before, f"{name} changed the server"
     assert session_state(connector) == clean_session, f"{name} left state in the session"
     assert not any(os.path.exists(PWNED + ext) for ext in ("", ".csv"))
     assert connector.execute("SELECT count(*) FROM item", DEADLINE).rows == [(500,)]

@@ -131,7 +131,8 @@ class Database:
         if len(trees) != 1:
             raise DataError(f"give exactly one statement, got {len(trees)}")
         self._check_tree(trees[0])
-        text = self._adapt(self._sqlite_semantics(trees[0])).sql(dialect=self.dialect)
+        # comments are dropped: the engine runs exactly the statement that was checked
+        text = self._adapt(self._sqlite_semantics(trees[0])).sql(dialect=self.dialect, comments=False)
         self._check_written(text)
         return text
 
