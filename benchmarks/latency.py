@@ -41,7 +41,8 @@ def forget_everything(engine) -> None:
 
     engine._schemas.clear()
     linking._column_values.cache_clear()
-    linking.cased_values.cache_clear()
+    linking._sqlite_cased_values.cache_clear()
+    linking._connector_cased_values.cache_clear()
     frozen = getattr(engine.model.schema_encoder, "frozen", None)
     if frozen is not None:
         frozen.pieces.clear()

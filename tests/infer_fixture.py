@@ -1,11 +1,14 @@
-"""A tiny untrained model folder (as a checkpoint holds it) and a SQLite database, for the
-inference, serving and export tests."""
+"""Tiny untrained model folders (as a checkpoint holds them: a token model and a pointer model),
+SQLite databases (one whose cells are binary or infinite) and an engine answering a known query,
+for the inference, serving and export tests."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 from pathlib import Path
+
+import numpy as np
 
 import vantage_core  # noqa: F401
 import mlx.core as mx
@@ -59,3 +62,86 @@ def make_model_dir(folder: Path, seed: int = 0) -> Path:
     (folder / "config.yaml").write_text(dump_config(cfg))
     (folder / "plugins.json").write_text(json.dumps(plugin_list(), indent=2))
     return folder
+
+
+POINTER_MODEL = {
+    "run": {"name": "tiny_pointer"},
+    "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 96, "num_experts": 4,
+              "expert_hidden": 32, "cross_attention_every": 1, "tie_embeddings": False,
+              "heads": ["vocab", "pointer", "copy"], "router": {"name": "topk", "k": 2},
+              "schema_encoder": {"name": "linked", "n_layers": 1, "n_heads": 2, "hidden": 64, "dropout": 0.0}},
+    "data": {"target": "actions", "linker": {"name": "lexical"}, "tokenizer": {"name": "sql_actions"}},
+    "train": {"select_metric": "action_exact"},
+    "inference": {"decoding": "beam", "beam_size": 2, "max_new_tokens": 16, "constraint": {"name": "sql_actions"}},
+}
+KEYWORD_ACTIONS = ["select", "from", "where", "count", "(", ")", "*", "=", ">", "<", ",", "and", "join", "on"]
+
+
+def make_pointer_model_dir(folder: Path, seed: int = 0) -> Path:
+    """An untrained pointer model (``data.target: actions``) laid out as a checkpoint."""
+    from vantage_core.model import build_model
+    from vantage_core.plugins import registry
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(None, base=POINTER_MODEL, registry=False)
+    vocab = registry().build("tokenizer", "sql_actions").train(KEYWORD_ACTIONS, folder / "tokenizer")
+    mx.random.seed(seed)
+    model = build_model(cfg.model, vocab)
+    mx.eval(model.parameters())
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (folder / "config.yaml").write_text(dump_config(cfg))
+    return folder
+
+
+CELLS_DDL = "CREATE TABLE cells (b BLOB, f REAL)"
+
+
+def make_cells_db(path: Path) -> Path:
+    """A database whose every cell is binary (not UTF-8) or an infinite float."""
+    con = sqlite3.connect(path)
+    con.execute(CELLS_DDL)
+    con.executemany("INSERT INTO cells VALUES (?, ?)", [(b"\xff\xfe\x00\x80", float("inf")), (b"\x00", float("-inf"))])
+    con.commit()
+    con.close()
+    return path
+
+
+class OneAnswer:
+    """A processor that leaves each row one token: the next of ``ids`` (then ``ids[-1]``, EOS)."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+
+    def __call__(self, generated, logits):
+        from vantage_core.inference.constraints import apply_mask
+
+        allowed = np.zeros(logits.shape, bool)
+        for row, tokens in enumerate(generated):
+            allowed[row, self.ids[min(len(tokens), len(self.ids) - 1)]] = True
+        return apply_mask(logits, allowed)
+
+
+class FirstTableAnswer:
+    """A constraint that leaves a token model one answer: ``SELECT * FROM`` the schema's first table."""
+
+    targets = ("tokens",)
+
+    def bind(self, schema, tokenizer, eos_id, features=None):
+        return OneAnswer(tokenizer.encode(f"SELECT * FROM {schema.tables[0].name}") + [eos_id])
+
+
+def first_table_engine(folder: Path):
+    """An engine on the model at ``folder`` whose configured constraint is :class:`FirstTableAnswer`:
+    the model still reads each question and schema and decodes step by step, and its answer is a
+    query that runs on any database (the SQL a test needs, without a trained model)."""
+    from vantage_core.config import InferenceConfig
+    from vantage_core.inference.engine import Engine
+
+    class FirstTableEngine(Engine):
+        def constraint(self, spec):
+            return None if spec is None else FirstTableAnswer()
+
+    engine = FirstTableEngine.load(folder)
+    inference = {**engine.config.inference.model_dump(), "constraint": {"name": "sql_schema"}}
+    engine.config = engine.config.model_copy(update={"inference": InferenceConfig.model_validate(inference)})
+    return engine

@@ -199,3 +199,29 @@ def test_playground_with_a_pasted_schema_and_a_bad_request(browser, server):
     page.wait_for_selector("#error:not([hidden])", timeout=30_000)
     assert "400" in page.inner_text("#error") or "422" in page.inner_text("#error")
     page.close()
+
+
+def test_playground_shows_binary_and_infinite_cells(browser, tmp_path):
+    """Rows holding a BLOB and +-inf (sent as {"$base64": ...} and "Infinity") show as X'FFFE0080'
+    and Infinity, and the page raises no error."""
+    from infer_fixture import first_table_engine, make_cells_db, make_model_dir
+    from test_serve_api import LoopbackServer
+    from vantage_core.inference.serve import ServeSettings, create_app
+
+    make_cells_db((tmp_path / "dbs").mkdir() or tmp_path / "dbs" / "cells.sqlite")
+    engine = first_table_engine(make_model_dir(tmp_path / "model"))  # answers SELECT * FROM cells
+    with LoopbackServer(create_app(engine, ServeSettings(db_dirs=[str(tmp_path / "dbs")]))) as http:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{http.base_url}/")
+        page.wait_for_selector("#db option[value='cells']", state="attached", timeout=15_000)
+        page.fill("#question", "everything")
+        page.select_option("#decoding", "greedy")
+        page.check("#run")
+        page.click("#ask")
+        page.wait_for_selector("#rows tbody tr", timeout=60_000)
+        rows = [[td.inner_text() for td in tr.locator("td").all()] for tr in page.locator("#rows tbody tr").all()]
+        assert rows == [["X'FFFE0080'", "Infinity"], ["X'00'", "-Infinity"]]
+        assert not errors, errors
+        page.close()

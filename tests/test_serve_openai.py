@@ -1,17 +1,19 @@
-"""The OpenAI-compatible endpoints, driven by the real `openai` package against
-uvicorn on 127.0.0.1: a chat completion and a streamed one give the SQL `POST /v1/generate`
-gives for the same question and schema, rows come in the `vantage` extra field, and the
-server's limits (admission counting running work) hold for chat requests too."""
+"""The OpenAI-compatible endpoints, driven by the real `openai` package against uvicorn on
+127.0.0.1: a chat completion and a streamed one give the SQL `POST /v1/generate` gives for the
+same question and schema, rows come in the `vantage` extra field (binary and non-finite cells as
+strict JSON, the same on every route), bad input gets a 4xx, and the server's limits
+(admission counting running work) hold for chat requests too."""
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 
-from infer_fixture import make_db, make_model_dir
+from infer_fixture import first_table_engine, make_cells_db, make_db, make_model_dir
 from test_serve_api import LoopbackServer
 from vantage_core.inference.engine import Engine
 from vantage_core.inference.openai_api import create_table_statements
@@ -143,3 +145,56 @@ def test_create_table_statements_keeps_statements_whole_and_drops_prose():
             "Some words. create temp table u(x int)\nCREATE TABLE broken (")
     assert create_table_statements(text) == ("CREATE TABLE t (a DECIMAL(10, 2), b TEXT DEFAULT ')', CHECK (a > 0));\n"
                                               "create temp table u(x int);")
+
+
+@pytest.mark.parametrize("raw, field", [
+    ('{"model": "%s", "database": "concerts", "messages": [{"role": "user", "content": "how many \\udfff"}]}', "content"),
+    ('{"model": "%s", "messages": [{"role": "system", "content": "CREATE TABLE t (a\\udfff)"}, '
+     '{"role": "user", "content": "q"}]}', "content"),
+    ('{"model": "%s", "database": "concerts", "messages": [{"role": "user", "content": [{"type": "text", '
+     '"text": "\\ud800"}]}]}', "content"),
+    ('{"model": "%s", "database": "conc\\udfffrts", "messages": [{"role": "user", "content": "q"}]}', "database"),
+    ('{"model": "%s", "temperature": NaN, "decoding": "sample", "messages": [{"role": "user", "content": "q"}]}',
+     "temperature"),
+    ('{"model": "%s", "top_p": Infinity, "messages": [{"role": "user", "content": "q"}]}', "top_p"),
+], ids=["surrogate", "surrogate-in-system", "surrogate-in-part", "surrogate-in-database", "nan", "infinity"])
+def test_a_lone_surrogate_or_a_non_finite_number_in_chat_gets_422(server, engine, raw, field):
+    """JSON's "\\udfff" (a lone surrogate) and NaN / Infinity get 422 naming the field, as on
+    /v1/generate, and the server goes on answering."""
+    http, _ = server
+    r = http.post("/v1/chat/completions", content=(raw % engine.config.run.name).encode(),
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text[:300]
+    assert field in r.json()["error"]["message"]
+    assert http.get("/health").json()["status"] == "ok"
+
+
+def _refuse(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_binary_and_non_finite_cells_are_strict_json_on_every_route(engine, tmp_path):
+    """A BLOB X'FFFE0080' and +-inf come back as {"$base64": ...} and "Infinity" / "-Infinity" on
+    /v1/generate, chat and streamed chat (read by the openai package), each streamed chunk strict
+    JSON (NaN and Infinity refused)."""
+    make_cells_db(tmp_path / "cells.sqlite")
+    answering = first_table_engine(engine.info["folder"])  # answers SELECT * FROM the first table
+    want = [[{"$base64": "//4AgA=="}, "Infinity"], [{"$base64": "AA=="}, "-Infinity"]]
+    app = create_app(answering, ServeSettings(db_dirs=[str(tmp_path)]))
+    with LoopbackServer(app) as http:
+        client = openai.OpenAI(base_url=f"{http.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+        r = http.post("/v1/generate", json={"question": "everything", "db_id": "cells", "run": True})
+        assert r.status_code == 200, r.text
+        assert json.loads(r.text, parse_constant=_refuse)["rows"] == want
+        ask = dict(model=answering.config.run.name, messages=[{"role": "user", "content": "everything"}],
+                   extra_body={"database": "cells", "run": True})
+        done = client.chat.completions.create(**ask)
+        assert done.choices[0].message.content == "SELECT * FROM cells"
+        assert done.model_extra["vantage"]["rows"] == want
+        _, chunks = _streamed(client, **ask)
+        assert chunks[-1].model_extra["vantage"]["rows"] == want
+        raw = {"model": ask["model"], "messages": ask["messages"], **ask["extra_body"], "stream": True}
+        with http.stream("POST", "/v1/chat/completions", json=raw) as s:
+            events = [line[len("data: "):] for line in s.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert [json.loads(e, parse_constant=_refuse) for e in events[:-1]][-1]["vantage"]["rows"] == want

@@ -150,7 +150,9 @@ def register_constraints(register: Register) -> None:
     ``factory(**params)`` returns an object implementing
     :class:`vantage_core.inference.constraints.Constraint`: ``bind(schema, tokenizer, eos_id,
     features=None)`` gives, per request, a processor that masks the next-token logits that
-    cannot continue a valid query (``features``: a pointer model's featurized question).
+    cannot continue a valid query (``features``: a pointer model's featurized question). A
+    factory with ``targets`` (the ``data.target`` values whose output it masks: ``"tokens"``,
+    ``"actions"``) is refused up front on any other model.
     """
 
 

@@ -105,9 +105,9 @@ def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_
             continue
         failed += bool(run_sql and g.error)
         if as_json:
-            d = g.to_dict()
+            d = g.to_json()
             d.pop("tokens", None)
-            click.echo(json.dumps({"question": q, **d}, default=str))
+            click.echo(json.dumps({"question": q, **d}, allow_nan=False))
             continue
         if len(asked) > 1:
             click.echo(f"-- {q}")
@@ -141,17 +141,17 @@ def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_
               help="Requests waiting or running at once; more get 503.")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=positive_seconds(),
               help="Seconds a request may take, waiting included (504 beyond); a finite number above 0.")
+@click.option("--max-schema-items", default=1000, show_default=True, type=click.IntRange(1),
+              help="Tables and columns a request's schema may have in all; larger ones get 400.")
 @allow_privileged_option
-def serve(checkpoints, host, port, db_dir, db_urls, max_concurrency, timeout_s) -> None:
+def serve(checkpoints, host, port, db_dir, db_urls, max_concurrency, timeout_s, max_schema_items) -> None:
     """Serve the model over HTTP (OpenAPI document at /docs, playground at /, and the OpenAI-compatible
     /v1/models and /v1/chat/completions)."""
-    import uvicorn
+    from vantage_core.inference.serve import ServeSettings, create_app, run_server
 
-    from vantage_core.inference.serve import ServeSettings, create_app
-
-    app = create_app(list(checkpoints), ServeSettings(db_dirs=list(db_dir), db_urls=list(db_urls), max_concurrency=max_concurrency,
-                                               timeout_s=timeout_s))
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    settings = ServeSettings(db_dirs=list(db_dir), db_urls=list(db_urls), max_concurrency=max_concurrency,
+                             timeout_s=timeout_s, max_schema_items=max_schema_items)
+    run_server(create_app(list(checkpoints), settings), settings, host, port)
 
 
 @click.command()

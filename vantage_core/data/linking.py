@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from vantage_core.data.schemas import connect_readonly
+from vantage_core.data.sqlite_schema import file_signature
 
 NAME_NONE, NAME_PARTIAL, NAME_EXACT = 0, 1, 2  # name-match features; value features are 0 or 1
 
@@ -86,7 +87,7 @@ def column_values(db_path: str | Path, schema, per_column: int = 5000, max_chars
     path = _sqlite_file(str(db_path))
     if path is None:
         return _connector_column_values(str(db_path), tables, per_column, max_chars)
-    return _column_values(path, tables, per_column, max_chars)
+    return _column_values(path, file_signature(path), tables, per_column, max_chars)
 
 
 @lru_cache(maxsize=256)
@@ -98,7 +99,8 @@ def _connector_column_values(url: str, tables: tuple, per_column: int, max_chars
 
 
 @lru_cache(maxsize=256)
-def _column_values(db_path: str, tables: tuple, per_column: int, max_chars: int) -> dict:
+def _column_values(db_path: str, signature: tuple, tables: tuple, per_column: int, max_chars: int) -> dict:
+    """``signature``: the file's (:func:`file_signature`), so a file written or replaced is read again."""
     out: dict[tuple[str, str], set[str]] = {}
     conn = connect_readonly(db_path)
     try:
@@ -116,17 +118,26 @@ def _column_values(db_path: str, tables: tuple, per_column: int, max_chars: int)
     return out
 
 
-@lru_cache(maxsize=64)
 def cased_values(db_path: str, per_column: int = 2000, max_chars: int = 60) -> dict[str, str]:
     """Every short text cell value of a database, lower-cased -> as stored (for writing a
     value copied from the question the way the database spells it). ``db_path``: a SQLite file
-    or a database URL (read through its connector)."""
+    or a database URL (read through its connector). Cached; a SQLite file written or replaced
+    since is read again."""
     path = _sqlite_file(str(db_path))
     if path is None:
-        from vantage_core.databases import open_database
+        return _connector_cased_values(str(db_path), per_column, max_chars)
+    return _sqlite_cased_values(path, file_signature(path), per_column, max_chars)
 
-        return open_database(str(db_path)).cased_values(per_column, max_chars)
-    db_path = path
+
+@lru_cache(maxsize=64)
+def _connector_cased_values(url: str, per_column: int, max_chars: int) -> dict[str, str]:
+    from vantage_core.databases import open_database
+
+    return open_database(url).cased_values(per_column, max_chars)
+
+
+@lru_cache(maxsize=64)
+def _sqlite_cased_values(db_path: str, signature: tuple, per_column: int, max_chars: int) -> dict[str, str]:
     out: dict[str, str] = {}
     conn = connect_readonly(db_path)
     try:

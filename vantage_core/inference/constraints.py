@@ -27,8 +27,20 @@ class LogitsProcessor(Protocol):
         search then adds on the host instead of calling it."""
 
 
+# What each ``data.target`` decodes, for messages: a constraint masks one of these output spaces.
+OUTPUT_SPACES = {"tokens": "writes SQL text (data.target: tokens)",
+                 "actions": "points at schema items (data.target: actions)"}
+
+
 class Constraint(Protocol):
-    """What a registered constraint factory returns."""
+    """What a registered constraint factory returns.
+
+    The factory (a class) may set ``targets``: the ``data.target`` values of the models whose
+    output it masks (``("tokens",)``: SQL text tokens; ``("actions",)``: a pointer model's
+    actions). The engine then refuses it up front for any other model; without ``targets`` it
+    is assumed to fit every model."""
+
+    targets: tuple[str, ...]
 
     def bind(self, schema: Schema, tokenizer: Any, eos_id: int, features: dict | None = None) -> LogitsProcessor:
         """A processor for one request on ``schema`` (it may keep caches across the requests on

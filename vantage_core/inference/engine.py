@@ -13,7 +13,9 @@ a candidate with rows first (``require_rows``), then any that runs, then a wider
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +30,8 @@ from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.inference.decoding import decode
 
 EXPORT_FILE = "export.json"  # written by `vantage export`: format version, quantization
+UNGUIDED = ("execution-guided choice skipped: a schema without a database has no rows to run the candidates on; "
+            "the model's first candidate is given")
 
 
 @dataclass
@@ -61,12 +65,40 @@ class Generation:
     # with run=True on a database of another engine: the chosen SQL as transpiled and run there
     executed_sql: str | None = None
     dialect: str | None = None
+    note: str | None = None  # what the engine left out of what was asked (execution-guided choice without a database)
     _results: dict = field(default_factory=dict, repr=False)  # executed candidates (not serialized)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("_results", None)
         return out
+
+    def to_json(self) -> dict[str, Any]:
+        """:meth:`to_dict` as strict JSON takes it: rows as :func:`json_rows` gives them, a
+        candidate's non-finite log-probability as None."""
+        out = self.to_dict()
+        out["rows"] = json_rows(self.rows)
+        for c in out["candidates"]:
+            c["logprob"] = c["logprob"] if math.isfinite(c["logprob"]) else None
+        return out
+
+
+def json_cell(value: Any) -> Any:
+    """A result cell as strict JSON, the same on every route: bytes as ``{"$base64": "..."}``,
+    a non-finite float as the string ``"Infinity"``, ``"-Infinity"`` or ``"NaN"``; text, numbers
+    and NULL as they are."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)
+
+
+def json_rows(rows: list[list[Any]] | None) -> list[list[Any]] | None:
+    """``rows`` with every cell as :func:`json_cell` gives it."""
+    return None if rows is None else [[json_cell(v) for v in row] for row in rows]
 
 
 # ---------------------------------------------------------------------------- loading
@@ -195,7 +227,7 @@ class Engine:
         self.routing_model = _RoutingModel(model)
         self.lock = threading.Lock()
         self._constraints: dict[str, Any] = {}
-        self._schemas: dict[str, Schema] = {}
+        self._schemas: dict[str, tuple[Schema, tuple]] = {}  # path or URL -> (schema, file signature)
         self._linker = None
 
     @classmethod
@@ -204,20 +236,25 @@ class Engine:
 
     # -- pieces --------------------------------------------------------------------------
     def schema_of(self, db_path: str | Path) -> Schema:
-        """The schema of a SQLite file or of the database a URL names (cached by path or URL)."""
+        """The schema of a SQLite file or of the database a URL names, cached by path or URL; a
+        SQLite file's is read again once the file was written or replaced (its signature)."""
         from vantage_core.data.schemas import schema_from_sqlite
-        from vantage_core.databases import is_url, open_database
+        from vantage_core.data.sqlite_schema import file_signature
+        from vantage_core.databases import file_of_url, is_url, open_database, url_scheme
 
         key = str(db_path)
-        if key not in self._schemas:
-            if is_url(key):
-                self._schemas[key] = open_database(key).schema()
-                return self._schemas[key]
-            if not Path(db_path).is_file():
-                raise DataError(f"{db_path}: no such SQLite file (or give a database URL: sqlite:///file.sqlite, "
-                                f"duckdb:///file.duckdb, postgresql://user@host/db)")
-            self._schemas[key] = schema_from_sqlite(db_path)
-        return self._schemas[key]
+        file = key if not is_url(key) else file_of_url(key) if url_scheme(key) == "sqlite" else None
+        if file is None:
+            if key not in self._schemas:
+                self._schemas[key] = (open_database(key).schema(), ())
+            return self._schemas[key][0]
+        if not Path(file).is_file():
+            raise DataError(f"{db_path}: no such SQLite file (or give a database URL: sqlite:///file.sqlite, "
+                            f"duckdb:///file.duckdb, postgresql://user@host/db)")
+        signature = file_signature(file)
+        if self._schemas.get(key, (None, None))[1] != signature:
+            self._schemas[key] = (schema_from_sqlite(file), signature)
+        return self._schemas[key][0]
 
     def request(self, question: str, schema: Schema, db_path: str | None = None,
                 extras: dict | None = None) -> "Request":
@@ -300,7 +337,37 @@ class Engine:
             raise ConfigError(f"inference.decoding: {opts.decoding!r}; valid: greedy, beam, sample")
         if opts.beam_size < 1 or opts.max_new_tokens < 1:
             raise ConfigError("inference.beam_size and inference.max_new_tokens must be at least 1")
+        if opts.constraint is not None:
+            self.check_constraint(opts.constraint.name)
         return opts
+
+    def fitting_constraints(self) -> list[str]:
+        """The registered constraints that can mask this model's output (its ``data.target``)."""
+        from vantage_core.plugins import registry
+
+        reg = registry()
+        return [name for name in reg.names("constraint")
+                if self.config.data.target in getattr(reg.get("constraint", name).factory, "targets",
+                                                      (self.config.data.target,))]
+
+    def check_constraint(self, name: str) -> None:
+        """:class:`ConfigError` naming the constraints that fit when ``name`` is unknown or masks
+        another output space than this model's (a text grammar on a pointer model's actions)."""
+        from vantage_core.inference.constraints import OUTPUT_SPACES
+        from vantage_core.plugins import registry
+
+        fitting = self.fitting_constraints()
+        if name in fitting:
+            return
+        valid = ", ".join(fitting + ["none"])
+        if name not in registry().names("constraint"):
+            raise ConfigError(f"unknown constraint {name!r}; the ones that fit this model: {valid}")
+        target = self.config.data.target
+        theirs = getattr(registry().get("constraint", name).factory, "targets", ())
+        what = " or ".join(OUTPUT_SPACES.get(t, f"data.target: {t}") for t in theirs)
+        raise ConfigError(f"constraint {name!r} masks the output of a model that {what}; this model "
+                          f"{OUTPUT_SPACES.get(target, f'has data.target: {target}')}. "
+                          f"Constraints that fit it: {valid}")
 
     # -- one request -----------------------------------------------------------------------
     def generate(self, question: str, *, db_path: str | Path | None = None, schema: Schema | None = None,
@@ -326,7 +393,7 @@ class Engine:
         opts = options or self.options()
         t0 = time.perf_counter()
         for q in questions:
-            self._check_question(q, run or opts.execution_guided)
+            self._check_question(q, run)
         with self.lock:
             reqs = [self.request(q.text, q.schema, str(q.db_path) if q.db_path else None, q.extras) for q in questions]
             for r in reqs:
@@ -362,7 +429,7 @@ class Engine:
             g.seconds = round((time.perf_counter() - t0) / len(questions), 4)
         return gens
 
-    def _check_question(self, q: "Question", needs_db: bool) -> None:
+    def _check_question(self, q: "Question", run: bool) -> None:
         if not q.text or not q.text.strip():
             raise DataError("question: empty; ask something about the database")
         if q.schema is None:
@@ -371,9 +438,8 @@ class Engine:
             q.schema = self.schema_of(q.db_path)
         if not q.schema.tables:
             raise DataError(f"schema {q.schema.db_id!r}: no tables")
-        if needs_db and q.db_path is None:
-            raise DataError("running the SQL (run, execution_guided) needs a database file or a database URL, "
-                            "not only a schema")
+        if run and q.db_path is None:
+            raise DataError("running the SQL (run) needs a database file or a database URL, not only a schema")
 
     def _decode(self, reqs: list["Request"], opts: InferenceConfig, beam_size: int, routing: bool,
                 cancel: Any) -> list[list[Any]]:
@@ -404,15 +470,17 @@ class Engine:
     def _generation(self, q: "Question", req: "Request", hyps: list[Any], opts: InferenceConfig) -> Generation:
         """The candidates of one request, and the one chosen (execution-guided where asked)."""
         candidates = [Candidate(req.to_sql(h.tokens), round(h.logprob, 4), h.finished) for h in hyps]
-        chosen, how, results = 0, "top", {}
-        if opts.execution_guided:
+        chosen, how, results, note = 0, "top", {}, None
+        if opts.execution_guided and q.db_path is not None:
             chosen, how = self._choose(candidates, str(q.db_path), opts, results)
             if chosen is None:
                 chosen = 0  # none qualifies: keep the model's favourite (or the fallback, later)
+        elif opts.execution_guided:
+            note = UNGUIDED
         h = hyps[chosen]
         g = Generation(sql=candidates[chosen].sql, candidates=candidates, chosen=chosen, choice=how,
                        tokens=req.to_tokens(h.tokens), routing=h.routing or None,
-                       n_tokens=len(h.tokens))
+                       n_tokens=len(h.tokens), note=note)
         g._results = results
         return g
 

@@ -14,8 +14,10 @@ How a chat request maps onto a generation:
   ``max_tokens`` caps the generated tokens;
 - **rows**: with the extra field ``run: true`` (needs ``database``) the SQL is run read-only and
   the response carries an extra top-level field ``vantage``:
-  ``{"sql", "rows", "error", "truncated", "choice", "database"}`` (``rows`` is null without
-  ``run``). With the ``openai`` package: ``extra_body={"database": "concerts", "run": True}``,
+  ``{"sql", "rows", "error", "truncated", "choice", "note", "database"}`` (``rows`` is null
+  without ``run``; its cells as on every route: bytes as ``{"$base64": ...}``, non-finite floats
+  as ``"Infinity"``, ``"-Infinity"``, ``"NaN"``; ``note`` says when execution-guided choice
+  stepped aside for a schema without a database). With the ``openai`` package: ``extra_body={"database": "concerts", "run": True}``,
   then ``completion.model_extra["vantage"]["rows"]``.
 - **stream: true** answers with server-sent events in OpenAI's ``chat.completion.chunk`` form,
   ending with ``data: [DONE]``. The SQL is chosen before the first event (a beam search and an
@@ -40,6 +42,10 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from vantage_core.inference.serve import Name, utf8_str
+
+MessageText = utf8_str()
+
 
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -51,7 +57,7 @@ class ChatMessage(BaseModel):
     # Clients send more (name, tool_calls, ...): kept out of the way, not refused.
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = Field(None)
+    content: MessageText | list[ContentPart] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -74,7 +80,7 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     # Vantage's extra fields (send them with the openai package's extra_body=)
-    database: str | None = Field(None, min_length=1, max_length=128, description="a served database's id")
+    database: Name | None = Field(None, description="a served database's id")
     run: bool = Field(False, description="run the SQL read-only; rows in the response's `vantage` field")
     decoding: Literal["greedy", "beam", "sample"] | None = None
 
@@ -176,7 +182,8 @@ def _with_openai_error(inner: Callable) -> Callable:
 def add_openai_routes(app: FastAPI, engine: Any, databases: dict, settings: Any,
                       run_generation: Callable, public_message: Callable[[str | None], str | None]) -> None:
     """Add ``GET /v1/models`` and ``POST /v1/chat/completions`` to the server's ``app``."""
-    from vantage_core.inference.serve import schema_from_ddl
+    from vantage_core.inference.engine import json_rows
+    from vantage_core.inference.serve import check_schema_size, schema_from_ddl
 
     _openai_errors(app)
 
@@ -194,6 +201,8 @@ def add_openai_routes(app: FastAPI, engine: Any, databases: dict, settings: Any,
             if req.database not in databases:
                 raise HTTPException(404, f"database: unknown {req.database!r}; served: "
                                          f"{', '.join(sorted(databases)[:20]) or '(none: start with --db-dir)'}")
+            check_schema_size(engine.schema_of(databases[req.database]), settings.max_schema_items,
+                              f"database {req.database!r}")
             return {"db_path": databases[req.database], "schema": None}
         if req.run:
             raise HTTPException(422, "run: needs `database` naming a served database (a pasted schema has no rows)")
@@ -201,7 +210,7 @@ def add_openai_routes(app: FastAPI, engine: Any, databases: dict, settings: Any,
         if not ddl:
             raise HTTPException(422, "no schema: put CREATE TABLE statements in a system message, or name a served "
                                      f"database in `database` (served: {', '.join(sorted(databases)[:20]) or 'none'})")
-        return {"db_path": None, "schema": schema_from_ddl(ddl)}
+        return {"db_path": None, "schema": schema_from_ddl(ddl, max_items=settings.max_schema_items)}
 
     def options(req: ChatRequest) -> Any:
         """The model's decoding settings with what the request may change, within the server's limits."""
@@ -228,8 +237,8 @@ def add_openai_routes(app: FastAPI, engine: Any, databases: dict, settings: Any,
         g = await run_generation(question, run=req.run, routing=False,
                                  options=options(req), **where)
         finished = bool(g.candidates) and g.candidates[g.chosen].finished
-        extra = {"sql": g.sql, "rows": g.rows if req.run else None, "error": public_message(g.error),
-                 "truncated": g.truncated, "choice": g.choice, "database": req.database}
+        extra = {"sql": g.sql, "rows": json_rows(g.rows) if req.run else None, "error": public_message(g.error),
+                 "truncated": g.truncated, "choice": g.choice, "note": g.note, "database": req.database}
         reply_id, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         finish = "stop" if finished else "length"
         if req.stream:
@@ -246,7 +255,7 @@ def _chunks(reply_id: str, created: int, model_id: str, sql: str, finish: str, e
     def event(delta: dict, finish_reason: str | None = None, **more: Any) -> str:
         chunk = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}], **more}
-        return f"data: {json.dumps(chunk, default=str)}\n\n"
+        return f"data: {json.dumps(chunk, allow_nan=False)}\n\n"
 
     yield event({"role": "assistant", "content": ""})
     for piece in _sql_pieces(sql):

@@ -6,9 +6,13 @@ Limits: at most ``max_concurrency`` requests are admitted at once (waiting or ru
 itself runs one request at a time), the next ones get 503 at once; a request body over
 ``max_body_bytes`` gets 413 (counted as it is read, so a chunked body without a Content-Length
 is stopped too); a request still unanswered after ``timeout_s`` gets 504, and its generation is
-asked to stop at its next step, still counting against the limit until it has. Bad input gets a
-4xx whose ``detail`` says what was wrong, without echoing the body and without the server's
-paths; nothing a client sends can stop the server.
+asked to stop at its next step, still counting against the limit until it has; a schema of more
+than ``max_schema_items`` tables and columns gets 400 (a request's cost grows with it); a
+connection that has not sent a whole request within ``read_timeout_s`` of connecting or of its
+last answer is closed (:class:`RequestDeadline`). Bad input gets a 4xx whose ``detail`` says
+what was wrong, without echoing the body and without the server's paths (a lone surrogate gets
+422, as a NaN does); nothing a client sends can stop the server. Result cells are strict JSON on
+every route (:func:`vantage_core.inference.engine.json_cell`).
 """
 
 from __future__ import annotations
@@ -19,15 +23,18 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
+import h11
+import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from vantage_core.data.example import Column, ForeignKey, Schema, Table
-from vantage_core.errors import DataError, VantageError
+from vantage_core.errors import ConfigError, DataError, VantageError
 
 
 @dataclass
@@ -39,9 +46,36 @@ class ServeSettings:
     max_body_bytes: int = 64 * 1024
     max_beam_size: int = 8
     max_new_tokens: int = 256
+    # tables and columns a request's schema may have: a request's time and memory grow with them
+    # (Spider's largest database has 379)
+    max_schema_items: int = 1000
+    # seconds a connection may take to send a whole request (from connecting, or from its last
+    # answer); a stalled or idle connection is closed then
+    read_timeout_s: float = 10.0
 
 
 # ---------------------------------------------------------------------------- request / response
+
+def utf8_text(value: str) -> str:
+    """``value`` if it can be written as UTF-8; a lone surrogate (JSON's ``"\\udfff"``) cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid text: a lone surrogate (U+{ord(value[exc.start]):04X}) at character "
+                         f"{exc.start}; send UTF-8 text") from None
+    return value
+
+
+def utf8_str(min_length: int = 0, max_length: int | None = None) -> Any:
+    """A str type with these lengths that refuses lone surrogates, for a field that may also be
+    None (pydantic refuses them in a plain str field, not in a union)."""
+    return Annotated[str, Field(min_length=min_length, max_length=max_length), AfterValidator(utf8_text)]
+
+
+Name = utf8_str(1, 128)
+DDL = utf8_str(1, 32000)
+ConstraintName = utf8_str(0, 64)
+
 
 class ColumnIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -72,9 +106,9 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1, max_length=2000)
-    db_id: str | None = Field(None, min_length=1, max_length=128)
+    db_id: Name | None = None
     schema_: SchemaIn | None = Field(None, alias="schema")
-    schema_sql: str | None = Field(None, min_length=1, max_length=32000)
+    schema_sql: DDL | None = None
     run: bool = False
     routing: bool = False
     decoding: Literal["greedy", "beam", "sample"] | None = None
@@ -82,14 +116,14 @@ class GenerateRequest(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1, le=4096)
     temperature: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
-    constraint: str | None = Field(None, max_length=64, description="a registered constraint, or 'none'")
+    constraint: ConstraintName | None = Field(None, description="a registered constraint, or 'none'")
     execution_guided: bool | None = None
     require_rows: bool | None = None
 
 
 class CandidateOut(BaseModel):
     sql: str
-    logprob: float
+    logprob: float | None  # None where it is not finite (no token was left to choose)
     finished: bool
     executed: bool = False
     ok: bool | None = None
@@ -101,6 +135,7 @@ class GenerateResponse(BaseModel):
     sql: str
     candidates: list[CandidateOut]
     chosen: int
+    # cells as JSON: bytes as {"$base64": "..."}, non-finite floats as "Infinity", "-Infinity", "NaN"
     rows: list[list[Any]] | None = None
     error: str | None = None
     truncated: bool = False
@@ -110,12 +145,16 @@ class GenerateResponse(BaseModel):
     n_tokens: int
     executed_sql: str | None = None  # with run on another engine: the SQL as transpiled and run there
     dialect: str | None = None
+    choice: str = "top"  # how the SQL was chosen (top, rows, runs, retry-rows, retry-runs, fallback, none)
+    note: str | None = None  # e.g. execution-guided choice skipped for a schema without a database
 
 
-def schema_from_ddl(ddl: str, db_id: str = "request") -> Schema:
-    """A schema from CREATE TABLE statements (parsed with sqlglot, SQLite dialect)."""
+def schema_from_ddl(ddl: str, db_id: str = "request", max_items: int | None = None) -> Schema:
+    """A schema from CREATE TABLE statements (parsed with sqlglot, SQLite dialect), read one
+    statement at a time and no further than ``max_items`` tables and columns (then
+    :class:`DataError` naming the limit)."""
     try:
-        return _schema_from_ddl(ddl, db_id)
+        return _schema_from_ddl(ddl, db_id, max_items)
     except DataError:
         raise
     except RecursionError:  # sqlglot recurses once per nesting level: 5,000 parentheses
@@ -125,39 +164,112 @@ def schema_from_ddl(ddl: str, db_id: str = "request") -> Schema:
         raise DataError(f"schema_sql: not valid SQL: {first}") from None
 
 
-def _schema_from_ddl(ddl: str, db_id: str) -> Schema:
+def _schema_from_ddl(ddl: str, db_id: str, max_items: int | None) -> Schema:
     import sqlglot
+
+    dialect = sqlglot.Dialect.get_or_raise("sqlite")
+    parser = dialect.parser()
+    tables, fks, items = [], [], 0
+    for tokens in _statement_tokens(dialect.tokenize(ddl)):
+        for statement in parser.parse(tokens, ddl):
+            if statement is None:
+                continue
+            table, table_fks = _table_of(statement)
+            tables.append(table)
+            fks += table_fks
+            items += 1 + len(table.columns)
+            if max_items is not None and items > max_items:
+                raise DataError(f"schema_sql: more than {max_items} tables and columns (reading stopped at "
+                                f"table {table.name!r}); {limit_text(max_items)}")
+    if not tables:
+        raise DataError("schema_sql: no CREATE TABLE statement")
+    return Schema(db_id, tables, _resolved(fks, tables))
+
+
+def _statement_tokens(tokens: list) -> list[list]:
+    """The tokens of each statement (split at the semicolons between them)."""
+    from sqlglot.tokens import TokenType
+
+    out: list[list] = [[]]
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            out.append([])
+        else:
+            out[-1].append(token)
+    return [chunk for chunk in out if chunk]
+
+
+def _table_of(statement: Any) -> tuple[Table, list[ForeignKey]]:
+    """The table a CREATE TABLE statement makes, and its foreign keys (a reference without its
+    column names the column as None). Columns may go without a type, as SQLite allows."""
     from sqlglot import exp
 
     from vantage_core.data.schemas import coarse_type
 
-    try:
-        statements = [s for s in sqlglot.parse(ddl, read="sqlite") if s is not None]
-    except sqlglot.errors.SqlglotError as exc:
-        raise DataError(f"schema_sql: not valid SQL: {str(exc).splitlines()[0][:200]}") from None
-    tables, fks = [], []
-    for st in statements:
-        if not isinstance(st, exp.Create) or not isinstance(st.this, exp.Schema):
-            raise DataError(f"schema_sql: only CREATE TABLE statements are accepted, got: {st.key.upper()}")
-        name = st.this.this.name
-        cols, pks = [], []
-        for d in st.this.expressions:
-            if isinstance(d, exp.ColumnDef):
-                kind = d.args.get("kind")
-                cols.append(Column(d.name, coarse_type(kind.sql() if kind else "")))
-                if any(isinstance(c.kind, exp.PrimaryKeyColumnConstraint) for c in d.constraints):
+    if not isinstance(statement, exp.Create) or not isinstance(statement.this, exp.Schema):
+        raise DataError(f"schema_sql: only CREATE TABLE statements are accepted, got: {statement.key.upper()}")
+    name = statement.this.this.name
+    cols, pks, fks = [], [], []
+    for d in statement.this.expressions:
+        if isinstance(d, exp.Identifier):  # a column without a type: CREATE TABLE a(x, y)
+            cols.append(Column(d.name, coarse_type("")))
+        elif isinstance(d, exp.ColumnDef):
+            kind = d.args.get("kind")
+            cols.append(Column(d.name, coarse_type(kind.sql() if kind else "")))
+            for c in d.constraints:
+                if isinstance(c.kind, exp.PrimaryKeyColumnConstraint):
                     pks.append(d.name)
-            elif isinstance(d, exp.ForeignKey):
-                ref = d.args.get("reference")
-                if ref is not None and isinstance(ref.this, exp.Schema):
-                    for src, dst in zip(d.expressions, ref.this.expressions):
-                        fks.append(ForeignKey(name, src.name, ref.this.this.name, dst.name))
-        if not cols:
-            raise DataError(f"schema_sql: table {name!r} has no columns")
-        tables.append(Table(name, cols, primary_keys=pks))
-    if not tables:
-        raise DataError("schema_sql: no CREATE TABLE statement")
-    return Schema(db_id, tables, fks)
+                elif isinstance(c.kind, exp.Reference):
+                    fks += _references(name, [d.name], c.kind)
+        elif isinstance(d, exp.PrimaryKey):
+            pks += [e.name for e in d.expressions]
+        elif isinstance(d, exp.ForeignKey):
+            fks += _references(name, [e.name for e in d.expressions], d.args.get("reference"))
+    if not cols:
+        raise DataError(f"schema_sql: table {name!r} has no columns")
+    return Table(name, cols, primary_keys=pks), fks
+
+
+def _references(table: str, columns: list[str], ref: Any) -> list[ForeignKey]:
+    from sqlglot import exp
+
+    if ref is None:
+        return []
+    if isinstance(ref.this, exp.Schema):
+        return [ForeignKey(table, src, ref.this.this.name, dst.name) for src, dst in zip(columns, ref.this.expressions)]
+    return [ForeignKey(table, src, ref.this.name, None) for src in columns[:1]]
+
+
+def _resolved(fks: list[ForeignKey], tables: list[Table]) -> list[ForeignKey]:
+    """Foreign keys with a bare ``REFERENCES t`` pointed at t's one primary key (dropped where
+    t has none, or several)."""
+    pks = {t.name.lower(): t.primary_keys for t in tables}
+    out = []
+    for fk in fks:
+        if fk.ref_column is None:
+            ref = pks.get(fk.ref_table.lower(), [])
+            if len(ref) != 1:
+                continue
+            fk = ForeignKey(fk.table, fk.column, fk.ref_table, ref[0])
+        out.append(fk)
+    return out
+
+
+def schema_items(schema: Schema) -> int:
+    """How many tables and columns ``schema`` has: what a request's cost grows with."""
+    return sum(1 + len(t.columns) for t in schema.tables)
+
+
+def limit_text(max_items: int) -> str:
+    return f"this server's limit is {max_items} tables and columns in all (vantage serve --max-schema-items)"
+
+
+def check_schema_size(schema: Schema, max_items: int, what: str) -> None:
+    """:class:`DataError` when ``schema`` has more than ``max_items`` tables and columns."""
+    n = schema_items(schema)
+    if n > max_items:
+        raise DataError(f"{what}: {len(schema.tables)} tables and {n - len(schema.tables)} columns; "
+                        f"{limit_text(max_items)}")
 
 
 def find_databases(db_dirs: list[str], db_urls: list[str] = ()) -> dict[str, Path | str]:
@@ -178,6 +290,24 @@ def find_databases(db_dirs: list[str], db_urls: list[str] = ()) -> dict[str, Pat
             if p.stem == p.parent.name or p.parent == root:
                 out.setdefault(p.stem, p)
     return out
+
+
+def request_database(req: GenerateRequest, engine: Any, databases: dict, max_items: int) -> tuple[Any, Schema | None]:
+    """``(db_path, None)`` for a known ``db_id``, ``(None, schema)`` for a pasted one; 422 unless
+    exactly one is given, 404 for an unknown id, 400 for a schema over ``max_items``."""
+    given = sum(x is not None for x in (req.db_id, req.schema_, req.schema_sql))
+    if given != 1:
+        raise HTTPException(422, "give exactly one of db_id, schema, schema_sql")
+    if req.db_id is not None:
+        if req.db_id not in databases:
+            raise HTTPException(404, f"unknown db_id {req.db_id!r}; known: {', '.join(sorted(databases)[:20]) or '(none)'}")
+        check_schema_size(engine.schema_of(databases[req.db_id]), max_items, f"db_id {req.db_id!r}")
+        return databases[req.db_id], None
+    if req.schema_ is not None:
+        schema = req.schema_.to_schema()
+        check_schema_size(schema, max_items, "schema")
+        return None, schema
+    return None, schema_from_ddl(req.schema_sql, max_items=max_items)
 
 
 # ---------------------------------------------------------------------------- limits
@@ -288,6 +418,56 @@ async def run_in_own_thread(func: Callable[[], Any], on_exit: Callable[[], None]
     return await future
 
 
+class RequestDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request to arrive whole: a connection that
+    has not sent a complete request (line, headers and body) within ``timeout_keep_alive``
+    seconds of connecting, or of its last answer, is closed. (uvicorn's own keep-alive timer
+    stops at the first byte received, so a partial request held its connection forever.) A
+    request received whole is never cut: its answer may take as long as the app allows."""
+
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_deadline()
+        super().connection_lost(exc)
+
+    def _arm_deadline(self) -> None:
+        self._disarm_deadline()
+        self._deadline = self.loop.call_later(self.timeout_keep_alive, self._deadline_passed)
+
+    def _disarm_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        receiving = self.conn.their_state in (h11.IDLE, h11.SEND_BODY)  # nothing yet, or part of a request
+        if receiving and not self.transport.is_closing():
+            self.transport.close()
+
+
+def server_config(app: FastAPI, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
+                  log_level: str = "info") -> uvicorn.Config:
+    """uvicorn's settings for serving ``app``: connections that stall are closed after
+    ``settings.read_timeout_s`` (:class:`RequestDeadline`)."""
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=RequestDeadline,
+                          timeout_keep_alive=settings.read_timeout_s)
+
+
+def run_server(app: FastAPI, settings: ServeSettings, host: str, port: int) -> None:
+    """Serve ``app`` until interrupted."""
+    uvicorn.Server(server_config(app, settings, host, port)).run()
+
+
 def accepts_cancel(generate: Callable) -> bool:
     """Whether ``generate`` takes ``cancel=`` (a threading.Event checked between decoding steps)."""
     try:
@@ -312,6 +492,14 @@ def public_validation_errors(errors: list[dict]) -> list[dict]:
         loc = [part if isinstance(part, int) else str(part)[:64] for part in e.get("loc", ())]
         out.append({"loc": loc, "msg": str(e.get("msg", ""))[:300], "type": str(e.get("type", ""))})
     return out
+
+
+def folder_name(folder: str | None) -> str | None:
+    """The last part of a folder's path (a checkpoint's ``best`` with its run: ``run/checkpoints/best``)."""
+    if not folder:
+        return None
+    parts = Path(folder).parts
+    return "/".join(parts[-3:]) if len(parts) >= 3 and parts[-2] == "checkpoints" else Path(folder).name
 
 
 # ---------------------------------------------------------------------------- the app
@@ -340,8 +528,9 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        """Liveness, the model folder and the load."""
-        return {"status": "ok", "model": engine.info.get("folder"), "ensemble": engine.info.get("ensemble"),
+        """Liveness, the model's folder name (never the server's path to it) and the load."""
+        return {"status": "ok", "model": folder_name(engine.info.get("folder")),
+                "ensemble": [folder_name(f) for f in engine.info["ensemble"]] if engine.info.get("ensemble") else None,
                 "quantization": engine.info.get("quantization"),
                 "databases": len(databases), "in_flight": admission.running, "served": state["served"],
                 "rejected_busy": state["rejected"], "max_concurrency": settings.max_concurrency}
@@ -364,18 +553,7 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
                          503: {"description": "too many requests in flight"}, 504: {"description": "time limit"}})
     async def generate(req: GenerateRequest) -> GenerateResponse:
         """SQL for a question, with the candidates and, with ``run``, the rows."""
-        given = sum(x is not None for x in (req.db_id, req.schema_, req.schema_sql))
-        if given != 1:
-            raise HTTPException(422, "give exactly one of db_id, schema, schema_sql")
-        db_path, schema = None, None
-        if req.db_id is not None:
-            if req.db_id not in databases:
-                raise HTTPException(404, f"unknown db_id {req.db_id!r}; known: {', '.join(sorted(databases)[:20]) or '(none)'}")
-            db_path = databases[req.db_id]
-        elif req.schema_ is not None:
-            schema = req.schema_.to_schema()
-        else:
-            schema = schema_from_ddl(req.schema_sql)
+        db_path, schema = request_database(req, engine, databases, settings.max_schema_items)
         if (req.run or req.execution_guided) and db_path is None:
             raise HTTPException(422, "run and execution_guided need a known db_id (a pasted schema has no rows)")
         if req.beam_size is not None and req.beam_size > settings.max_beam_size:
@@ -383,11 +561,10 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
         if req.max_new_tokens is not None and req.max_new_tokens > settings.max_new_tokens:
             raise HTTPException(422, f"max_new_tokens {req.max_new_tokens} over this server's limit {settings.max_new_tokens}")
         if req.constraint is not None and req.constraint != "none":
-            from vantage_core.plugins import registry
-
-            if req.constraint not in registry().names("constraint"):
-                raise HTTPException(422, f"unknown constraint {req.constraint!r}; registered: "
-                                         f"{', '.join(registry().names('constraint'))}, none")
+            try:
+                engine.check_constraint(req.constraint)
+            except ConfigError as exc:
+                raise HTTPException(422, str(exc)) from None
         overrides = {k: getattr(req, k) for k in ("decoding", "beam_size", "max_new_tokens", "temperature",
                                                   "top_p", "execution_guided", "require_rows")}
         if req.constraint is not None:
@@ -423,8 +600,9 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
         return g
 
     def _response(g: Any) -> GenerateResponse:
-        candidates = [{**c.__dict__, "error": public_message(c.error)} for c in g.candidates]
-        return GenerateResponse(**{**g.to_dict(), "candidates": candidates, "error": public_message(g.error)})
+        out = g.to_json()
+        candidates = [{**c, "error": public_message(c["error"])} for c in out["candidates"]]
+        return GenerateResponse(**{**out, "candidates": candidates, "error": public_message(g.error)})
 
     from vantage_core.inference.openai_api import add_openai_routes
 

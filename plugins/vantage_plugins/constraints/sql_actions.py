@@ -292,6 +292,8 @@ class SQLActionsProcessor:
 class SQLActionsConstraint:
     """The validity rules of pointer-model SQL, behind the constraint contract."""
 
+    targets = ("actions",)  # a pointer model's actions (keywords, schema items, question spans)
+
     def __init__(self, fk_joins: bool = True):
         self.fk_joins = bool(fk_joins)
 

@@ -440,6 +440,8 @@ class SQLSchemaProcessor:
 class SQLSchemaConstraint:
     """Only tokens that keep the output a valid prefix of a SQLite query naming schema items."""
 
+    targets = ("tokens",)  # masks SQL text tokens, not a pointer model's actions
+
     def __init__(self, max_cached_schemas: int = 16):
         self.max_cached_schemas = max_cached_schemas
         self._surfaces: dict[int, list[str]] = {}

@@ -112,7 +112,7 @@ async function ask(event) {
   try {
     const out = await api("/v1/generate", req);
     render(out, req);
-    $("status").textContent = `${out.n_tokens} tokens in ${out.seconds.toFixed(2)} s`;
+    $("status").textContent = `${out.n_tokens} tokens in ${out.seconds.toFixed(2)} s` + (out.note ? `; ${out.note}` : "");
   } catch (err) {
     showError(err.message);
     $("status").textContent = "";
@@ -138,7 +138,8 @@ function renderCandidates(out) {
     const ran = !c.executed ? "–" : c.ok ? `ok, ${c.n_rows} rows` : `error: ${c.error}`;
     const row = el("tr", {class: i === out.chosen ? "chosen" : ""},
       el("td", {}, i === out.chosen ? `${i} ✓` : i), el("td", {}, el("code", {}, c.sql)),
-      el("td", {}, c.logprob.toFixed(3)), el("td", {}, c.finished ? "eos" : "cut"), el("td", {}, ran));
+      el("td", {}, c.logprob === null ? "–" : c.logprob.toFixed(3)), el("td", {}, c.finished ? "eos" : "cut"),
+      el("td", {}, ran));
     body.append(row);
   });
 }
@@ -156,8 +157,18 @@ function renderRows(out, req) {
   const rows = out.rows || [];
   $("rows-note").textContent = `(${rows.length}${out.truncated ? "+, truncated" : ""} rows)`;
   for (const r of rows.slice(0, 200)) {
-    table.append(el("tr", {}, ...r.map((v) => el("td", {}, v === null ? "NULL" : v))));
+    table.append(el("tr", {}, ...r.map((v) => el("td", {}, cellText(v)))));
   }
+}
+
+// A cell as the API sends it: NULL, text, a number, "Infinity"-like strings, or {"$base64": ...} for bytes.
+function cellText(v) {
+  if (v === null) return "NULL";
+  if (typeof v === "object" && typeof v.$base64 === "string") {
+    const hex = Array.from(atob(v.$base64), (ch) => ch.charCodeAt(0).toString(16).padStart(2, "0")).join("");
+    return `X'${hex.toUpperCase()}'`;
+  }
+  return v;
 }
 
 function renderRouting(out) {
