@@ -520,6 +520,12 @@ class SandboxPool:
     def restarts(self) -> int:
         return sum(box.restarts for box in self._all)
 
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the workers running now."""
+        with self._changed:
+            return [box.process.pid for box in self._all if box.process is not None]
+
     def close(self) -> None:
         with self._changed:
             boxes = list(self._all)

@@ -1,7 +1,7 @@
 """The ``duckdb`` connector (``duckdb:///path.duckdb``).
 
 Every query runs in a worker process (:class:`vantage_core.evaluate.executor.Sandbox`, the one
-SQLite's sandbox uses) that opens the file ``read_only`` with external access off (no file reads
+SQLite's sandbox uses; a pool of them shared by every DuckDB file of the same settings) that opens the file ``read_only`` with external access off (no file reads
 or writes, no ATTACH, COPY, INSTALL or LOAD), extension autoloading off, no temporary directory
 (nothing spills to disk), DuckDB's own ``memory_limit``, one thread, and the configuration locked
 so that a query cannot ``SET`` any of it back. Around DuckDB, the worker's address space is capped
@@ -10,12 +10,14 @@ manager, a list or a string, fails there instead of growing the server), and the
 killed :data:`GRACE_S` past the query's deadline when DuckDB's own interrupt has not stopped it
 (one function call building a huge value never checks for it). The statement reaching the worker
 has passed the allow lists of :meth:`Database.transpile`. One request at a time per worker, each
-answer matched to its request: concurrent callers never see each other's rows.
+worker keeping at most :data:`OPEN_FILES` files open, each answer matched to its request: concurrent callers never see each other's rows.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import re
 import threading
 import time
@@ -26,11 +28,12 @@ from vantage_core.data.sql_names import quoted
 from vantage_core.data.sqlite_schema import coarse_type, file_signature
 from vantage_core.databases import QueriedDatabase, fetch_bounded, file_of_url
 from vantage_core.errors import DataError
-from vantage_core.evaluate.executor import ExecutionResult, Sandbox
+from vantage_core.evaluate.executor import ExecutionResult, SandboxPool
 
 TEXT_TYPES = ("VARCHAR", "TEXT", "STRING", "CHAR")
 HEADROOM = 512 << 20  # the worker's address space past the memory limit: Python, the result, DuckDB's own
 GRACE_S = 0.5  # how long past its deadline a query may run before its worker is killed
+OPEN_FILES = 8  # DuckDB files a worker keeps open; the least recently used is closed past this
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
@@ -75,6 +78,8 @@ class DuckDBRunner:
             signature = file_signature(path)
             conn = duckdb.connect(path, read_only=True, config=config)
         self.connections[path] = (conn, signature)
+        while len(self.connections) > OPEN_FILES:  # the least recently used first
+            self.connections.pop(next(iter(self.connections)))[0].close()
         return conn
 
     def run(self, path: str, sql: str, timeout_s: float, max_rows: int, max_result_bytes: int,
@@ -107,6 +112,23 @@ def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+_WORKERS: dict[tuple, SandboxPool] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def shared_workers(memory_limit: str, threads: int) -> SandboxPool:
+    """This process's pool of DuckDB workers for these settings, shared by every connector that
+    uses them: a server with a hundred DuckDB files starts as many workers as it runs queries at
+    once (at most the pool's size), not one per file."""
+    key = (os.getpid(), memory_limit, threads)
+    with _WORKERS_LOCK:
+        if key not in _WORKERS:
+            _WORKERS[key] = SandboxPool(mem_bytes=memory_bytes(memory_limit) + HEADROOM, grace_s=GRACE_S,
+                                        runner=DuckDBRunner(memory_limit, threads))
+            atexit.register(_WORKERS[key].close)
+        return _WORKERS[key]
+
+
 class DuckDBDatabase(QueriedDatabase):
     dialect = "duckdb"
 
@@ -116,11 +138,11 @@ class DuckDBDatabase(QueriedDatabase):
         if not Path(self.path).is_file():
             raise DataError(f"{self.path}: no such DuckDB file")
         self.memory_limit, self.threads = memory_limit, threads
-        self.sandbox = Sandbox(mem_bytes=memory_bytes(memory_limit) + HEADROOM, grace_s=GRACE_S,
-                               runner=DuckDBRunner(memory_limit, threads))
+        self.sandbox = shared_workers(memory_limit, threads)
 
     def close(self) -> None:
-        self.sandbox.close()
+        """Nothing of this file's is held here: the workers are shared with every DuckDB
+        connector of the same settings, and stop when the process exits."""
 
     # -- introspection ---------------------------------------------------------------------
     def _rows(self, sql: str) -> list[tuple]:
