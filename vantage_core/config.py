@@ -216,6 +216,10 @@ class InferenceConfig(Section):
     fallback: bool = False  # still none runs -> SELECT count(*) FROM the first table (counted)
     length_penalty: float = Field(1.0, allow_inf_nan=False)  # beam ranking: log-probability / length**penalty
     batch_size: int = Field(32, ge=1)  # questions decoded together by `vantage evaluate --checkpoint`
+    # How an 8- or 4-bit export's layers run once loaded: dequantize (to float, once, at load),
+    # native (MLX's quantized_matmul) or auto: dequantize on the CPU, where quantized_matmul is
+    # slower than fp32 (docs/quantization.md), native on a GPU.
+    quantized: Literal["auto", "dequantize", "native"] = "auto"
 
 
 class Config(Section):

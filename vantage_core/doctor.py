@@ -48,6 +48,9 @@ def report(size: int = 1024) -> Iterator[str]:
     from vantage_core import allocator
 
     yield f"allocator     {allocator.keep_freed_memory()}"
+    from vantage_core.inference.quantization import describe_form
+
+    yield f"quantized     {describe_form()}"
     from vantage_core.plugins import registry
 
     reg = registry()

@@ -147,6 +147,17 @@ def refuse_overwriting(predictions: Path, out: Path, split: str) -> None:
                         f"choose another --out (or move the predictions file)")
 
 
+def in_quantized_form(engine, checkpoints, form: str):
+    """``engine``, or the checkpoints loaded again when ``--set inference.quantized`` asks for
+    their quantized layers in another form than their config's."""
+    from vantage_core.inference.export import open_engine
+    from vantage_core.inference.quantization import runtime_form
+
+    if not engine.info.get("quantization") or runtime_form(form) == runtime_form(engine.config.inference.quantized):
+        return engine
+    return open_engine(list(checkpoints), quantized=form)
+
+
 @click.command()
 @click.option("--predictions", "-p", "predictions_path", type=click.Path(dir_okay=False), default=None,
               help="Predictions: one SQL per line (Spider), BIRD's JSON, or JSON lines.")
@@ -201,6 +212,7 @@ def evaluate(predictions_path, checkpoints, dataset, split, dataset_params, metr
     else:
         cfg = load_from_options(options)
     if engine is not None:  # --set inference.* changes how the model decodes
+        engine = in_quantized_form(engine, checkpoints, cfg.inference.quantized)
         engine.config = engine.config.model_copy(update={"inference": cfg.inference})
     params = dict(_param(p) for p in dataset_params)
     if engine is not None:  # the parameters the run gave this dataset, with the ones given here on top

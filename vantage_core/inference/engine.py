@@ -28,6 +28,7 @@ from vantage_core.config import Config, InferenceConfig, load_config, plugin_par
 from vantage_core.data.example import Example, Schema
 from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.inference.decoding import decode
+from vantage_core.inference.quantization import dequantize_model, quantize_model, runtime_form
 
 EXPORT_FILE = "export.json"  # written by `vantage export`: format version, quantization
 UNGUIDED = ("execution-guided choice skipped: a schema without a database has no rows to run the candidates on; "
@@ -121,15 +122,16 @@ def resolve_model_dir(path: str | Path) -> Path:
                        f"(expected a run directory, a checkpoint folder or a `vantage export` folder)")
 
 
-def load_model(path: str | Path) -> tuple[Any, Any, Config, dict]:
-    """``(model, tokenizer, config, export_info)`` from a checkpoint, run or export folder."""
+def load_model(path: str | Path, quantized: str | None = None) -> tuple[Any, Any, Config, dict]:
+    """``(model, tokenizer, config, export_info)`` from a checkpoint, run or export folder;
+    quantized layers in the form ``quantized`` says (default: the config's ``inference.quantized``)."""
     from vantage_core.data.tokenizer import load_tokenizer
 
     folder = resolve_model_dir(path)
     from vantage_core.inference.export import is_export, load_export
 
     if is_export(folder):  # `vantage export`'s layout: config.json, vantage_tokenizer/
-        return load_export(folder)
+        return load_export(folder, quantized)
     for need in ("config.yaml", "tokenizer"):
         if not (folder / need).exists():
             raise VantageError(f"{folder}: missing {need}; a model folder holds model.safetensors, "
@@ -138,14 +140,21 @@ def load_model(path: str | Path) -> tuple[Any, Any, Config, dict]:
     cfg = load_config(folder / "config.yaml", registry=False)
     tokenizer = load_tokenizer(folder / "tokenizer")
     info = json.loads((folder / EXPORT_FILE).read_text()) if (folder / EXPORT_FILE).is_file() else {}
-    model = built_with_weights(cfg, tokenizer, folder, info.get("quantization"))
+    model = built_with_weights(cfg, tokenizer, folder, info.get("quantization"), quantized)
     info = {**info, "folder": str(folder)}
     return model, tokenizer, cfg, info
 
 
-def built_with_weights(cfg: Config, tokenizer: Any, folder: Path, quantization: dict | None) -> Any:
+def built_with_weights(cfg: Config, tokenizer: Any, folder: Path, quantization: dict | None,
+                       quantized: str | None = None) -> Any:
     """The model ``cfg`` describes, quantized as ``quantization`` says (``bits``, ``group_size``)
-    where given, with ``folder/model.safetensors`` loaded strictly, in eval mode."""
+    where given, with ``folder/model.safetensors`` loaded strictly, in eval mode.
+
+    Quantized weights then run in the form ``quantized`` (default: ``cfg.inference.quantized``)
+    chooses for this device: as stored, or dequantized to float once, here
+    (:mod:`vantage_core.inference.quantization`)."""
+    import mlx.core as mx
+
     from vantage_core.model import build_model
     from vantage_core.train.checkpoint import load_weights_file
 
@@ -153,36 +162,11 @@ def built_with_weights(cfg: Config, tokenizer: Any, folder: Path, quantization: 
     if quantization:
         quantize_model(model, bits=quantization["bits"], group_size=quantization["group_size"])
     load_weights_file(model, folder)
+    if quantization and runtime_form(quantized or cfg.inference.quantized) == "dequantize":
+        dequantize_model(model)
+        mx.eval(model.parameters())  # once, now: the packed weights are freed before the first request
     model.eval()
     return model
-
-
-def quantize_model(model: Any, bits: int, group_size: int = 64) -> int:
-    """Quantize the model's linear and embedding layers in place (MLX's ``nn.quantize``).
-
-    Layers whose input width is not a multiple of ``group_size`` stay in float, and so do the
-    routers (a few weights, and their argmax decides everything downstream). Returns the number
-    of layers quantized.
-    """
-    import mlx.nn as nn
-
-    if bits not in (4, 8):
-        raise ConfigError(f"quantization bits: {bits}; valid: 4, 8")
-    count = 0
-
-    def predicate(path: str, module: Any) -> bool:
-        nonlocal count
-        if not hasattr(module, "to_quantized") or ".router" in f".{path}":
-            return False
-        widths = module.quantizable_widths() if hasattr(module, "quantizable_widths") else \
-            [module.weight.shape[-1]] if getattr(module, "weight", None) is not None else []
-        if not widths or any(w % group_size for w in widths):
-            return False
-        count += 1
-        return True
-
-    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=predicate)
-    return count
 
 
 # ---------------------------------------------------------------------------- routing capture

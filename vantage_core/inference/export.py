@@ -21,6 +21,7 @@ first export format: ``config.yaml``, ``export.json``, ``tokenizer/``).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,7 +32,7 @@ import yaml
 from mlx.utils import tree_flatten
 
 from vantage_core.config import Config, dump_config
-from vantage_core.errors import VantageError
+from vantage_core.errors import ConfigError, VantageError
 from vantage_core.folders import check_output_folder, new_folder, refuse_overlap
 
 FORMAT_VERSION = 2  # 1: config.yaml + export.json + tokenizer/ (still loaded by the engine)
@@ -60,7 +61,7 @@ def export_model(source: str | Path, out: str | Path, *, bits: int | None = None
 
     refuse_overlap(source, out, "--out")
     out = check_output_folder(out, overwrite=overwrite, replaceable=is_any_export, what="model export")
-    model, tokenizer, cfg, info = load_any(source)
+    model, tokenizer, cfg, info = load_any(source, quantized="native")  # saved as stored
     if info.get("quantization") and bits:
         raise VantageError(f"{source}: already quantized ({info['quantization']['bits']} bits); "
                            f"export from the float checkpoint instead")
@@ -243,8 +244,9 @@ def _read_config_json(folder: Path) -> dict:
     return doc
 
 
-def load_export(path: str | Path) -> tuple[Any, Any, Config, dict]:
-    """``(model, tokenizer, config, info)`` from an export folder in this layout."""
+def load_export(path: str | Path, quantized: str | None = None) -> tuple[Any, Any, Config, dict]:
+    """``(model, tokenizer, config, info)`` from an export folder in this layout; quantized layers
+    in the form ``quantized`` says (default: the config's ``inference.quantized``)."""
     from vantage_core.config import load_config
     from vantage_core.data.tokenizer import load_tokenizer
     from vantage_core.inference.engine import built_with_weights
@@ -255,30 +257,36 @@ def load_export(path: str | Path) -> tuple[Any, Any, Config, dict]:
     tok_dir = folder / block.get("tokenizer", TOKENIZER_DIR)
     if not tok_dir.is_dir():
         raise VantageError(f"{folder}: missing {tok_dir.name}/ (the tokenizer that config.json names)")
-    cfg = load_config(None, base=block["config"], registry=False)
+    try:
+        cfg = load_config(None, base=block["config"], registry=False)
+    except ConfigError as exc:  # named as the export holds it, not as a config of defaults
+        raise ConfigError(f"{folder / CONFIG_FILE}: vantage.config: {str(exc).removeprefix('(defaults): ')}") from None
     tokenizer = load_tokenizer(tok_dir)
-    model = built_with_weights(cfg, tokenizer, folder, doc.get("quantization"))
+    model = built_with_weights(cfg, tokenizer, folder, doc.get("quantization"), quantized)
     info = {k: v for k, v in block.items() if k != "config"}
     return model, tokenizer, cfg, {**info, "folder": str(folder)}
 
 
-def load_any(path: str | Path) -> tuple[Any, Any, Config, dict]:
-    """An export in this layout, else whatever the engine loads (checkpoint, run, older export)."""
+def load_any(path: str | Path, quantized: str | None = None) -> tuple[Any, Any, Config, dict]:
+    """An export in this layout, else whatever the engine loads (checkpoint, run, older export);
+    ``quantized``: the form of quantized layers (:mod:`vantage_core.inference.quantization`)."""
     from vantage_core.inference.engine import load_model
 
-    return load_export(path) if is_export(path) else load_model(path)
+    return load_export(path, quantized) if is_export(path) else load_model(path, quantized)
 
 
-def open_engine(path: str | Path | Sequence[str | Path]) -> Any:
+def open_engine(path: str | Path | Sequence[str | Path], quantized: str | None = None) -> Any:
     """An :class:`~vantage_core.inference.engine.Engine` for an export, checkpoint or run folder;
-    for several, one engine decoding with their ensemble (:mod:`vantage_core.inference.ensemble`)."""
+    for several, one engine decoding with their ensemble (:mod:`vantage_core.inference.ensemble`).
+    ``quantized`` overrides the models' ``inference.quantized`` (auto, dequantize, native)."""
     from vantage_core.inference.engine import Engine
 
+    load = functools.partial(load_any, quantized=quantized)
     if isinstance(path, (str, Path)) or len(path) == 1:
-        return Engine(*load_any(path if isinstance(path, (str, Path)) else path[0]))
+        return Engine(*load(path if isinstance(path, (str, Path)) else path[0]))
     from vantage_core.inference.ensemble import load_ensemble
 
-    return Engine(*load_ensemble(list(path), load_any))
+    return Engine(*load_ensemble(list(path), load))
 
 
 def config_file_of(engine: Any) -> Path | None:

@@ -36,6 +36,13 @@ def _quantize(w: mx.array, group_size: int, bits: int) -> dict[str, mx.array]:
     return {"weight": q, "scales": scales, "biases": biases}
 
 
+def _dequantize(w: dict[str, mx.array], group_size: int, bits: int) -> mx.array:
+    """MLX's quantized (out, in) layout -> the (in, out) float weight ``quantized_matmul`` applies."""
+    float_w = mx.dequantize(w["weight"], w["scales"], w["biases"], group_size=group_size, bits=bits,
+                            dtype=w["scales"].dtype)
+    return mx.contiguous(float_w.T)  # row-major (in, out), as a float checkpoint loads it
+
+
 class QuantizableBank(nn.Module):
     """Weight lists that ``mlx.nn.quantize`` can turn into MLX's quantized format (inference)."""
 
@@ -77,6 +84,18 @@ class QuantizableBank(nn.Module):
                 self[name] = _quantize(value, group_size, bits)
         self.group_size, self.bits = group_size, bits
         self.freeze()
+        return self
+
+    def to_float(self) -> "QuantizableBank":
+        """Undo :meth:`to_quantized` in place: float weights equal to what the quantized ones apply."""
+        for name, value in list(self.items()):
+            if isinstance(value, list):
+                self[name] = [_dequantize(w, self.group_size, self.bits) if isinstance(w, dict) else w
+                              for w in value]
+            elif isinstance(value, dict) and "scales" in value:
+                self[name] = _dequantize(value, self.group_size, self.bits)
+        self.group_size, self.bits = None, None
+        self.unfreeze()
         return self
 
 
