@@ -281,6 +281,16 @@ def test_postgresql_session_stays_read_only(pg_db):
             conn.execute("DELETE FROM item")
 
 
+def test_postgresql_non_finite_numerics_come_back_as_floats(pg_db):
+    """PostgreSQL's numeric 'Infinity' and 'NaN' come back as Python floats, as SQLite gives its
+    own infinities, not as an error while the rows are read."""
+    res = open_database(pg_db).execute(
+        "SELECT CAST('Infinity' AS NUMERIC), CAST('-Infinity' AS NUMERIC), CAST('NaN' AS NUMERIC), CAST(2.5 AS NUMERIC)")
+    assert res.ok, res.error
+    (inf, minus_inf, nan, two_and_a_half), = res.rows
+    assert inf == float("inf") and minus_inf == float("-inf") and nan != nan and two_and_a_half == 2.5
+
+
 def admin_of(reader_url: str, server_url: str) -> str:
     """The superuser's URL for the database a reader's URL names."""
     return with_database(server_url, urllib.parse.urlsplit(reader_url).path.lstrip("/"))

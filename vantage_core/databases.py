@@ -422,11 +422,11 @@ def quote_ident(name: str) -> str:
 
 def plain(value: Any) -> Any:
     """A value as SQLite's driver would give it, so results compare across engines: decimals as
-    int or float, dates and times as ISO text, binary as bytes."""
+    int or float (infinite and NaN ones as float), dates and times as ISO text, binary as bytes."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, decimal.Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+        return int(value) if value.is_finite() and value == value.to_integral_value() else float(value)
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
         return value.isoformat(sep=" ") if isinstance(value, datetime.datetime) else value.isoformat()
     if isinstance(value, memoryview):
