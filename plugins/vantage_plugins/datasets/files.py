@@ -42,3 +42,18 @@ def non_text_fields(row: dict, fields: tuple[str, ...]) -> str | None:
     else None."""
     bad = [f"{f} is {type(row[f]).__name__}" for f in fields if f in row and not isinstance(row[f], str)]
     return f"{', '.join(bad)}, not text" if bad else None
+
+
+def read_yaml_data(path: Path, what: str, kind: type, shape: str) -> Any:
+    """The data of a YAML file shipped with a dataset, which must be a ``kind`` (list or dict);
+    an unreadable file or another shape is one :class:`DataError` naming the file, ``what`` it
+    holds and the ``shape`` expected."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: cannot read {what}: {exc}") from None
+    if not isinstance(data, kind):
+        raise DataError(f"{path}: expected {shape}")
+    return data

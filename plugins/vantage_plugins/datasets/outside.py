@@ -22,6 +22,7 @@ from pathlib import Path
 from vantage_core.data.example import Example, LoadReport
 from vantage_core.data.schemas import connect_readonly, schema_from_sqlite
 from vantage_core.errors import DataError
+from vantage_plugins.datasets.files import read_yaml_data
 from vantage_plugins.datasets.synthetic import default_cache_dir
 
 DATA_DIR = Path(__file__).with_name("outside_data")
@@ -156,15 +157,7 @@ def _content_key() -> str:
 
 
 def _question_rows() -> list:
-    import yaml
-
-    try:
-        rows = yaml.safe_load(QUESTIONS_FILE.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{QUESTIONS_FILE}: cannot read the questions: {exc}") from None
-    if not isinstance(rows, list):
-        raise DataError(f"{QUESTIONS_FILE}: expected a list of {{db, question, sql}} entries")
-    return rows
+    return read_yaml_data(QUESTIONS_FILE, "the questions", list, "a list of {db, question, sql} entries")
 
 
 def gold_problem(db_path: Path, sql: str) -> str | None:

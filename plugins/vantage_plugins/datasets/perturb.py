@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vantage_core.data.example import Example, Schema
 from vantage_core.errors import DataError
+from vantage_plugins.datasets.files import read_yaml_data
 
 PERTURBATIONS = ("none", "synonyms", "values")
 SYNONYMS_FILE = Path(__file__).with_name("spider_synonyms.yaml")
@@ -207,14 +208,7 @@ def _table_terms(db: dict, schema: Schema, where: str) -> list[Term]:
 
 def load_synonym_tables(schemas: dict[str, Schema], path: Path = SYNONYMS_FILE) -> dict[str, SynonymTable]:
     """``db_id -> SynonymTable`` from the YAML file, each phrase checked against its database's schema."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{path}: cannot read the synonym table: {exc}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping of db_id -> tables")
+    data = read_yaml_data(path, "the synonym table", dict, "a mapping of db_id -> tables")
     tables = {}
     for db_id, db in data.items():
         if db_id not in schemas:
