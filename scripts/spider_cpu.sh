@@ -5,7 +5,7 @@
 # long, 6 decoding variants about 10 min, six more seeds and two dropout runs trained two at
 # a time side by side (about 50 min a pair), the ensembles about 2 min each, the model ablations
 # about 50 min. SEEDS="0" trains one seed; PAIRS=0 skips the side-by-side runs and the ensembles;
-# SWEEP=0 skips the ablations.
+# SWEEP=0 skips the ablations; EMA=0 the moving-average seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CFG=configs/spider.yaml
@@ -57,6 +57,20 @@ if [ "${SWEEP:-1}" = 1 ]; then
   vantage sweep configs/sweeps/spider_ablations.yaml --out runs/sweeps/spider_ablations
   for run in runs/sweeps/spider_ablations/*/; do
     [ -f "$run/summary.json" ] && vantage evaluate --checkpoint "$run" --dataset spider --split validation --out "$run/eval"
+  done
+fi
+if [ "${EMA:-1}" = 1 ]; then
+  # the moving average of the weights (train.ema_decay), two seeds side by side; each scored on the
+  # held-out split, its two rewritten variants and the outside-Spider set (docs/eval_sets.md)
+  alongside spider_ema_seed0 0 --set train.ema_decay=0.999 --set train.minutes=null & a=$!
+  alongside spider_ema_seed1 1 --set train.ema_decay=0.999 --set train.minutes=null & b=$!; wait $a; wait $b
+  for run in spider_ema_seed0 spider_ema_seed1; do
+    score $run
+    for p in synonyms values; do
+      vantage evaluate --checkpoint runs/$run --dataset spider --split validation --dataset-param perturb=$p \
+        --out runs/$run/eval_$p
+    done
+    vantage evaluate --checkpoint runs/$run --dataset outside --split test --out runs/$run/eval_outside
   done
 fi
 python benchmarks/spider_report.py   # tables and figures -> docs/results/spider_cpu.md
