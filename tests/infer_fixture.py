@@ -49,18 +49,26 @@ def make_db(path: Path) -> Path:
 def make_model_dir(folder: Path, seed: int = 0) -> Path:
     """config.yaml, tokenizer/, model.safetensors, plugins.json: what a checkpoint holds."""
     from vantage_core.data.tokenizer import SentencePieceTokenizer
-    from vantage_core.model import build_model
     from vantage_core.train.checkpoint import plugin_list
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, base=TINY_MODEL, registry=False)
     tok = SentencePieceTokenizer(vocab_size=300).train(CORPUS * 30, folder / "tokenizer")
+    write_untrained_model(folder, cfg, tok, seed)
+    (folder / "plugins.json").write_text(json.dumps(plugin_list(), indent=2))
+    return folder
+
+
+def write_untrained_model(folder: Path, cfg, vocab, seed: int) -> Path:
+    """An untrained model of ``cfg`` over ``vocab`` (weights drawn with ``seed``) saved as a
+    checkpoint holds it: model.safetensors and config.yaml."""
+    from vantage_core.model import build_model
+
     mx.random.seed(seed)
-    model = build_model(cfg.model, tok)
+    model = build_model(cfg.model, vocab)
     mx.eval(model.parameters())
     mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
     (folder / "config.yaml").write_text(dump_config(cfg))
-    (folder / "plugins.json").write_text(json.dumps(plugin_list(), indent=2))
     return folder
 
 
@@ -79,18 +87,12 @@ KEYWORD_ACTIONS = ["select", "from", "where", "count", "(", ")", "*", "=", ">", 
 
 def make_pointer_model_dir(folder: Path, seed: int = 0) -> Path:
     """An untrained pointer model (``data.target: actions``) laid out as a checkpoint."""
-    from vantage_core.model import build_model
     from vantage_core.plugins import registry
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, base=POINTER_MODEL, registry=False)
     vocab = registry().build("tokenizer", "sql_actions").train(KEYWORD_ACTIONS, folder / "tokenizer")
-    mx.random.seed(seed)
-    model = build_model(cfg.model, vocab)
-    mx.eval(model.parameters())
-    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (folder / "config.yaml").write_text(dump_config(cfg))
-    return folder
+    return write_untrained_model(folder, cfg, vocab, seed)
 
 
 CELLS_DDL = "CREATE TABLE cells (b BLOB, f REAL)"

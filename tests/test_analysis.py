@@ -167,11 +167,9 @@ TINY = {
 def make_tiny_run(folder: Path, seed: int = 0, router: dict | None = None) -> Path:
     """A model folder as a checkpoint holds it (config.yaml, tokenizer/, model.safetensors),
     with random weights and a tokenizer trained on a little SQL."""
-    from mlx.utils import tree_flatten
-
-    from vantage_core.config import dump_config, load_config
+    from infer_fixture import write_untrained_model
+    from vantage_core.config import load_config
     from vantage_core.data.tokenizer import SentencePieceTokenizer
-    from vantage_core.model import build_model
 
     folder.mkdir(parents=True, exist_ok=True)
     base = json.loads(json.dumps(TINY))
@@ -180,12 +178,7 @@ def make_tiny_run(folder: Path, seed: int = 0, router: dict | None = None) -> Pa
     cfg = load_config(None, base=base, registry=False)
     corpus = SQLS * 20 + ["how many singers are there?", "singer: singer_id (number, pk), name (text), age (number)"] * 20
     tok = SentencePieceTokenizer(vocab_size=320).train(corpus, folder / "tokenizer")
-    mx.random.seed(seed)
-    model = build_model(cfg.model, tok)
-    mx.eval(model.parameters())
-    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (folder / "config.yaml").write_text(dump_config(cfg))
-    return folder
+    return write_untrained_model(folder, cfg, tok, seed)
 
 
 def make_music_db(path: Path) -> Path:

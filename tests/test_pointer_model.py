@@ -14,15 +14,12 @@ import pytest
 import vantage_core  # noqa: F401
 import mlx.core as mx
 
-from infer_fixture import make_db
+from infer_fixture import POINTER_MODEL, make_db
 from vantage_core.config import load_config
 
 TINY = {
     "run": {"name": "tiny_pointer"},
-    "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 96, "num_experts": 4,
-              "expert_hidden": 32, "cross_attention_every": 1, "tie_embeddings": False,
-              "heads": ["vocab", "pointer", "copy"], "router": {"name": "topk", "k": 2},
-              "schema_encoder": {"name": "linked", "n_layers": 1, "n_heads": 2, "hidden": 64, "dropout": 0.0}},
+    "model": POINTER_MODEL["model"],
     "data": {"target": "actions", "linker": {"name": "lexical"},
              "train": [{"name": "synthetic", "n_databases": 12, "examples_per_db": 4}],
              "validation": [{"name": "synthetic", "n_databases": 12, "examples_per_db": 4, "limit": 8}],
