@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vantage_core.data.example import Schema
+from vantage_core.data.sql_names import quoted
 from vantage_core.errors import DataError, VantageError
 from vantage_core.evaluate.executor import ExecutionResult, _ResultHasher, _row_bytes
 
@@ -387,7 +388,7 @@ class QueriedDatabase(Database):
         self.schema()
         if (table.lower(), column.lower()) not in self._text:
             return []
-        q, c = quote_ident(table), quote_ident(column)
+        q, c = quoted(table), quoted(column)
         res = self._run(f"SELECT DISTINCT {c} FROM {q} WHERE {c} IS NOT NULL LIMIT {int(limit)}", 10.0, limit,
                         1 << 26, False)
         return [r[0] for r in res.rows if isinstance(r[0], str)] if res.ok else []
@@ -413,11 +414,6 @@ def _number_or_none(text: str) -> float | None:
         return float(text.strip())
     except ValueError:
         return None
-
-
-def quote_ident(name: str) -> str:
-    """A double-quoted SQL identifier (PostgreSQL, DuckDB and SQLite all accept it)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def plain(value: Any) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vantage_core.data.example import Schema
+from vantage_core.data.sql_names import quoted
 from vantage_core.errors import DataError
 
 INTEGER, REAL, TEXT, BLOB = "integer", "real", "text", "blob"
@@ -93,7 +94,7 @@ def read_sqlite(path: str | Path) -> tuple[Schema, list[SourceTable]]:
     out = []
     try:
         for t in schema.tables:
-            q = '"' + t.name.replace('"', '""') + '"'
+            q = quoted(t.name)
             info = conn.execute(f"PRAGMA table_info({q})").fetchall()
             rows = conn.execute(f"SELECT * FROM {q}").fetchall()
             kinds = [column_kind([r[i] for r in rows], info[i][2]) for i in range(len(info))]

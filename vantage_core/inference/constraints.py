@@ -14,6 +14,7 @@ import mlx.core as mx
 import numpy as np
 
 from vantage_core.data.example import Schema
+from vantage_core.data.sql_names import quoted
 
 
 class LogitsProcessor(Protocol):
@@ -121,8 +122,8 @@ def sqlite_prepare_error(sql: str, schema: Schema) -> str | None:
     con = sqlite3.connect(":memory:")
     try:
         for t in schema.tables:
-            cols = ", ".join('"{}"'.format(c.name.replace('"', '""')) for c in t.columns) or "_"
-            con.execute('CREATE TABLE "{}" ({})'.format(t.name.replace('"', '""'), cols))
+            cols = ", ".join(quoted(c.name) for c in t.columns) or "_"
+            con.execute(f"CREATE TABLE {quoted(t.name)} ({cols})")
         con.execute("EXPLAIN " + sql)
         return None
     except sqlite3.Error as exc:

@@ -26,6 +26,7 @@ import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
 
 from vantage_core.config import Config, InferenceConfig, load_config, plugin_params
 from vantage_core.data.example import Example, Schema
+from vantage_core.data.sql_names import quoted
 from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.inference.decoding import decode
 from vantage_core.inference.quantization import dequantize_model, quantize_model, runtime_form
@@ -522,7 +523,7 @@ class Request:
 def fallback_sql(schema: Schema) -> str:
     """The answer when no candidate runs: a query that always does (counted as ``fallback``)."""
     name = schema.tables[0].name
-    return 'SELECT count(*) FROM "{}"'.format(name.replace('"', '""'))
+    return f"SELECT count(*) FROM {quoted(name)}"
 
 
 def predict_examples(engine: Engine, examples: list[Example], *, progress: bool = True,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vantage_core.data.example import Example, LoadReport
 from vantage_core.data.schemas import connect_readonly, schema_from_sqlite
+from vantage_core.data.sql_names import quoted
 from vantage_core.errors import DataError
 from vantage_plugins.datasets.files import read_yaml_data
 from vantage_plugins.datasets.synthetic import default_cache_dir
@@ -89,10 +90,6 @@ DATABASES: dict[str, tuple[TableSource, ...]] = {
 }
 
 
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _cell(text: str, kind: str, where: str):
     """A CSV cell as the column's SQLite value; empty and ``NA`` are NULL."""
     text = text.strip()
@@ -128,8 +125,8 @@ def _rows(table: TableSource) -> list[tuple]:
 
 def _create_statement(table: TableSource) -> str:
     types = {"YEAR": "INTEGER"}
-    columns = ", ".join(f"{_quoted(name)} {types.get(kind, kind)}" for _, name, kind in table.columns)
-    return f"CREATE TABLE {_quoted(table.name)} ({columns}, {table.keys})"
+    columns = ", ".join(f"{quoted(name)} {types.get(kind, kind)}" for _, name, kind in table.columns)
+    return f"CREATE TABLE {quoted(table.name)} ({columns}, {table.keys})"
 
 
 def write_database(path: Path, tables: tuple[TableSource, ...]) -> None:
@@ -142,7 +139,7 @@ def write_database(path: Path, tables: tuple[TableSource, ...]) -> None:
         for table in tables:
             conn.execute(_create_statement(table))
             marks = ", ".join("?" * len(table.columns))
-            conn.executemany(f"INSERT INTO {_quoted(table.name)} VALUES ({marks})", _rows(table))
+            conn.executemany(f"INSERT INTO {quoted(table.name)} VALUES ({marks})", _rows(table))
         conn.commit()
     finally:
         conn.close()
