@@ -108,8 +108,7 @@ class WeightAverage:
     def update(self, model: nn.Module, step: int) -> None:
         rate = 1.0 - min(self.decay, (1 + step) / (10 + step))
         current = dict(tree_flatten(model.trainable_parameters()))
-        self.weights = {k: w + rate * (current[k] - w) for k, w in self.weights.items()}
-        mx.eval(self.weights)
+        self.weights = {k: w + rate * (current[k] - w) for k, w in self.weights.items()}  # lazy: the step evaluates it
 
     @contextmanager
     def applied(self, model: nn.Module) -> Iterator[dict]:
@@ -257,9 +256,9 @@ class Trainer:
                                    f"updated. Lower train.lr (now {self.cfg.lr}) or train.grad_clip, or "
                                    f"check the data")
         grad_norm = self._update_step(grad_sum, n_sum)
-        mx.eval(self.model.state, self.optimizer.state, grad_norm)
         if self.average is not None:
             self.average.update(self.model, self.step)
+        mx.eval(self.model.state, self.optimizer.state, grad_norm, self.average.weights if self.average else [])
         self.step += 1
         record = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
                   "loss_tokens": int(n_total.item()), "tokens": int(summed[2].item())}
