@@ -178,3 +178,19 @@ def test_sweep_errors(tmp_path):
     sweep = write(tmp_path, "bas: b.yaml\n", "s2.yaml")
     with pytest.raises(ConfigError, match=r"unknown field 'bas'; valid fields: base, grid, name, runs, set"):
         expand_sweep(sweep)
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1", "1.5"])
+def test_link_dropout_outside_its_range_names_the_line(tmp_path, reg, value):
+    """data.link_dropout is a probability below 1: anything else is one error at its file and line."""
+    path = write(tmp_path, f"data:\n  target: actions\n  link_dropout: {value}\n")
+    with pytest.raises(ConfigError, match=rf"{path}:3: data.link_dropout: Input should be (greater|less) than"):
+        load_config(path, registry=reg)
+
+
+def test_link_dropout_needs_the_actions_target(tmp_path, reg):
+    """Hiding schema-linking matches means nothing to a token-writing model: an error, not a no-op."""
+    path = write(tmp_path, "data:\n  link_dropout: 0.3\n")
+    with pytest.raises(ConfigError, match=rf"{path}:2: data.link_dropout: 0.3; .*needs data.target: actions"):
+        load_config(path, registry=reg)
+    assert load_config(None, ["data.link_dropout=0.0"], registry=reg).data.link_dropout == 0.0

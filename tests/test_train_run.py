@@ -102,6 +102,23 @@ def test_ctrl_c_saves_and_resume_gives_the_same_losses(tmp_path, monkeypatch, co
     assert losses(tmp_path / "split") == straight  # bitwise
 
 
+def test_link_dropout_resumes_bitwise_and_changes_training(tmp_path, monkeypatch):
+    """data.link_dropout: an interrupted run resumes to the losses of one that ran straight through
+    (the hidden matches are drawn from the seed and the batch), and they are not the losses of the
+    same run without it (the training batches do lose matches)."""
+    sets = ["train.steps=8", "train.eval_every=0", "train.save_every=0", "data.validation=[]"]
+    dropout = [*sets, "data.link_dropout=0.5"]
+    train(tiny(tmp_path / "straight", *dropout, config=POINTER), progress=False, echo=lambda m: None)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3)
+        train(tiny(tmp_path / "split", *dropout, config=POINTER), progress=False, echo=lambda m: None)
+    train(tiny(tmp_path / "split", *dropout, config=POINTER), resume=True, progress=False, echo=lambda m: None)
+    assert len(losses(tmp_path / "straight")) == 8
+    assert losses(tmp_path / "split") == losses(tmp_path / "straight")  # bitwise
+    train(tiny(tmp_path / "plain", *sets, config=POINTER), progress=False, echo=lambda m: None)
+    assert losses(tmp_path / "plain") != losses(tmp_path / "straight")
+
+
 def test_the_minutes_budget_ends_training_early(tmp_path, monkeypatch):
     """train.minutes: the loop stops (saves, evaluates, reports) once the budget is spent; the
     clock is injected, so the test does not depend on this machine's speed."""

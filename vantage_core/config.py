@@ -146,6 +146,10 @@ class DataConfig(Section):
     # vantage_core/data/sql_actions.py), with the sql_actions tokenizer and a pointer model.
     target: Literal["tokens", "actions"] = "tokens"
     linker: PluginSpec | None = None  # actions: the schema_linker plugin (lexical; none for no links)
+    # actions: in training batches only, each schema item of each example loses its name matches
+    # (exact and partial; value matches stay) with this probability, so the model also links
+    # question words that do not spell a name (synonyms). Drawn from run.seed and the batch's index.
+    link_dropout: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
     train: list[DataSource] = [DataSource(name="synthetic")]
     validation: list[DataSource] = []
     test: list[DataSource] = []
@@ -242,6 +246,9 @@ class Config(Section):
         if actions and self.data.linker is None:
             raise clash("data.linker", "data.target: actions needs a schema_linker plugin, e.g. "
                                        "{name: lexical} (or {name: none} for no linking features)")
+        if self.data.link_dropout and not actions:
+            raise clash("data.link_dropout", f"{self.data.link_dropout}; hiding schema-linking matches needs "
+                                             f"data.target: actions (or set data.link_dropout: 0)")
         if actions and self.train.select_metric != "action_exact":
             raise clash("train.select_metric", f"{self.train.select_metric!r}; with data.target: actions "
                         f"the best checkpoint is chosen by action_exact (teacher-forced, on validation)")

@@ -327,13 +327,59 @@ def collate(feats: list[dict], examples: list[Example], vocab: Any, with_targets
     return b
 
 
-def collate_rows(split: ActionSplit, rows: np.ndarray, vocab: Any) -> dict[str, Any]:
-    """:func:`collate` of rows ``rows`` of a split (``rows`` kept, as the token batches do)."""
+# Link dropout (``data.link_dropout``): in training batches only, some schema items lose their
+# name matches, so the model also learns to link question words to names it does not spell the
+# same way (synonyms) from the encoder's states. Cell-value matches stay.
+NAME_KINDS = (NAME_PARTIAL, NAME_EXACT)
+LINK_DROPOUT_STREAM = 0x6C696E6B  # keeps these draws apart from every other seeded stream
+
+
+def hidden_items(p: float, seed: int, batch_index: int, row: int, n_items: int) -> np.ndarray:
+    """(n_items,) bool: which items of row ``row`` lose their name matches in global training batch
+    ``batch_index`` (each with probability ``p``). A function of its arguments only: a resumed run
+    draws what an uninterrupted one drew, whatever the number of processes."""
+    rng = np.random.default_rng([LINK_DROPOUT_STREAM, seed, batch_index, row])
+    return rng.random(n_items) < p
+
+
+def without_name_links(f: dict, hide: np.ndarray) -> dict:
+    """One example's features in which the items ``hide`` marks match no question piece by name:
+    their ``item_link_name`` is 0, their name pairs leave ``q_item_links`` (value pairs stay), and a
+    piece's ``q_link_table`` / ``q_link_column`` tag that came from a hidden item becomes the best
+    tag its remaining name pairs give (0 when none). A new dict; ``f`` is left as it is (and
+    returned when no hidden item had a name match)."""
+    if not any(hide[k] and v for k, v in enumerate(f["item_link_name"])):
+        return f
+    is_table = np.asarray(f["item_type"]) == ITEM_TYPES.index("table")
+    tag_field = ["q_link_table" if t else "q_link_column" for t in is_table]  # per item: the tags it sets
+    hidden = [hide[k] and kind in NAME_KINDS for _, k, kind in f["q_item_links"]]
+    kept = [link for link, h in zip(f["q_item_links"], hidden) if not h]
+    touched = {(p, tag_field[k]) for (p, k, _), h in zip(f["q_item_links"], hidden) if h}
+    tags = {"q_link_table": list(f["q_link_table"]), "q_link_column": list(f["q_link_column"])}
+    for p, name in touched:
+        tags[name][p] = 0
+    for p, k, kind in kept:
+        if kind in NAME_KINDS and (p, tag_field[k]) in touched:
+            tags[tag_field[k]][p] = max(tags[tag_field[k]][p], kind)
+    return {**f, **tags, "q_item_links": kept,
+            "item_link_name": [0 if hide[k] else v for k, v in enumerate(f["item_link_name"])]}
+
+
+def collate_rows(split: ActionSplit, rows: np.ndarray, vocab: Any, link_dropout: float = 0.0, seed: int = 0,
+                 batch_index: int = 0) -> dict[str, Any]:
+    """:func:`collate` of rows ``rows`` of a split (``rows`` kept, as the token batches do). With
+    ``link_dropout`` > 0 (training batches only), each item of each row loses its name matches with
+    that probability (:func:`hidden_items`, drawn from ``seed`` and the global ``batch_index``)."""
     rows = np.asarray(rows, dtype=np.int64)
-    batch = collate([split.feats[r] for r in rows], [split.examples[r] for r in rows], vocab)
+    feats = [split.feats[r] for r in rows]
+    if link_dropout > 0:
+        feats = [without_name_links(f, hidden_items(link_dropout, seed, batch_index, int(r), len(f["item_texts"])))
+                 for f, r in zip(feats, rows)]
+    batch = collate(feats, [split.examples[r] for r in rows], vocab)
     batch["rows"] = rows
     return batch
 
 
 __all__ = ["RELATIONS", "ActionSplit", "collate", "collate_rows", "featurize", "featurize_request",
-           "prepare_action_split", "relation_matrix", "to_actions", "unified_ids", "vocab_corpus"]
+           "hidden_items", "prepare_action_split", "relation_matrix", "to_actions", "unified_ids", "vocab_corpus",
+           "without_name_links"]

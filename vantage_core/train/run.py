@@ -161,8 +161,9 @@ class ModelBatches:
                 skipped += len(rows_of_epoch)
                 epoch += 1
                 continue
-            for rows in rows_of_epoch[max(0, start - skipped):]:
-                yield self.collate(rows[self.world.rank::self.world.size])
+            first = max(start, skipped)  # the global index of the first batch yielded from this epoch
+            for index, rows in enumerate(rows_of_epoch[first - skipped:], first):
+                yield self.collate(rows[self.world.rank::self.world.size], index)
             skipped += len(rows_of_epoch)
             start = skipped
             epoch += 1
@@ -183,7 +184,8 @@ def model_arrays(model: Any, batch: dict, pack: bool = True) -> dict:
 
 class TrainingData:
     """What training reads, for either target format: the tokenizer (or action vocabulary),
-    the prepared train and validation splits, and how rows of the train split become a batch."""
+    the prepared train and validation splits, and how rows of the train split become a batch
+    (``collate(rows, index)``; ``index``: the global training batch's, 0 by default)."""
 
     def __init__(self, tokenizer: Any, train: Any, validation: Any, collate: Callable[[Any], dict]):
         self.tokenizer, self.train, self.validation, self.collate = tokenizer, train, validation, collate
@@ -211,7 +213,7 @@ def token_data(cfg: Config, registry: Any, world: World, tok_dir: Path, say: Cal
     validation = None
     if cfg.data.validation and world.is_main:
         validation = prepare_split(cfg.data, "validation", tokenizer, registry=registry, echo=say)
-    return TrainingData(tokenizer, prepared, validation, lambda rows: make_batch(prepared, rows, tokenizer.pad_id))
+    return TrainingData(tokenizer, prepared, validation, lambda rows, index=0: make_batch(prepared, rows, tokenizer.pad_id))
 
 
 def question_tokenizer(cfg: Config, registry: Any) -> Any:
@@ -252,7 +254,10 @@ def action_data(cfg: Config, registry: Any, world: World, tok_dir: Path, say: Ca
     validation = None
     if cfg.data.validation and world.is_main:
         validation = prepare_action_split(cfg.data, "validation", qtok, registry=registry, echo=say, progress=progress)
-    return TrainingData(vocab, train_split, validation, lambda rows: collate_rows(train_split, rows, vocab))
+    def collate(rows, index=0):  # training batches: data.link_dropout hides some name matches
+        return collate_rows(train_split, rows, vocab, cfg.data.link_dropout, cfg.run.seed, index)
+
+    return TrainingData(vocab, train_split, validation, collate)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
