@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce docs/results/spider_cpu.md from a clean clone with Spider in ../shared/data/spider
+# Reproduce the figures of docs/results/spider_cpu.md from a clean clone with Spider in ../shared/data/spider
 # (or $VANTAGE_SHARED_DATA/spider), with `vantage` commands only. On 2 CPU cores: three seeds
 # of about 40 min training + 2 min decoding each, one seed without relation-aware attention as
 # long, 6 decoding variants about 10 min, six more seeds and two dropout runs trained two at
@@ -73,4 +73,14 @@ if [ "${EMA:-1}" = 1 ]; then
     vantage evaluate --checkpoint runs/$run --dataset outside --split test --out runs/$run/eval_outside
   done
 fi
-python benchmarks/spider_report.py   # tables and figures -> docs/results/spider_cpu.md
+# tables and figures: each run, each system's mean ± std, the paired runs, the ensembles, the
+# further evaluations and the error breakdown (docs/results/spider_cpu.md gives their figures)
+report() { # OUT TITLE RUN... (the runs that were evaluated)
+  local out=$1 title=$2; shift 2
+  local found=(); for run in "$@"; do if [ -f "$run/eval/summary.json" ]; then found+=("$run"); fi; done
+  vantage report "${found[@]}" -o "$out" --overwrite --title "$title"
+}
+report docs/results/spider_cpu_report "Spider on this 2-core CPU" runs/spider_seed[0-9]* runs/spider_norel_seed[0-9]* \
+  runs/spider_do[0-9]_seed[0-9]* runs/spider_pair[0-9]* runs/spider_ensemble_*
+if [ "${SWEEP:-1}" = 1 ]; then report docs/results/spider_ablations_report "Spider model ablations" runs/sweeps/spider_ablations/*/; fi
+if [ "${EMA:-1}" = 1 ]; then report docs/results/spider_robustness_report "Spider with a moving average of the weights" runs/spider_ema_seed[0-9]*; fi

@@ -31,6 +31,7 @@ COMMANDS = {
     "serve": "vantage_core.cli.infer:serve",
     "export": "vantage_core.cli.infer:export",
     "analyze": "vantage_core.cli.analyze:analyze",
+    "report": "vantage_core.cli.report:report",
 }
 
 

@@ -18,7 +18,8 @@ def _pyplot():
     return plt
 
 
-def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+def moving_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
     if window <= 1 or len(values) < window:
         return values
     kernel = np.ones(window) / window
@@ -53,13 +54,13 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         steps, values = _series(train, key)
         if len(steps):
             ax.plot(steps, values, style, alpha=0.25)
-            ax.plot(steps, _smooth(values, window), style, label=key, color=ax.lines[-1].get_color())
+            ax.plot(steps, moving_mean(values, window), style, label=key, color=ax.lines[-1].get_color())
     ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_yscale("log"), ax.set_title("training loss")
     ax.legend()
     for key in ("balance", "z"):
         steps, values = _series(train, key)
         if len(steps):
-            ax_aux.plot(steps, _smooth(values, window), label=key)
+            ax_aux.plot(steps, moving_mean(values, window), label=key)
     ax_aux.set_xlabel("step"), ax_aux.set_title("auxiliary losses (weighted)")
     if ax_aux.lines:
         ax_aux.legend()
@@ -80,7 +81,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         w = max(1, len(steps) // 50)
         for layer in range(n_layers):
             a = axes[layer // cols][layer % cols]
-            smoothed = np.stack([_smooth(shares[:, layer, e], w) for e in range(n_experts)])
+            smoothed = np.stack([moving_mean(shares[:, layer, e], w) for e in range(n_experts)])
             a.stackplot(steps, smoothed, labels=[f"expert {e}" for e in range(n_experts)])
             a.axhline(1.0, color="k", lw=0.5)
             for e in range(1, n_experts):  # where a perfectly even split would put the boundaries
