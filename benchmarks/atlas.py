@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from vantage_core.analysis.atlas import collect_routing, init_baseline, load_examples, summarize, write_atlas
-    from vantage_core.inference.engine import load_model
+    from vantage_core.model.io import load_model
 
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="atlas-bench-"))
     rows = []

@@ -17,7 +17,7 @@ PROBE = """
 import json, sys
 import vantage_core
 from vantage_core import blas
-from vantage_core.doctor import sgemm_gflops
+from vantage_core.cli.doctor import sgemm_gflops
 mlx_rate, np_rate = sgemm_gflops(int(sys.argv[1]), repeats=int(sys.argv[2]))
 print(json.dumps({"mlx": mlx_rate, "numpy": np_rate, "blas": blas.active_blas()}))
 """

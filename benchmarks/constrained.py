@@ -43,10 +43,10 @@ def main() -> None:
 
     from vantage_core.data.pipeline import load_split
     from vantage_core.inference.constraints import schema_violations
-    from vantage_core.inference.engine import load_engine
+    from vantage_core.inference.engine import Engine
     from vantage_core.plugins import registry
 
-    engine = load_engine(args.checkpoint)
+    engine = Engine.load(args.checkpoint)
     cfg = engine.config
     slot = args.split if getattr(cfg.data, args.split) else "validation"
     examples = load_split(cfg.data, slot).examples[:args.limit]

@@ -51,11 +51,11 @@ def forget_everything(engine) -> None:
 
 def new_database_latency(checkpoint: str, n: int) -> None:
     from vantage_core.data.pipeline import load_split
-    from vantage_core.inference.engine import load_engine
+    from vantage_core.inference.engine import Engine
 
     import tempfile
 
-    engine = load_engine(checkpoint)
+    engine = Engine.load(checkpoint)
     frozen = getattr(engine.model.schema_encoder, "frozen", None)
     if frozen is not None:  # an empty disk store too: nothing of these databases computed before
         frozen.cache_dir = Path(tempfile.mkdtemp(prefix="vantage-latency-"))
@@ -95,7 +95,8 @@ def main() -> None:
 
     from vantage_core.config import load_config
     from vantage_core.data.pipeline import load_split
-    from vantage_core.inference.engine import Engine, load_model
+    from vantage_core.inference.engine import Engine
+    from vantage_core.model.io import load_model
     from vantage_core.model import build_model
 
     model, tok, cfg, info = load_model(args.checkpoint)

@@ -107,11 +107,10 @@ def arms(models: list[str], skip_native: bool = False) -> list[tuple[str, str, s
 def decode(args) -> None:
     from vantage_core.data.pipeline import load_split
     from vantage_core.evaluate.runner import evaluate_predictions
-    from vantage_core.inference.engine import predict_examples
-    from vantage_core.inference.export import open_engine
+    from vantage_core.inference.engine import Engine, predict_examples
 
     runs = arms(args.model, args.skip_native)
-    engines = {label: open_engine(folder, quantized=form) for label, folder, form in runs}
+    engines = {label: Engine.load(folder, quantized=form) for label, folder, form in runs}
     first = engines[runs[0][0]]
     examples = load_split(first.config.data, "validation").examples[:args.limit or None]
     seconds: dict[str, list[float]] = {label: [] for label, _, _ in runs}
@@ -167,13 +166,13 @@ def pct(xs: list[float], q: float) -> float:
 
 def generate(args) -> None:
     from vantage_core.data.pipeline import load_split
-    from vantage_core.inference.export import open_engine
+    from vantage_core.inference.engine import Engine
 
     runs = arms(args.model, args.skip_native)
     root = Path(tempfile.mkdtemp(prefix="vantage-quantized-"))
     folders = {label: cli_copy(folder, form, root) for label, folder, form in runs}
     by_db: dict[str, object] = {}
-    for ex in load_split(open_engine(runs[0][1]).config.data, "test").examples:
+    for ex in load_split(Engine.load(runs[0][1]).config.data, "test").examples:
         by_db.setdefault(ex.db_id, ex)
     asked = [by_db[db] for db in sorted(by_db)[:args.databases]]
     cli: dict[str, list[float]] = {label: [] for label, _, _ in runs}
@@ -200,9 +199,9 @@ def in_process(runs, asked) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from latency import forget_everything
 
-    from vantage_core.inference.export import open_engine
+    from vantage_core.inference.engine import Engine
 
-    engines = {label: open_engine(folder, quantized=form) for label, folder, form in runs}
+    engines = {label: Engine.load(folder, quantized=form) for label, folder, form in runs}
     times: dict[str, list[float]] = {label: [] for label, _, _ in runs}
     for engine in engines.values():  # warm-up: imports, MiniLM weights
         frozen = getattr(engine.model.schema_encoder, "frozen", None)

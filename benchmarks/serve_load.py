@@ -67,7 +67,7 @@ def questions_from_checkpoint(checkpoint: str) -> tuple[list[tuple[str, str]], l
     and db_id -> file."""
     from vantage_core.config import load_config
     from vantage_core.data.pipeline import load_split
-    from vantage_core.inference.engine import resolve_model_dir
+    from vantage_core.model.io import resolve_model_dir
 
     cfg = load_config(resolve_model_dir(checkpoint) / "config.yaml", registry=False)
     examples = load_split(cfg.data, "test" if cfg.data.test else "validation").examples

@@ -73,8 +73,8 @@ def quickstart() -> nbformat.NotebookNode:
                           "training. `Engine.generate` is what `vantage generate` and `vantage serve` use; "
                           "`run=True` runs the SQL read-only in the sandboxed executor."),
         new_code_cell('from vantage_core.data.pipeline import load_split\n'
-                      'from vantage_core.inference.engine import load_engine\n\n'
-                      'engine = load_engine(cfg.run.path)\n'
+                      'from vantage_core.inference.engine import Engine\n\n'
+                      'engine = Engine.load(cfg.run.path)\n'
                       'test = load_split(cfg.data, "test").examples\n'
                       'for ex in test[:3]:\n'
                       '    g = engine.generate(ex.question, db_path=ex.db_paths[0], run=True)\n'
@@ -82,10 +82,10 @@ def quickstart() -> nbformat.NotebookNode:
                       '    print("  rows:", g.rows[:3] if g.rows is not None else g.error)'),
         new_markdown_cell("## Export it\n\n`vantage export` writes `config.json`, `model.safetensors` (MLX), "
                           "`vantage_tokenizer/` and a model card; `vantage generate --checkpoint` loads it."),
-        new_code_cell('from vantage_core.inference.export import export_model, open_engine\n\n'
+        new_code_cell('from vantage_core.inference.export import export_model\n\n'
                       'record = export_model(cfg.run.path, WORK / "export", bits=8, group_size=32)\n'
                       'print(sorted(p.name for p in (WORK / "export").iterdir()), record["quantization"])\n'
-                      'print(open_engine(WORK / "export").generate(test[0].question, db_path=test[0].db_paths[0]).sql)'),
+                      'print(Engine.load(WORK / "export").generate(test[0].question, db_path=test[0].db_paths[0]).sql)'),
     ]
     return new_notebook(cells=cells, metadata=_metadata())
 

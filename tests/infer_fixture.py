@@ -49,7 +49,7 @@ def make_db(path: Path) -> Path:
 def make_model_dir(folder: Path, seed: int = 0) -> Path:
     """config.yaml, tokenizer/, model.safetensors, plugins.json: what a checkpoint holds."""
     from vantage_core.data.tokenizer import SentencePieceTokenizer
-    from vantage_core.train.checkpoint import plugin_list
+    from vantage_core.model.io import plugin_list
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, base=TINY_MODEL, registry=False)

@@ -52,5 +52,5 @@ def test_status_says_what_was_done():
 
 
 def test_doctor_reports_the_allocator():
-    out = run("from vantage_core.doctor import report; print('\\n'.join(report(64)))")
+    out = run("from vantage_core.cli.doctor import report; print('\\n'.join(report(64)))")
     assert "allocator     glibc keeps freed blocks" in out

@@ -201,7 +201,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def test_capture_routing_sees_every_moe_layer_and_restores_the_model(tiny_run):
-    from vantage_core.inference.engine import load_model
+    from vantage_core.model.io import load_model
 
     model, tok, cfg, _ = load_model(tiny_run)
     routers = [b.router for b in moe_blocks(model)]
@@ -227,7 +227,7 @@ def test_capture_routing_sees_every_moe_layer_and_restores_the_model(tiny_run):
 
 
 def test_atlas_on_a_tiny_model(tiny_run, tmp_path):
-    from vantage_core.inference.engine import load_model
+    from vantage_core.model.io import load_model
 
     model, tok, cfg, _ = load_model(tiny_run)
     examples = [Example(question="how many singers?", sql=s, db_id="music", schema=SCHEMA, db_paths=[])
@@ -253,7 +253,7 @@ def test_atlas_on_a_tiny_model(tiny_run, tmp_path):
 
 
 def test_routing_does_not_depend_on_batching(tiny_run):
-    from vantage_core.inference.engine import load_model
+    from vantage_core.model.io import load_model
 
     model, tok, cfg, _ = load_model(tiny_run)
     ex = [Example(question="how many singers?", sql=s, db_id="music", schema=SCHEMA, db_paths=[]) for s in SQLS]

@@ -249,7 +249,7 @@ def _tiny_checkpoint(path):
     import mlx.nn as nn
     import mlx.optimizers as optim
 
-    from vantage_core.train.checkpoint import save_checkpoint
+    from vantage_core.model.io import save_checkpoint
 
     model, optimizer = nn.Linear(8, 4), optim.AdamW(1e-3)
     optimizer.init(model.trainable_parameters())
@@ -258,7 +258,7 @@ def _tiny_checkpoint(path):
 
 
 def test_a_truncated_model_file_is_a_clear_error_on_resume(tmp_path):
-    from vantage_core.train.checkpoint import restore_checkpoint
+    from vantage_core.model.io import restore_checkpoint
 
     ckpt = tmp_path / "run" / "checkpoints" / "last"
     model, optimizer = _tiny_checkpoint(ckpt)

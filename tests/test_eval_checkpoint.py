@@ -25,12 +25,12 @@ def test_evaluate_a_checkpoint_on_a_synthetic_split(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["execution"]["n"] == 3
     # The same predictions come out of the engine directly (greedy decoding is deterministic).
-    from vantage_core.inference.engine import load_engine, predict_examples
+    from vantage_core.inference.engine import Engine, predict_examples
     from vantage_core.plugins import registry
 
     examples = registry().build("dataset", "synthetic", n_databases=6, examples_per_db=3,
                                 out_dir=str(tmp_path / "dbs")).load("test").examples[:3]
-    assert [r["prediction"] for r in rows] == predict_examples(load_engine(model_dir), examples, progress=False)
+    assert [r["prediction"] for r in rows] == predict_examples(Engine.load(model_dir), examples, progress=False)
 
 
 def test_evaluate_needs_exactly_one_source(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from infer_fixture import make_db, make_model_dir
 from vantage_core.errors import VantageError
 from vantage_core.inference.engine import Engine
-from vantage_core.inference.export import export_model, open_engine
+from vantage_core.inference.export import export_model
 
 QUESTIONS = ["how many singers?", "names of singers from France"]
 
@@ -72,7 +72,7 @@ def test_layout_and_fresh_process_sql(paths, bits):
     for heading in ("## Training data", "## Held-out figures", "## Intended use", "## Limits", "## License"):
         assert heading in card
     assert card.startswith("---\nlicense: mit\n")
-    exported = open_engine(out)
+    exported = Engine.load(out)
     for decoding in ("greedy", "beam"):
         here = in_process_sql(exported, db, decoding)
         if bits is None:  # float: the very SQL of the checkpoint it came from
@@ -86,7 +86,7 @@ def test_older_export_layout_still_loads(paths):
     old = root / "old-export"
     shutil.copytree(model, old)
     (old / "export.json").write_text(json.dumps({"format_version": 1, "quantization": None}))
-    assert in_process_sql(open_engine(old), db, "greedy") == in_process_sql(Engine.load(model), db, "greedy")
+    assert in_process_sql(Engine.load(old), db, "greedy") == in_process_sql(Engine.load(model), db, "greedy")
 
 
 def test_foreign_or_future_config_json_is_a_clear_error(paths):
@@ -96,20 +96,20 @@ def test_foreign_or_future_config_json_is_a_clear_error(paths):
     cfg = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**cfg, "vantage": {**cfg["vantage"], "format_version": 99}}))
     with pytest.raises(VantageError, match=r"config.json: vantage.format_version 99; this Vantage reads 2"):
-        open_engine(out)
+        Engine.load(out)
     (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(VantageError, match=r"config.json: no `vantage.config` block"):
-        open_engine(out)
+        Engine.load(out)
     (out / "config.json").write_text("{not json")
     with pytest.raises(VantageError, match=r"config.json: not valid JSON"):
-        open_engine(out)
+        Engine.load(out)
 
 
 @pytest.mark.slow
 def test_actions_model_exports_its_action_vocabulary(tmp_path):
     """The pointer model of the quickstart (two steps): its action vocabulary travels under
     vantage_tokenizer/ and the export decodes what the run decodes."""
-    from vantage_core.quickstart import run_quickstart
+    from vantage_core.cli.quickstart import run_quickstart
 
     tiny = [{"name": "synthetic", "n_databases": 20, "examples_per_db": 3}]
     sets = ["train.steps=2", "train.eval_every=2", "train.save_every=2", "train.batch_size=4",
@@ -124,7 +124,7 @@ def test_actions_model_exports_its_action_vocabulary(tmp_path):
     from vantage_core.plugins import registry
 
     ex = registry().build("dataset", "synthetic", n_databases=20, examples_per_db=3).load("test").examples[0]
-    a, b = Engine.load(tmp_path / "run"), open_engine(tmp_path / "export")
+    a, b = Engine.load(tmp_path / "run"), Engine.load(tmp_path / "export")
     for decoding in ("greedy", "beam"):
         assert a.generate(ex.question, db_path=ex.db_paths[0], decoding=decoding).sql == \
             b.generate(ex.question, db_path=ex.db_paths[0], decoding=decoding).sql

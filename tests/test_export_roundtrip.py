@@ -9,7 +9,7 @@ from infer_fixture import make_db, make_model_dir
 from vantage_core.cli import cli
 from vantage_core.errors import VantageError
 from vantage_core.inference.engine import Engine
-from vantage_core.inference.export import export_model, open_engine
+from vantage_core.inference.export import export_model
 
 QUESTIONS = ["how many singers?", "names of singers from France", "concerts in 2014"]
 
@@ -35,7 +35,7 @@ def test_export_reload_gives_identical_sql(paths):
     assert not (out / "optimizer.safetensors").exists()
     plugins = json.loads((out / "plugins.json").read_text())
     assert any(p["kind"] == "router" and p["name"] == "topk" for p in plugins)
-    a, b = Engine.load(model), open_engine(out)
+    a, b = Engine.load(model), Engine.load(out)
     assert b.config.inference.constraint.name == "sql_schema"  # the export's own settings
     for kw in ({"decoding": "greedy"}, {"decoding": "beam"}):
         assert _sqls(a, db, constraint="none", **kw) == _sqls(b, db, constraint="none", **kw)
@@ -47,8 +47,8 @@ def test_quantized_export_loads_smaller_and_runs(paths, bits):
     rec = export_model(model, root / f"q{bits}", bits=bits, group_size=32)
     assert rec["quantization"]["bits"] == bits and rec["quantization"]["layers"] > 0
     assert rec["parameter_bytes"] < rec["float_parameter_bytes"]
-    engine = open_engine(root / f"q{bits}")
-    again = open_engine(root / f"q{bits}")
+    engine = Engine.load(root / f"q{bits}")
+    again = Engine.load(root / f"q{bits}")
     assert _sqls(engine, db) == _sqls(again, db)  # a quantized export is deterministic too
     with pytest.raises(VantageError, match="already quantized"):
         export_model(root / f"q{bits}", root / "twice", bits=bits)
@@ -67,7 +67,7 @@ def test_expert_banks_quantize_and_stay_close(name):
     """nn.quantize reaches the expert banks (the bulk of an MoE's weights), not only nn.Linear."""
     import mlx.core as mx
 
-    from vantage_core.inference.engine import quantize_model
+    from vantage_core.model.quantization import quantize_model
     from vantage_core.plugins import registry
 
     mx.random.seed(0)

@@ -9,7 +9,8 @@ from infer_fixture import make_db, make_model_dir, make_pointer_model_dir
 from vantage_core.cli import cli, main
 from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.inference.constraints import schema_violations
-from vantage_core.inference.engine import Engine, Generation, resolve_model_dir
+from vantage_core.inference.engine import Engine, Generation
+from vantage_core.model.io import resolve_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -66,10 +66,10 @@ def test_training_writes_a_self_contained_checkpoint(trained):
 
 
 def test_pointer_and_copy_heads_score_this_databases_items_and_question(trained):
-    from vantage_core.inference.engine import load_engine
+    from vantage_core.inference.engine import Engine
 
     root, _, _, db = trained
-    engine = load_engine(root / "run")
+    engine = Engine.load(root / "run")
     model, vocab = engine.model, engine.tokenizer
     schema = engine.schema_of(db)
     small = schema.__class__(schema.db_id, schema.tables[:1], [])
@@ -123,9 +123,9 @@ def test_cached_and_uncached_decoding_give_identical_candidates(trained):
     from vantage_core.plugins import registry
 
     root, _, _, db = trained
-    from vantage_core.inference.engine import load_engine
+    from vantage_core.inference.engine import Engine
 
-    engine = load_engine(root / "run")
+    engine = Engine.load(root / "run")
     model, vocab = engine.model, engine.tokenizer
     schema = engine.schema_of(db)
     constraint = registry().build("constraint", "sql_actions")
@@ -148,7 +148,7 @@ def test_cached_and_uncached_decoding_give_identical_candidates(trained):
 def test_checkpoint_answers_on_a_new_database_in_a_fresh_process(trained):
     """Load the run in a fresh process and generate on a database made here: nothing but the
     checkpoint folder (and the installed MiniLM) is needed."""
-    from vantage_core.inference.engine import load_engine
+    from vantage_core.inference.engine import Engine
 
     root, _, _, db = trained
     env = {**os.environ, "VANTAGE_CACHE": str(root / "fresh-cache")}  # no cached states to lean on
@@ -157,23 +157,23 @@ def test_checkpoint_answers_on_a_new_database_in_a_fresh_process(trained):
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode in (0, 1), out.stderr
     answer = json.loads(out.stdout.strip().splitlines()[-1])
-    here = load_engine(root / "run").generate(QUESTIONS[1], db_path=db)
+    here = Engine.load(root / "run").generate(QUESTIONS[1], db_path=db)
     assert answer["sql"] == here.sql and answer["sql"]
     assert [c["sql"] for c in answer["candidates"]] == [c.sql for c in here.candidates]
 
 
 def test_export_quantized_and_reload(trained):
-    from vantage_core.inference.engine import load_engine
+    from vantage_core.inference.engine import Engine
     from vantage_core.inference.export import export_model
 
     root, _, _, db = trained
     plain = export_model(root / "run", root / "export")
     q8 = export_model(root / "run", root / "export-q8", bits=8, group_size=32)
     assert q8["parameter_bytes"] < plain["parameter_bytes"]
-    a, b = load_engine(root / "run"), load_engine(root / "export")
+    a, b = Engine.load(root / "run"), Engine.load(root / "export")
     for q in QUESTIONS:
         assert a.generate(q, db_path=db).sql == b.generate(q, db_path=db).sql
-    c = load_engine(root / "export-q8")
+    c = Engine.load(root / "export-q8")
     assert c.generate(QUESTIONS[0], db_path=db).candidates  # the quantized model still decodes
 
 
@@ -194,11 +194,11 @@ def test_expert_atlas_of_a_pointer_model(trained):
 def test_serve_answers_with_a_pointer_model(trained):
     from fastapi.testclient import TestClient
 
-    from vantage_core.inference.engine import load_engine
+    from vantage_core.inference.engine import Engine
     from vantage_core.inference.serve import ServeSettings, create_app
 
     root, _, _, db = trained
-    app = create_app(load_engine(root / "run"), ServeSettings(db_dirs=[str(db.parent)]))
+    app = create_app(Engine.load(root / "run"), ServeSettings(db_dirs=[str(db.parent)]))
     with TestClient(app) as client:
         r = client.post("/v1/generate", json={"question": QUESTIONS[0], "db_id": "concerts", "run": True,
                                               "routing": True})
@@ -211,10 +211,10 @@ def test_serve_answers_with_a_pointer_model(trained):
 def test_questions_decoded_together_get_what_each_gets_alone(trained):
     """The batched beam search pads items and question pieces to the batch's widest; every
     request still gets exactly the candidates of a search of its own."""
-    from vantage_core.inference.engine import Question, load_engine
+    from vantage_core.inference.engine import Engine, Question
 
     root, _, _, db = trained
-    engine = load_engine(root / "run")
+    engine = Engine.load(root / "run")
     schema = engine.schema_of(db)
     small = schema.__class__(schema.db_id, schema.tables[:1], [])
     questions = [Question(QUESTIONS[0], db, schema), Question(QUESTIONS[2], db, small), Question(QUESTIONS[1], db, schema)]
@@ -261,10 +261,10 @@ def test_a_dense_pointer_model_trains_with_compile_on(tmp_path, monkeypatch):
 
 def test_an_ensemble_of_a_model_with_itself_decodes_as_the_model(trained):
     """The mean of identical log-probabilities is the model's own: same candidates, same scores."""
-    from vantage_core.inference.export import open_engine
+    from vantage_core.inference.engine import Engine
 
     root, _, _, db = trained
-    one, two = open_engine(root / "run"), open_engine([root / "run", root / "run"])
+    one, two = Engine.load(root / "run"), Engine.load([root / "run", root / "run"])
     assert two.info["ensemble"] == [one.info["folder"]] * 2
     for q in QUESTIONS:
         a, b = one.generate(q, db_path=db), two.generate(q, db_path=db)
@@ -273,7 +273,7 @@ def test_an_ensemble_of_a_model_with_itself_decodes_as_the_model(trained):
 
 
 def test_an_ensemble_scores_the_mean_of_its_members_log_probabilities(trained):
-    from vantage_core.inference.engine import load_model
+    from vantage_core.model.io import load_model
     from vantage_core.inference.ensemble import Ensemble
 
     root, _, _, db = trained
@@ -302,7 +302,7 @@ def test_an_ensemble_refuses_a_model_that_reads_requests_otherwise(trained, tmp_
     import yaml
 
     from vantage_core.errors import ConfigError
-    from vantage_core.inference.export import open_engine
+    from vantage_core.inference.engine import Engine
 
     root, _, _, _ = trained
     other = tmp_path / "other"
@@ -311,7 +311,7 @@ def test_an_ensemble_refuses_a_model_that_reads_requests_otherwise(trained, tmp_
     cfg["data"]["linker"] = {"name": "none"}
     (other / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match=r"other: data\.linker is .*none.*must read requests alike"):
-        open_engine([root / "run", other])
+        Engine.load([root / "run", other])
 
 
 def test_evaluate_with_an_ensemble_of_checkpoints(trained, tmp_path):
@@ -341,7 +341,7 @@ def test_generate_with_an_ensemble_of_checkpoints(trained):
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    from vantage_core.inference.export import open_engine
+    from vantage_core.inference.engine import Engine
 
-    want = open_engine([ckpts / "best", ckpts / "last"]).generate(QUESTIONS[0], db_path=db)
+    want = Engine.load([ckpts / "best", ckpts / "last"]).generate(QUESTIONS[0], db_path=db)
     assert out["question"] == QUESTIONS[0] and out["sql"] == want.sql

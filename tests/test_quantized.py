@@ -13,8 +13,9 @@ import mlx.nn as nn
 from infer_fixture import make_db, make_model_dir
 from vantage_core.cli import main
 from vantage_core.errors import ConfigError
-from vantage_core.inference.export import export_model, open_engine
-from vantage_core.inference.quantization import dequantize_model, quantize_model, runtime_form
+from vantage_core.inference.engine import Engine
+from vantage_core.inference.export import export_model
+from vantage_core.model.quantization import dequantize_model, quantize_model, runtime_form
 
 QUESTIONS = ["how many singers?", "names of singers from France", "concerts in 2014"]
 LOGIT_TOLERANCE = 1e-4  # float32 sums in another order: quantized_matmul's loop against BLAS's
@@ -53,8 +54,8 @@ def test_dequantized_export_decodes_as_quantized_matmul_does(exports, bits):
     """Loaded dequantized (auto on the CPU), an export gives the SQL and scores that the same
     export gives through MLX's quantized_matmul, greedy and beam; logits agree within 1e-4."""
     root, db = exports
-    native = open_engine(root / f"q{bits}", quantized="native")
-    loaded = open_engine(root / f"q{bits}")
+    native = Engine.load(root / f"q{bits}", quantized="native")
+    loaded = Engine.load(root / f"q{bits}")
     assert _quantized_modules(native.model) and not _quantized_modules(loaded.model)
     for kw in ({"decoding": "greedy"}, {"decoding": "beam"}):
         want, got = _candidates(native, db, **kw), _candidates(loaded, db, **kw)
@@ -68,7 +69,7 @@ def test_dequantized_export_decodes_as_quantized_matmul_does(exports, bits):
 def test_layers_are_plain_float_after_load(exports):
     """Every quantized layer comes back as nn.Linear / nn.Embedding / float expert weights."""
     root, _ = exports
-    model = open_engine(root / "q4").model
+    model = Engine.load(root / "q4").model
     kinds = {type(m) for _, m in model.named_modules()}
     assert nn.Linear in kinds and nn.Embedding in kinds
     assert not kinds & {nn.QuantizedLinear, nn.QuantizedEmbedding}
@@ -125,7 +126,7 @@ def test_a_bad_quantized_value_is_one_clear_error(exports, tmp_path, capsys):
     line naming the option and its valid values."""
     root, db = exports
     with pytest.raises(ConfigError, match=r"inference\.quantized: 'fast'; valid: auto, dequantize, native"):
-        open_engine(root / "q8", quantized="fast")
+        Engine.load(root / "q8", quantized="fast")
     bad = tmp_path / "bad"
     export_model(root / "q8", bad)
     doc = json.loads((bad / "config.json").read_text())
@@ -148,13 +149,13 @@ def test_reexporting_a_quantized_export_keeps_it_quantized(exports, tmp_path):
     rec = export_model(root / "q8", again, inference={"beam_size": 2})
     assert rec["quantization"]["bits"] == 8
     assert (again / "model.safetensors").stat().st_size == (root / "q8" / "model.safetensors").stat().st_size
-    a, b = open_engine(root / "q8", quantized="native"), open_engine(again, quantized="native")
+    a, b = Engine.load(root / "q8", quantized="native"), Engine.load(again, quantized="native")
     assert _candidates(a, db, decoding="greedy") == _candidates(b, db, decoding="greedy")
 
 
 def test_doctor_says_how_quantized_exports_run():
     """`vantage doctor` has a line saying which form 8/4-bit exports take on the default device."""
-    from vantage_core.doctor import report
+    from vantage_core.cli.doctor import report
 
     line = next(line for line in report(64) if line.startswith("quantized"))
     on_cpu = mx.default_device().type == mx.DeviceType.cpu

@@ -155,7 +155,7 @@ def test_relation_aware_run_trains_generates_and_exports(tmp_path, monkeypatch):
     from infer_fixture import make_db
     from test_pointer_model import QUESTIONS, TINY
     from vantage_core.config import load_config
-    from vantage_core.inference.engine import load_engine
+    from vantage_core.inference.engine import Engine
     from vantage_core.inference.export import export_model
     from vantage_core.train.run import train
 
@@ -165,11 +165,11 @@ def test_relation_aware_run_trains_generates_and_exports(tmp_path, monkeypatch):
     summary = train(cfg, overwrite=True, progress=False, echo=lambda *_: None)
     assert summary["steps"] == 4
     db = make_db(tmp_path / "concerts.sqlite")
-    engine = load_engine(tmp_path / "run")
+    engine = Engine.load(tmp_path / "run")
     assert isinstance(engine.model.schema_encoder.mixer, RelationEncoder)
     answers = [engine.generate(q, db_path=db).sql for q in QUESTIONS]
     assert all(answers)
     export_model(tmp_path / "run", tmp_path / "export")
-    again = load_engine(tmp_path / "export")
+    again = Engine.load(tmp_path / "export")
     assert isinstance(again.model.schema_encoder.mixer, RelationEncoder)
     assert [again.generate(q, db_path=db).sql for q in QUESTIONS] == answers

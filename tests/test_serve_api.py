@@ -163,7 +163,7 @@ def test_schema_from_ddl_reads_keys():
 def test_playground_page_is_served(client):
     r = client.get("/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
-    assert "<html" in r.text.lower()  # the playground (vantage_core.playground) mounted by create_app
+    assert "<html" in r.text.lower()  # the playground (vantage_core.inference.playground) mounted by create_app
 
 
 def test_health_names_no_server_path(client, engine):

@@ -18,7 +18,7 @@ import mlx.core as mx  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
 from vantage_core.config import TrainConfig  # noqa: E402
-from vantage_core.train import checkpoint as ckpt  # noqa: E402
+from vantage_core.model.io import load_trainer_state, plugin_list, resolve_checkpoint, save_checkpoint  # noqa: E402
 from vantage_core.train.trainer import Trainer, TrainingDiverged, lr_schedule  # noqa: E402
 
 
@@ -44,8 +44,8 @@ def test_resume_gives_the_same_losses(tmp_path, compile):
 
     first = make_trainer(compile)
     losses = run(first, 0, 10)
-    ckpt.save_checkpoint(tmp_path / "last", model=first.model, optimizer=first.optimizer,
-                         trainer_state={"step": first.step})
+    save_checkpoint(tmp_path / "last", model=first.model, optimizer=first.optimizer,
+                    trainer_state={"step": first.step})
     # a fresh process would start from another random state: resume must not depend on it
     mx.random.seed(123)
     second = make_trainer(compile)
@@ -59,10 +59,10 @@ def test_resume_gives_the_same_losses(tmp_path, compile):
 def test_checkpoint_holds_everything(tmp_path):
     t = make_trainer()
     run(t, 0, 2)
-    path = ckpt.save_checkpoint(tmp_path / "ck", model=t.model, optimizer=t.optimizer,
-                                trainer_state={"step": 2}, config_yaml="run: {}\n",
-                                plugins=ckpt.plugin_list(),
-                                save_tokenizer=lambda d: (d.mkdir(), (d / "tok.model").write_text("x")))
+    path = save_checkpoint(tmp_path / "ck", model=t.model, optimizer=t.optimizer,
+                           trainer_state={"step": 2}, config_yaml="run: {}\n",
+                           plugins=plugin_list(),
+                           save_tokenizer=lambda d: (d.mkdir(), (d / "tok.model").write_text("x")))
     names = sorted(p.name for p in path.iterdir())
     assert names == ["config.yaml", "model.safetensors", "optimizer.safetensors", "plugins.json",
                      "rng.safetensors", "tokenizer", "trainer_state.json"]
@@ -73,7 +73,7 @@ def test_checkpoint_holds_everything(tmp_path):
 def test_a_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     t = make_trainer()
     run(t, 0, 3)
-    ckpt.save_checkpoint(tmp_path / "last", model=t.model, optimizer=t.optimizer, trainer_state={"step": 3})
+    save_checkpoint(tmp_path / "last", model=t.model, optimizer=t.optimizer, trainer_state={"step": 3})
     saved = weights(t.model)
     run(t, 3, 5)
 
@@ -85,10 +85,10 @@ def test_a_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         return real_save(path, arrays, *a, **k)
     monkeypatch.setattr(mx, "save_safetensors", crash_on_optimizer)
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(tmp_path / "last", model=t.model, optimizer=t.optimizer, trainer_state={"step": 5})
+        save_checkpoint(tmp_path / "last", model=t.model, optimizer=t.optimizer, trainer_state={"step": 5})
     monkeypatch.undo()
 
-    assert ckpt.load_trainer_state(tmp_path / "last")["step"] == 3
+    assert load_trainer_state(tmp_path / "last")["step"] == 3
     assert not list(tmp_path.glob(".last.tmp-*"))  # no debris left behind
     fresh = make_trainer()
     fresh.restore(tmp_path / "last")
@@ -98,13 +98,13 @@ def test_a_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_a_crash_between_the_renames_falls_back_to_the_old_copy(tmp_path):
     t = make_trainer()
-    ckpt.save_checkpoint(tmp_path / "last", model=t.model, optimizer=t.optimizer, trainer_state={"step": 7})
+    save_checkpoint(tmp_path / "last", model=t.model, optimizer=t.optimizer, trainer_state={"step": 7})
     os.replace(tmp_path / "last", tmp_path / "last.old")  # the first rename happened, not the second
-    assert ckpt.resolve_checkpoint(tmp_path / "last") == tmp_path / "last.old"
-    assert ckpt.load_trainer_state(tmp_path / "last")["step"] == 7
+    assert resolve_checkpoint(tmp_path / "last") == tmp_path / "last.old"
+    assert load_trainer_state(tmp_path / "last")["step"] == 7
     # the next save completes the swap and cleans up
-    ckpt.save_checkpoint(tmp_path / "last", model=t.model, optimizer=t.optimizer, trainer_state={"step": 8})
-    assert ckpt.load_trainer_state(tmp_path / "last")["step"] == 8
+    save_checkpoint(tmp_path / "last", model=t.model, optimizer=t.optimizer, trainer_state={"step": 8})
+    assert load_trainer_state(tmp_path / "last")["step"] == 8
     assert not (tmp_path / "last.old").exists()
 
 

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.mark.slow
 def test_quickstart_end_to_end_shortened(tmp_path, monkeypatch):
-    from vantage_core.quickstart import run_quickstart
+    from vantage_core.cli.quickstart import run_quickstart
 
     monkeypatch.setenv("VANTAGE_CACHE", str(tmp_path / "cache"))
     lines = []

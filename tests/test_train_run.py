@@ -15,7 +15,7 @@ import mlx.core as mx
 
 from vantage_core.config import load_config
 from vantage_core.errors import VantageError
-from vantage_core.train import checkpoint as ckpt
+from vantage_core.model.io import TRAINING_WEIGHTS, load_trainer_state
 from vantage_core.train.run import train
 from vantage_core.train.telemetry import read_metrics
 from vantage_core.train.trainer import Trainer, TrainingDiverged
@@ -57,7 +57,7 @@ def test_a_run_directory_holds_everything(tmp_path):
     assert first["balance"] > 0  # the balancing loss is on by default and logged
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [3, 6] and "execution" in evals[0]
-    assert ckpt.load_trainer_state(run / "checkpoints" / "last")["step"] == 6
+    assert load_trainer_state(run / "checkpoints" / "last")["step"] == 6
     assert summary["steps"] == 6 and "execution" in summary["validation"]
     plugins = json.loads((run / "plugins.json").read_text())
     assert {"name": "topk", "kind": "router", "distribution": "vantage", "version": "0.1.0"} in plugins
@@ -97,7 +97,7 @@ def test_ctrl_c_saves_and_resume_gives_the_same_losses(tmp_path, monkeypatch, co
         interrupt_after(m, 5)
         result = train(tiny(tmp_path / "split", *sets, config=config), progress=False, echo=lambda m: None)
     assert result["stopped"] == "interrupted" and result["step"] == 5
-    assert ckpt.load_trainer_state(tmp_path / "split" / "checkpoints" / "last")["step"] == 5
+    assert load_trainer_state(tmp_path / "split" / "checkpoints" / "last")["step"] == 5
     train(tiny(tmp_path / "split", *sets, config=config), resume=True, progress=False, echo=lambda m: None)
     assert losses(tmp_path / "split") == straight  # bitwise
 
@@ -126,7 +126,7 @@ def test_the_minutes_budget_ends_training_early(tmp_path, monkeypatch):
     summary = train(tiny(tmp_path / "run", "train.minutes=2", "train.eval_every=0", "data.validation=[]"),
                     progress=False, echo=lambda m: None, clock=lambda: float(next(readings)))
     assert summary["steps"] == 4
-    assert ckpt.load_trainer_state(tmp_path / "run" / "checkpoints" / "last")["step"] == summary["steps"]
+    assert load_trainer_state(tmp_path / "run" / "checkpoints" / "last")["step"] == summary["steps"]
 
 
 def test_resume_refuses_a_different_experiment(tmp_path, monkeypatch):
@@ -152,7 +152,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match=r"step 5: the loss is nan.*last good checkpoint is .*last \(step 4\)"):
         train(tiny(tmp_path / "run", "train.eval_every=0", "data.validation=[]", "train.compile=false"),
               progress=False, echo=lambda m: None)
-    state = ckpt.load_trainer_state(tmp_path / "run" / "checkpoints" / "last")
+    state = load_trainer_state(tmp_path / "run" / "checkpoints" / "last")
     assert state["step"] == 4
     weights = mx.load(str(tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"))
     assert all(bool(mx.isfinite(v).all()) for v in weights.values())
@@ -208,7 +208,7 @@ def test_the_moving_average_resumes_bitwise_and_is_what_the_checkpoint_holds(tmp
 
     folder = tmp_path / "straight" / "checkpoints" / "last"
     average = mx.load(str(folder / "model.safetensors"))
-    raw = mx.load(str(folder / ckpt.TRAINING_WEIGHTS))
+    raw = mx.load(str(folder / TRAINING_WEIGHTS))
     assert raw and set(raw) <= set(average)  # the trainable weights only
     assert any(not mx.array_equal(average[k], raw[k]).item() for k in raw)
     resumed = mx.load(str(tmp_path / "split" / "checkpoints" / "last" / "model.safetensors"))

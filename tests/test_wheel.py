@@ -53,7 +53,7 @@ def test_dependency_hygiene():
 
 def test_the_configs_resolve_from_the_checkout():
     from vantage_core.errors import ConfigError
-    from vantage_core.quickstart import CONFIG
+    from vantage_core.cli.quickstart import CONFIG
     from vantage_core.resources import config_path
 
     assert CONFIG == ROOT / "configs" / "quickstart.yaml" == config_path("quickstart.yaml")
@@ -69,8 +69,8 @@ def test_the_wheel_carries_the_runtime_files(tmp_path):
     (wheel,) = tmp_path.glob("vantage-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for need in ("vantage_core/configs/quickstart.yaml", "vantage_core/configs/tiny.yaml",
-                 "vantage_core/configs/sweeps/routers.yaml", "vantage_core/playground/static/index.html",
-                 "vantage_core/playground/static/app.js", "vantage_core/py.typed",
+                 "vantage_core/configs/sweeps/routers.yaml", "vantage_core/inference/playground/static/index.html",
+                 "vantage_core/inference/playground/static/app.js", "vantage_core/py.typed",
                  "vantage_plugins/routers/__init__.py", "vantage_core/inference/openai_api.py"):
         assert need in names, need
     assert any(n.endswith("licenses/LICENSE") for n in names)

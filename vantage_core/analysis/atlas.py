@@ -509,7 +509,7 @@ def analyze_run(run_dir: str | Path, dataset: str, split: str, *, limit: int | N
     ``dataset`` through it, and write the atlas to ``out_dir`` (default
     ``<run_dir>/analysis/experts-<dataset>-<split>``). ``untrained``: also route the examples
     through the same architecture with fresh weights (:func:`init_baseline`)."""
-    from vantage_core.inference.engine import load_model
+    from vantage_core.model.io import load_model
 
     model, tokenizer, cfg, info = load_model(run_dir)
     examples = load_examples(cfg, dataset, split, limit, echo)

@@ -62,7 +62,7 @@ def show(**options) -> None:
               help="Matrix size for the sgemm check.")
 def doctor(size: int) -> None:
     """Check the installation: MLX, its device, the BLAS in use and its sgemm rate."""
-    from vantage_core import doctor as d
+    from vantage_core.cli import doctor as d
 
     for line in d.report(size):
         click.echo(line)

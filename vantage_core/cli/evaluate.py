@@ -150,12 +150,12 @@ def refuse_overwriting(predictions: Path, out: Path, split: str) -> None:
 def in_quantized_form(engine, checkpoints, form: str):
     """``engine``, or the checkpoints loaded again when ``--set inference.quantized`` asks for
     their quantized layers in another form than their config's."""
-    from vantage_core.inference.export import open_engine
-    from vantage_core.inference.quantization import runtime_form
+    from vantage_core.inference.engine import Engine
+    from vantage_core.model.quantization import runtime_form
 
     if not engine.info.get("quantization") or runtime_form(form) == runtime_form(engine.config.inference.quantized):
         return engine
-    return open_engine(list(checkpoints), quantized=form)
+    return Engine.load(list(checkpoints), quantized=form)
 
 
 @click.command()
@@ -198,10 +198,10 @@ def evaluate(predictions_path, checkpoints, dataset, split, dataset_params, metr
         raise click.UsageError("give exactly one of --predictions FILE and --checkpoint DIR")
     engine, checkpoint = None, checkpoints[0] if checkpoints else None
     if checkpoints:
-        from vantage_core.inference.export import config_file_of, open_engine
+        from vantage_core.inference.engine import Engine
 
-        engine = open_engine(list(checkpoints))
-        own = config_file_of(engine)
+        engine = Engine.load(list(checkpoints))
+        own = engine.config_file()
         if not options.get("config") and own is not None:
             # The run's own config: its metrics, and the parameters it gave this dataset.
             options = {**options, "config": str(own)}

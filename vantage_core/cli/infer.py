@@ -82,7 +82,7 @@ def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_
     Exits with status 1 when a question got no SQL or, with --run, its SQL failed to run."""
     from vantage_core.cli.evaluate import text_lines
     from vantage_core.errors import VantageError
-    from vantage_core.inference.export import open_engine
+    from vantage_core.inference.engine import Engine
     from vantage_core.textfiles import read_utf8
 
     asked = [question] if question else []
@@ -91,7 +91,7 @@ def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_
         asked += [q.strip() for q in lines if q.strip() and not q.lstrip().startswith("#")]
     if not asked:
         raise click.UsageError("give a QUESTION or --questions FILE")
-    engine = open_engine(list(checkpoints))
+    engine = Engine.load(list(checkpoints))
     opts = engine.options(**_inference_overrides(**decoding))
     failed = 0
     for q in asked:

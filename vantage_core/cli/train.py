@@ -67,7 +67,7 @@ def sweep(file: str, out: str | None, overrides: tuple, overwrite: bool, no_prog
 def quickstart(out: str, config: str | None, overrides: tuple, overwrite: bool, no_progress: bool) -> None:
     """Generate synthetic databases, train a tiny MoE model, evaluate it on unseen databases,
     show a few queries with their results, and write a report with plots. No data, no network."""
-    from vantage_core.quickstart import run_quickstart
+    from vantage_core.cli.quickstart import run_quickstart
 
     run_quickstart(out, config=config, overrides=list(overrides), overwrite=overwrite,
                    progress=not no_progress, echo=click.echo)

@@ -1,12 +1,11 @@
 """Load a trained model and turn (question, database or schema) into SQL.
 
-:func:`load_engine` reads a checkpoint folder (``model.safetensors``, ``config.yaml``,
-``tokenizer/``), a run directory (its ``checkpoints/best``, else ``checkpoints/last``) or a
-folder written by ``vantage export`` (which may hold quantized weights). :class:`Engine`
-builds the request exactly as training did (for ``data.target: tokens`` the prompt of question
-and schema text; for ``actions`` the featurized question and schema, the database's schema encoded
-on the fly), decodes with the configured mode and constraint, and optionally picks among the
-candidates by executing them with the evaluation package's sandboxed, read-only executor:
+:meth:`Engine.load` reads a checkpoint folder, a run directory or a folder written by ``vantage
+export`` (through :func:`vantage_core.model.io.load_model`), or several of them as one ensemble.
+:class:`Engine` builds the request exactly as training did (for ``data.target: tokens`` the prompt
+of question and schema text; for ``actions`` the featurized question and schema, the database's
+schema encoded on the fly), decodes with the configured mode and constraint, and optionally picks
+among the candidates by executing them with the evaluation package's sandboxed, read-only executor:
 a candidate with rows first (``require_rows``), then any that runs, then a wider search
 (``retry_beam``), then a counted fallback (``fallback``).
 """
@@ -14,24 +13,25 @@ a candidate with rows first (``require_rows``), then any that runs, then a wider
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
 
-from vantage_core.config import Config, InferenceConfig, load_config, plugin_params
+from vantage_core.config import Config, InferenceConfig, plugin_params
 from vantage_core.data.example import Example, Schema
 from vantage_core.data.sql_names import quoted
 from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.inference.decoding import decode
-from vantage_core.inference.quantization import dequantize_model, quantize_model, runtime_form
+from vantage_core.inference.ensemble import load_ensemble
+from vantage_core.model.io import load_model
 
-EXPORT_FILE = "export.json"  # written by `vantage export`: format version, quantization
 UNGUIDED = ("execution-guided choice skipped: a schema without a database has no rows to run the candidates on; "
             "the model's first candidate is given")
 
@@ -103,73 +103,6 @@ def json_rows(rows: list[list[Any]] | None) -> list[list[Any]] | None:
     return None if rows is None else [[json_cell(v) for v in row] for row in rows]
 
 
-# ---------------------------------------------------------------------------- loading
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """The folder holding ``model.safetensors``: ``path`` itself, or a run's best/last checkpoint."""
-    p = Path(path)
-    if not p.exists():
-        raise VantageError(f"{p}: no such folder; give a run directory, a checkpoint folder or an export")
-    if (p / "model.safetensors").is_file():
-        return p
-    from vantage_core.train.checkpoint import resolve_checkpoint
-
-    for name in ("best", "last"):
-        try:
-            return resolve_checkpoint(p / "checkpoints" / name)
-        except VantageError:
-            continue
-    raise VantageError(f"{p}: holds neither model.safetensors nor checkpoints/best or checkpoints/last "
-                       f"(expected a run directory, a checkpoint folder or a `vantage export` folder)")
-
-
-def load_model(path: str | Path, quantized: str | None = None) -> tuple[Any, Any, Config, dict]:
-    """``(model, tokenizer, config, export_info)`` from a checkpoint, run or export folder;
-    quantized layers in the form ``quantized`` says (default: the config's ``inference.quantized``)."""
-    from vantage_core.data.tokenizer import load_tokenizer
-
-    folder = resolve_model_dir(path)
-    from vantage_core.inference.export import is_export, load_export
-
-    if is_export(folder):  # `vantage export`'s layout: config.json, vantage_tokenizer/
-        return load_export(folder, quantized)
-    for need in ("config.yaml", "tokenizer"):
-        if not (folder / need).exists():
-            raise VantageError(f"{folder}: missing {need}; a model folder holds model.safetensors, "
-                               f"config.yaml and tokenizer/ (write one with `vantage export`)")
-    # Only the plugins inference builds matter here (built, and so checked, below).
-    cfg = load_config(folder / "config.yaml", registry=False)
-    tokenizer = load_tokenizer(folder / "tokenizer")
-    info = json.loads((folder / EXPORT_FILE).read_text()) if (folder / EXPORT_FILE).is_file() else {}
-    model = built_with_weights(cfg, tokenizer, folder, info.get("quantization"), quantized)
-    info = {**info, "folder": str(folder)}
-    return model, tokenizer, cfg, info
-
-
-def built_with_weights(cfg: Config, tokenizer: Any, folder: Path, quantization: dict | None,
-                       quantized: str | None = None) -> Any:
-    """The model ``cfg`` describes, quantized as ``quantization`` says (``bits``, ``group_size``)
-    where given, with ``folder/model.safetensors`` loaded strictly, in eval mode.
-
-    Quantized weights then run in the form ``quantized`` (default: ``cfg.inference.quantized``)
-    chooses for this device: as stored, or dequantized to float once, here
-    (:mod:`vantage_core.inference.quantization`)."""
-    import mlx.core as mx
-
-    from vantage_core.model import build_model
-    from vantage_core.train.checkpoint import load_weights_file
-
-    model = build_model(cfg.model, tokenizer)
-    if quantization:
-        quantize_model(model, bits=quantization["bits"], group_size=quantization["group_size"])
-    load_weights_file(model, folder)
-    if quantization and runtime_form(quantized or cfg.inference.quantized) == "dequantize":
-        dequantize_model(model)
-        mx.eval(model.parameters())  # once, now: the packed weights are freed before the first request
-    model.eval()
-    return model
-
-
 # ---------------------------------------------------------------------------- routing capture
 
 class _RoutingModel:
@@ -216,8 +149,20 @@ class Engine:
         self._linker = None
 
     @classmethod
-    def load(cls, path: str | Path) -> "Engine":
-        return cls(*load_model(path))
+    def load(cls, path: str | Path | Sequence[str | Path], quantized: str | None = None) -> "Engine":
+        """An engine for a checkpoint, run or export folder; for several, one engine decoding with
+        their ensemble (:mod:`vantage_core.inference.ensemble`). ``quantized`` overrides the
+        models' ``inference.quantized`` (auto, dequantize, native)."""
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        load = functools.partial(load_model, quantized=quantized)
+        if len(paths) == 1:
+            return cls(*load(paths[0]))
+        return cls(*load_ensemble(paths, load))
+
+    def config_file(self) -> Path | None:
+        """The YAML config the loaded model came with (None for an export: its config is in config.json)."""
+        f = Path(self.info.get("folder", ".")) / "config.yaml"
+        return f if f.is_file() else None
 
     # -- pieces --------------------------------------------------------------------------
     def schema_of(self, db_path: str | Path) -> Schema:
@@ -573,8 +518,3 @@ def predict_examples(engine: Engine, examples: list[Example], *, progress: bool 
                     count(g.choice if g is not None else "error")
             bar.update(len(chunk))
     return out
-
-
-def load_engine(path: str | Path) -> Engine:
-    """An :class:`Engine` for a checkpoint, run or export folder."""
-    return Engine.load(path)

@@ -507,10 +507,9 @@ def folder_name(folder: str | None) -> str | None:
 def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     """The API for ``model`` (a model folder path, or a loaded :class:`Engine`)."""
     from vantage_core.inference.engine import Engine
-    from vantage_core.inference.export import open_engine
 
     settings = settings or ServeSettings()
-    engine: Engine = model if isinstance(model, Engine) else open_engine(model)
+    engine: Engine = model if isinstance(model, Engine) else Engine.load(model)
     databases = find_databases(settings.db_dirs, settings.db_urls)
     app = FastAPI(title="Vantage text-to-SQL", version="1",
                   description="Questions in, SQL out, from a Mixture-of-Experts model.")
@@ -608,7 +607,7 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
 
     add_openai_routes(app, engine, databases, settings, run_generation, public_message)
 
-    from vantage_core.playground import mount_playground
+    from vantage_core.inference.playground import mount_playground
 
     mount_playground(app)  # the page at /, its files under /playground/ (after the API routes)
     return app

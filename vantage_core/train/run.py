@@ -31,7 +31,7 @@ from mlx.utils import tree_flatten
 from vantage_core.config import Config, dump_config
 from vantage_core.errors import ConfigError, VantageError
 from vantage_core.folders import check_output_folder, output_path, swap_in
-from vantage_core.train import checkpoint as ckpt
+from vantage_core.model.io import load_trainer_state, plugin_list, resolve_checkpoint, save_checkpoint
 from vantage_core.train.distributed import World, init_world
 from vantage_core.train.telemetry import Telemetry, trim_metrics
 from vantage_core.train.trainer import StopFlag, Trainer, TrainingDiverged
@@ -75,7 +75,7 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, world: World) ->
                               "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8]) +
                               f". Only {', '.join(RESUMABLE_CHANGES)} may change on resume; start a new "
                               f"run (another run.name) instead")
-        ckpt.resolve_checkpoint(run_dir / "checkpoints" / "last")
+        resolve_checkpoint(run_dir / "checkpoints" / "last")
         return run_dir
     if exists and not overwrite:
         raise VantageError(f"{run_dir} already exists; pass --resume to continue that run or "
@@ -283,7 +283,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
     with staged_start(run_dir, resume, world) as start_dir:
         if world.is_main and not resume:
             (start_dir / "config.yaml").write_text(dump_config(cfg))
-            (start_dir / "plugins.json").write_text(json.dumps(ckpt.plugin_list(registry), indent=2))
+            (start_dir / "plugins.json").write_text(json.dumps(plugin_list(registry), indent=2))
 
         # -- data and tokenizer (rank 0 first: it fills the caches the others then read)
         tok_dir = start_dir / "tokenizer"
@@ -336,10 +336,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
     def save(name: str) -> None:
         if world.is_main:
             with trainer.averaged() as raw:
-                ckpt.save_checkpoint(run_dir / "checkpoints" / name, model=model, optimizer=trainer.optimizer,
-                                     trainer_state=trainer_state(), config_yaml=dump_config(cfg),
-                                     plugins=ckpt.plugin_list(registry), save_tokenizer=tokenizer.save,
-                                     training_weights=raw)
+                save_checkpoint(run_dir / "checkpoints" / name, model=model, optimizer=trainer.optimizer,
+                                trainer_state=trainer_state(), config_yaml=dump_config(cfg),
+                                plugins=plugin_list(registry), save_tokenizer=tokenizer.save,
+                                training_weights=raw)
 
     def evaluate(final: bool = False) -> dict[str, float]:
         with trainer.averaged():
@@ -412,7 +412,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
     except TrainingDiverged as exc:
         telemetry.close()
         last = run_dir / "checkpoints" / "last"
-        kept = f"the last good checkpoint is {last} (step {ckpt.load_trainer_state(last)['step']})" \
+        kept = f"the last good checkpoint is {last} (step {load_trainer_state(last)['step']})" \
             if (last.exists() or last.with_name("last.old").exists()) else "no checkpoint was written yet"
         raise TrainingDiverged(f"{exc}; {kept}") from None
     except KeyboardInterrupt:

@@ -203,7 +203,7 @@ class Trainer:
 
     def restore(self, path) -> dict:
         """Continue from a checkpoint: weights, optimizer, RNG; returns its trainer state."""
-        from vantage_core.train.checkpoint import restore_checkpoint, restore_training_weights
+        from vantage_core.model.io import restore_checkpoint, restore_training_weights
 
         state = restore_checkpoint(path, model=self.model, optimizer=self.optimizer)
         if self.average is not None:

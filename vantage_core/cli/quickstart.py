@@ -60,7 +60,7 @@ def test_on_unseen(cfg, progress: bool = True, echo: Callable[[str], None] = pri
     through the same engine as ``vantage generate``."""
     from vantage_core.data.pipeline import load_split
     from vantage_core.evaluate.executor import execute
-    from vantage_core.inference.engine import load_engine, predict_examples
+    from vantage_core.inference.engine import Engine, predict_examples
     from vantage_core.train.evaluation import score
 
     run_dir = cfg.run.path
@@ -70,7 +70,7 @@ def test_on_unseen(cfg, progress: bool = True, echo: Callable[[str], None] = pri
     overlap = train_dbs & set(databases)
     if overlap:  # the claim "never seen" must hold, or the run says so
         echo(f"warning: {len(overlap)} test databases also occur in training: {sorted(overlap)[:5]}")
-    engine = load_engine(run_dir)
+    engine = Engine.load(run_dir)
     t = time.perf_counter()
     sqls = predict_examples(engine, test.examples, progress=progress)
     decode_s = time.perf_counter() - t

@@ -48,7 +48,7 @@ def report(size: int = 1024) -> Iterator[str]:
     from vantage_core import allocator
 
     yield f"allocator     {allocator.keep_freed_memory()}"
-    from vantage_core.inference.quantization import describe_form
+    from vantage_core.model.quantization import describe_form
 
     yield f"quantized     {describe_form()}"
     from vantage_core.plugins import registry
