@@ -1,2 +1,3 @@
-"""Looking inside trained models: SQL roles of tokens (:mod:`.roles`) and the
-expert-specialization atlas (:mod:`.atlas`, ``vantage analyze experts``)."""
+"""Looking inside trained models and their runs: SQL roles of tokens (:mod:`.roles`), the
+expert-specialization atlas (:mod:`.atlas`, ``vantage analyze experts``) and the page of
+figures from evaluated runs (:mod:`.report`, ``vantage report``)."""

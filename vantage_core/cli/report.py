@@ -28,7 +28,7 @@ def report(runs: tuple[str, ...], out: str | None, title: str, overwrite: bool) 
     system; each other system is compared seed by seed with the first RUN's. Reads only: nothing
     is trained or decoded.
     """
-    from vantage_core.evaluate.report import read_runs, write_report
+    from vantage_core.analysis.report import read_runs, write_report
 
     found = read_runs(list(runs))
     target = out if out is not None else str(Path(runs[0]).resolve().parent / "report")
