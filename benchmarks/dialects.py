@@ -41,7 +41,7 @@ def ties_only(sql: str, db, sqlite_path: str) -> bool:
     """Whether SQLite and the engine agree once the LIMIT is gone: then they only broke a tie of
     the ORDER BY differently, and both answers are right."""
     from vantage_core.evaluate import spider
-    from vantage_core.evaluate.executor import execute
+    from vantage_core.sql.sandbox import execute
 
     whole = without_limit(sql)
     if whole is None:
@@ -93,7 +93,7 @@ def introspection_seconds(server: str, n_tables: int = 500) -> float:
 
     import psycopg
 
-    from vantage_core.databases import Database, open_database
+    from vantage_core.sql.database import Database, open_database
 
     url = urllib.parse.urlunsplit(urllib.parse.urlsplit(server)._replace(path="/vantage_wide"))
     with psycopg.connect(server, autocommit=True) as admin:
@@ -122,9 +122,9 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from vantage_core.data.load_into import load_into
-    from vantage_core.databases import allow_privileged, open_database
+    from vantage_core.sql.database import allow_privileged, open_database
     from vantage_core.evaluate import spider
-    from vantage_core.evaluate.executor import execute
+    from vantage_core.sql.sandbox import execute
     from vantage_core.plugins import registry
 
     # --postgres is an administrator's URL (it creates the databases); the queries are gold SQL, and

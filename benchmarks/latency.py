@@ -38,11 +38,11 @@ def pct(xs, q):
 def forget_everything(engine) -> None:
     """Empty every cache a new database would miss: schema, cell values, frozen states."""
     from vantage_core.data import linking
+    from vantage_core.sql.database import close_all
 
-    engine._schemas.clear()
+    close_all()  # the connectors, and the schemas they read
     linking._column_values.cache_clear()
-    linking._sqlite_cased_values.cache_clear()
-    linking._connector_cased_values.cache_clear()
+    linking._cased_values.cache_clear()
     frozen = getattr(engine.model.schema_encoder, "frozen", None)
     if frozen is not None:
         frozen.pieces.clear()

@@ -123,7 +123,7 @@ def wants_run(i: int, share: float) -> bool:
 
 def mismatch(body: dict, answer: dict, db_file: Path | None) -> str | None:
     """Why ``answer`` is not the answer to ``body`` (None when it is)."""
-    from vantage_core.evaluate.executor import execute_unisolated
+    from vantage_core.sql.sandbox import execute_unisolated
 
     if not body.get("run"):
         return None if answer.get("rows") is None else "rows in an answer that did not ask to run"

@@ -18,7 +18,8 @@ from vantage_core.analysis.atlas import (collect_routing, count_matrix, entropy,
                                          expert_specialization, moe_blocks, mutual_information,
                                          shuffled_baseline, summarize, write_atlas)
 from vantage_core.analysis.roles import ROLES, piece_roles, sql_token_roles
-from vantage_core.data.example import Column, Example, ForeignKey, Schema, Table
+from vantage_core.data.example import Example
+from vantage_core.sql.schema import Column, ForeignKey, Schema, Table
 
 SCHEMA = Schema("music", [
     Table("singer", [Column("singer_id", "number"), Column("name"), Column("age", "number"), Column("year", "number")],

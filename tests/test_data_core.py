@@ -7,7 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from vantage_core.data.example import Column, ForeignKey, Schema, Table
+from vantage_core.sql.schema import Column, ForeignKey, Schema, Table
 
 
 @pytest.fixture(scope="module")

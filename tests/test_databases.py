@@ -19,8 +19,7 @@ import uuid
 import pytest
 
 from conftest import as_role, with_database
-from vantage_core.databases import (DialectResult, database_id, file_of_url, is_url, open_database, url_for,
-                                    url_scheme)
+from vantage_core.sql.database import DialectResult, database_id, file_of_url, is_url, open_database, url_for, url_scheme
 from vantage_core.errors import DataError
 
 TIMEOUT = 1.0
@@ -66,7 +65,7 @@ def pg_db(pg_server, source):
     summary = load_into(url, source, reader="vantage_test_reader")
     assert summary.tables == 2 and summary.rows == 502 and summary.keys_added == 3, summary.line()
     yield as_role(url, "vantage_test_reader")
-    from vantage_core.databases import close_all
+    from vantage_core.sql.database import close_all
 
     close_all()
     with psycopg.connect(pg_server, autocommit=True) as admin:
@@ -188,7 +187,7 @@ QUERIES = [  # SQLite SQL as the model writes it, with what SQLite means by it
 @pytest.mark.parametrize("sql", QUERIES)
 def test_dialect_round_trip_returns_sqlites_rows(url, source, sql):
     from vantage_core.evaluate import spider
-    from vantage_core.evaluate.executor import execute
+    from vantage_core.sql.sandbox import execute
 
     want = execute(str(source), sql)
     got = open_database(url).execute(sql)
@@ -219,7 +218,7 @@ def test_row_and_byte_caps(url):
 
 
 def test_digest_compares_cut_results_in_full(url, source):
-    from vantage_core.evaluate.executor import execute
+    from vantage_core.sql.sandbox import execute
 
     sql = "SELECT id, name FROM item"
     a = execute(str(source), sql, max_rows=10, digest=True)
@@ -297,7 +296,7 @@ def admin_of(reader_url: str, server_url: str) -> str:
 
 
 def test_postgresql_refuses_a_superuser_unless_allowed(pg_db, pg_server, monkeypatch):
-    from vantage_core.databases import ALLOW_PRIVILEGED_ENV
+    from vantage_core.sql.database import ALLOW_PRIVILEGED_ENV
     from vantage_core.plugins import registry
 
     admin = admin_of(pg_db, pg_server)
@@ -314,7 +313,7 @@ def test_postgresql_refuses_a_superuser_unless_allowed(pg_db, pg_server, monkeyp
 def test_postgresql_refuses_a_role_that_can_write_one_table(pg_db, pg_server, monkeypatch):
     import psycopg
 
-    from vantage_core.databases import ALLOW_PRIVILEGED_ENV
+    from vantage_core.sql.database import ALLOW_PRIVILEGED_ENV
     from vantage_core.plugins import registry
 
     monkeypatch.delenv(ALLOW_PRIVILEGED_ENV, raising=False)
@@ -388,7 +387,8 @@ def test_serve_lists_databases_given_by_url(duck_url, source):
 
 def test_execute_on_template_rewrites_the_databases():
     from vantage_core.cli.evaluate import on_engine
-    from vantage_core.data.example import Example, Schema
+    from vantage_core.data.example import Example
+    from vantage_core.sql.schema import Schema
 
     ex = Example(question="q", sql="SELECT 1", db_id="farm", schema=Schema("farm", []), db_paths=["/x/farm.sqlite"])
     assert on_engine([ex], "postgresql://u@/{db_id}?host=/tmp")[0].db_paths == ["postgresql://u@/farm?host=/tmp"]
@@ -423,7 +423,7 @@ def test_generate_refuses_a_superuser_url_unless_allow_privileged(model_dir, pg_
     import json
 
     from test_cli_errors import assert_one_error_line, run_cli
-    from vantage_core.databases import ALLOW_PRIVILEGED_ENV
+    from vantage_core.sql.database import ALLOW_PRIVILEGED_ENV
 
     monkeypatch.setenv(ALLOW_PRIVILEGED_ENV, "0")  # restored after the test (--allow-privileged sets it)
     args = ["generate", "-m", str(model_dir), "--db", admin_of(pg_db, pg_server), "how many items?", "--run",

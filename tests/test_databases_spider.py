@@ -27,9 +27,9 @@ def gold(tmp_path_factory):
 
 
 def agreement(examples, url_of) -> tuple[float, list]:
-    from vantage_core.databases import open_database
+    from vantage_core.sql.database import open_database
     from vantage_core.evaluate import spider
-    from vantage_core.evaluate.executor import execute
+    from vantage_core.sql.sandbox import execute
 
     same, n, wrong = 0, 0, []
     for ex in examples:
@@ -64,7 +64,7 @@ def test_gold_queries_agree_on_postgresql(gold, postgres_server):
     import psycopg
 
     from vantage_core.data.load_into import load_into
-    from vantage_core.databases import close_all
+    from vantage_core.sql.database import close_all
 
     server = postgres_server
     prefix = f"vs_{uuid.uuid4().hex[:6]}_"

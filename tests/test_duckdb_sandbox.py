@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from vantage_core.errors import DataError
-from vantage_core.evaluate.executor import Sandbox
+from vantage_core.sql.sandbox import Sandbox
 from vantage_plugins.databases.duckdb import GRACE_S, HEADROOM, DuckDBDatabase, DuckDBRunner, memory_bytes
 
 LIMIT = "256MB"

@@ -4,7 +4,8 @@ import sqlite3
 
 import pytest
 
-from vantage_core.data.example import Column, Example, Schema, Table
+from vantage_core.data.example import Example
+from vantage_core.sql.schema import Column, Schema, Table
 from vantage_plugins.metrics.bird import BirdExecution, BirdVES
 from vantage_plugins.metrics.valid_sql import ValidSQL
 from vantage_plugins.metrics.wikisql import WikiSQLExecution, WikiSQLLogicalForm, logical_form

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vantage_core.data.example import Column, Example, Schema, Table
+from vantage_core.data.example import Example
+from vantage_core.sql.schema import Column, Schema, Table
 from vantage_core.errors import DataError
 from vantage_core.evaluate.runner import evaluate_predictions, resolve_metrics, score_pairs
 
@@ -115,7 +116,7 @@ def test_training_scores_apply_the_configured_limits(tmp_path):
 
     from vantage_core.config import PluginSpec
     from vantage_core.data.example import Example
-    from vantage_core.data.schemas import schema_from_sqlite
+    from vantage_core.sql.sqlite_file import schema_from_sqlite
     from vantage_core.train.evaluation import score
 
     db = tmp_path / "n.sqlite"

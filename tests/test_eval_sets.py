@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
-from vantage_core.data.example import Column, Schema, Table
+from vantage_core.sql.schema import Column, Schema, Table
 from vantage_core.errors import DataError
 from vantage_plugins.datasets import outside
 from vantage_plugins.datasets.perturb import (SynonymTable, Term, load_synonym_tables, number_forms,

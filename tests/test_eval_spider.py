@@ -5,7 +5,8 @@ import sqlite3
 
 import pytest
 
-from vantage_core.data.example import Column, Example, ForeignKey, Schema, Table
+from vantage_core.data.example import Example
+from vantage_core.sql.schema import Column, ForeignKey, Schema, Table
 from vantage_core.evaluate import spider
 from vantage_plugins.metrics.spider_metrics import ExactMatch, ExecutionAccuracy
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vantage_core.evaluate.executor import Sandbox, execute, execute_unisolated
+from vantage_core.sql.sandbox import Sandbox, execute, execute_unisolated
 
 TIMEOUT = 1.0
 GRACE = 2.0
@@ -146,8 +146,8 @@ def test_read_only_runs_on_a_wal_database_leave_no_files_beside_it(tmp_path):
     """Every read-only path (the sandbox, the unisolated runner, the connector's schema and cell
     values, the schema readers) leaves a WAL-mode database's folder as it found it: no -wal, no
     -shm, the same bytes."""
-    from vantage_core.data.schemas import connect_readonly, schema_from_sqlite
-    from vantage_core.databases import open_database
+    from vantage_core.sql.sqlite_file import connect_readonly, schema_from_sqlite
+    from vantage_core.sql.database import open_database
     from vantage_core.evaluate.spider import _schema_from_sqlite
 
     path = _wal_database(tmp_path)

@@ -111,7 +111,7 @@ def shop(postgres_server, tmp_path_factory):
     import psycopg
 
     from vantage_core.data.load_into import load_into
-    from vantage_core.databases import close_all
+    from vantage_core.sql.database import close_all
 
     name = f"vh_{uuid.uuid4().hex[:10]}"
     admin = with_database(postgres_server, name)

@@ -1,4 +1,4 @@
-"""Hostile SQL through the SQLite sandbox (vantage_core/evaluate/executor.py): every statement is
+"""Hostile SQL through the SQLite sandbox (vantage_core/sql/sandbox.py): every statement is
 refused, or stopped by the deadline or the length and memory caps, or cut at the row cap. After
 each one the database file is byte-identical, its folder holds no new file (no journal, -wal,
 -shm, attached or vacuumed copy), no file was written elsewhere, and the next query answers."""
@@ -99,7 +99,7 @@ def file_state(path: str) -> tuple:
 def test_hostile_statement_changes_nothing(shop, name):
     """Each statement is refused, stopped or cut; the file and its folder stay as they were, and
     the next query answers."""
-    from vantage_core.evaluate.executor import execute
+    from vantage_core.sql.sandbox import execute
 
     sql, outcome = HOSTILE[name]
     before = file_state(shop)

@@ -8,7 +8,7 @@ import pytest
 from infer_standins import ToyDecoder
 import mlx.core as mx
 
-from vantage_core.data.example import Column, Schema, Table
+from vantage_core.sql.schema import Column, Schema, Table
 from vantage_core.inference.constraints import schema_violations
 from vantage_core.inference.decoding import decode
 from vantage_core.plugins import registry

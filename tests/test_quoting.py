@@ -10,11 +10,10 @@ import uuid
 
 import pytest
 
-from vantage_core.data.example import Column, Schema, Table
+from vantage_core.sql.schema import Column, Schema, Table
 from vantage_core.data.linking import schema_items
 from vantage_core.data.sql_actions import ITEM, VOCAB, render_sql
-from vantage_core.data.sql_names import (DUCKDB_KEYWORDS, KEYWORDS, POSTGRES_KEYWORDS, SQLITE_KEYWORDS,
-                                         needs_quotes, sql_name)
+from vantage_core.sql.names import DUCKDB_KEYWORDS, KEYWORDS, POSTGRES_KEYWORDS, SQLITE_KEYWORDS, needs_quotes, sql_name
 
 # (table, columns, rows): names that need quotes on some engine, beside one that needs none
 TABLES = [
@@ -139,7 +138,7 @@ def _queries() -> list[tuple[str, list[tuple]]]:
 
 
 def _runs_everywhere(url: str) -> None:
-    from vantage_core.databases import open_database
+    from vantage_core.sql.database import open_database
 
     db = open_database(url)
     assert sorted(t.name for t in db.schema().tables) == sorted(t for t, _, _ in TABLES)
@@ -168,7 +167,7 @@ def test_rendered_sql_runs_on_postgresql(postgres_server):
     import psycopg
 
     from conftest import as_role, with_database
-    from vantage_core.databases import close_all
+    from vantage_core.sql.database import close_all
 
     tag = uuid.uuid4().hex[:8]
     name, reader = f"vt_names_{tag}", f"vt_names_reader_{tag}"

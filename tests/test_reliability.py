@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from vantage_core.data.example import Column, Example, Schema, Table
-from vantage_core.evaluate.executor import Sandbox, SandboxPool, execute, execute_unisolated
+from vantage_core.data.example import Example
+from vantage_core.sql.schema import Column, Schema, Table
+from vantage_core.sql.sandbox import Sandbox, SandboxPool, execute, execute_unisolated
 from vantage_core.evaluate.runner import evaluate_predictions
 
 THREADS, QUERIES = 4, 40
@@ -115,7 +116,7 @@ def test_rows_past_the_cap_still_decide_the_score(big_db):
 
 
 def test_a_cut_result_is_never_equal_to_a_complete_one(big_db):
-    from vantage_core.evaluate.executor import same_result
+    from vantage_core.sql.result import same_result
     from vantage_core.evaluate.spider import results_equal
 
     with Sandbox() as box:
@@ -177,15 +178,15 @@ def test_unscorable_predictions_count_as_wrong(big_db):
 
 def test_many_threads_share_the_module_pool_from_a_cold_start(databases):
     """The pool itself is created once even when many threads make the first call together."""
-    import vantage_core.evaluate.executor as executor
+    import vantage_core.sql.sandbox as sandbox
 
-    executor._default = None
+    sandbox._default = None
     start = threading.Barrier(THREADS)
     seen: list[int] = []
 
     def first_call():
         start.wait(timeout=10)
-        seen.append(id(executor.default_sandbox()))
+        seen.append(id(sandbox.default_sandbox()))
 
     threads = [threading.Thread(target=first_call) for _ in range(THREADS)]
     for t in threads:

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from infer_fixture import make_db, make_model_dir
 from test_serve_api import LoopbackServer
 from vantage_core.errors import DataError
-from vantage_core.evaluate.executor import execute_unisolated
+from vantage_core.sql.sandbox import execute_unisolated
 from vantage_core.inference.engine import Engine
 from vantage_core.inference.serve import ServeSettings, create_app, public_message
 

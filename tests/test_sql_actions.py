@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from vantage_core.data.example import Column, ForeignKey, Schema, Table
+from vantage_core.sql.schema import Column, ForeignKey, Schema, Table
 from vantage_core.data.linking import NAME_EXACT, NAME_NONE, NAME_PARTIAL, column_values, schema_items
 from vantage_core.data.sql_actions import ITEM, QUESTION, VOCAB, SQLCodecError, encode_sql, render_sql
 from vantage_plugins.linkers.lexical import link

@@ -1,4 +1,4 @@
-"""The allow lists of vantage_core/sql_policy.py, on sqlglot trees alone (no engine): what a query
+"""The allow lists of vantage_core/sql/policy.py, on sqlglot trees alone (no engine): what a query
 over the data needs passes; anything else is refused with a message naming it."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import sqlglot
 
 from vantage_core.errors import DataError
-from vantage_core.sql_policy import MAX_BUILT_CHARS, check_query, check_sql
+from vantage_core.sql.policy import MAX_BUILT_CHARS, check_query, check_sql
 
 TABLES = ("item", "Category")
 

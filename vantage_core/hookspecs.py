@@ -101,16 +101,18 @@ def register_databases(register: Register) -> None:
     """Register database connectors; the name is the URL scheme that selects one
     (``duckdb:///file.duckdb`` builds the connector registered as ``duckdb``).
 
-    ``factory(url: str, **params)`` returns a :class:`vantage_core.databases.Database` (subclass it)
+    ``factory(url: str, **params)`` returns a :class:`vantage_core.sql.database.Database` (subclass it)
     for the database at ``url``, which does four things: ``schema()`` introspects tables, columns
-    (Spider's coarse types), primary and foreign keys into a :class:`~vantage_core.data.example.Schema`;
+    (Spider's coarse types), primary and foreign keys into a :class:`~vantage_core.sql.schema.Schema`;
     ``column_values(...)`` / ``cased_values(...)`` read distinct cell values for the schema linker,
     capped per column; ``transpile(sql)`` turns the model's SQLite SQL into the engine's dialect
     (sqlglot), refusing anything but one reading statement; ``execute(sql, timeout_s, max_rows,
     max_result_bytes, digest)`` checks the transpiled SQL on the engine (``EXPLAIN``) and runs it
-    read-only and bounded, returning a :class:`~vantage_core.databases.DialectResult` (rows, error,
-    both SQL texts) and never raising for bad SQL. The built-ins are ``sqlite``, ``duckdb`` and
-    ``postgresql`` (``plugins/vantage_plugins/databases/``).
+    read-only and bounded, returning a :class:`~vantage_core.sql.database.DialectResult` (rows, error,
+    both SQL texts) and never raising for bad SQL; ``signature()`` (optional) says what changes when
+    the database is written, so that what was read from it is read again. The built-ins are
+    ``sqlite`` (:mod:`vantage_core.sql.sqlite`), ``duckdb`` and ``postgresql``, all registered by
+    ``plugins/vantage_plugins/databases/``.
     """
 
 

@@ -66,7 +66,7 @@ class PieceRole:
 
 
 def schema_names(schema: Any) -> tuple[set[str], set[str]]:
-    """Lower-cased (table names, column names) of a :class:`~vantage_core.data.example.Schema`
+    """Lower-cased (table names, column names) of a :class:`~vantage_core.sql.schema.Schema`
     (empty sets for ``None``)."""
     if schema is None:
         return set(), set()

@@ -167,7 +167,7 @@ def load_into_cmd(url: str, source: str, replace: bool, reader: str | None) -> N
     """Copy a SQLite database into another engine (duckdb:///f.duckdb, postgresql://user@host/db) with
     its primary and foreign keys, so the same questions can be scored there."""
     from vantage_core.data.load_into import load_into
-    from vantage_core.databases import describe
+    from vantage_core.sql.database import describe
 
     summary = load_into(url, source, replace=replace, reader=reader)
     click.echo(f"{describe(url)}: {summary.line()}")

@@ -114,7 +114,7 @@ def on_engine(examples: list, template: str) -> list:
     """The examples with their databases replaced by ``template`` filled with each one's db_id."""
     import dataclasses
 
-    from vantage_core.databases import url_for
+    from vantage_core.sql.database import url_for
 
     return [dataclasses.replace(ex, db_paths=[url_for(template, ex.db_id)]) for ex in examples]
 

@@ -41,7 +41,7 @@ def database_option(value: str | None) -> str | None:
     """A --db value: a database URL as given (its connector checks it on use), or an existing file."""
     from pathlib import Path
 
-    from vantage_core.databases import is_url
+    from vantage_core.sql.database import is_url
 
     if value is None or is_url(value):
         return value

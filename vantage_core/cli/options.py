@@ -27,7 +27,7 @@ def allow_privileged_option(func):
 
     def allow(ctx, param, value):
         if value:
-            from vantage_core.databases import allow_privileged
+            from vantage_core.sql.database import allow_privileged
 
             allow_privileged()
 

@@ -59,7 +59,7 @@ def test_on_unseen(cfg, progress: bool = True, echo: Callable[[str], None] = pri
     """Decode the test split (databases disjoint from training) with the best checkpoint,
     through the same engine as ``vantage generate``."""
     from vantage_core.data.pipeline import load_split
-    from vantage_core.evaluate.executor import execute
+    from vantage_core.sql.sandbox import execute
     from vantage_core.inference.engine import Engine, predict_examples
     from vantage_core.train.evaluation import score
 

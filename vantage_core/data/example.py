@@ -1,4 +1,5 @@
-"""The example type every dataset adapter produces, and the adapter protocol."""
+"""The example type every dataset adapter produces, and the adapter protocol (the schema types
+are :mod:`vantage_core.sql.schema`'s)."""
 
 from __future__ import annotations
 
@@ -6,51 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-
-@dataclass
-class Column:
-    name: str  # as in the database
-    type: str = "text"  # text | number | time | boolean | others (Spider's coarse types)
-    natural_name: str | None = None  # "student id" for student_id, when the dataset gives one
-
-
-@dataclass
-class Table:
-    name: str
-    columns: list[Column]
-    natural_name: str | None = None
-    primary_keys: list[str] = field(default_factory=list)  # column names
-
-
-@dataclass
-class ForeignKey:
-    table: str
-    column: str
-    ref_table: str
-    ref_column: str
-
-
-@dataclass
-class Schema:
-    db_id: str
-    tables: list[Table]
-    foreign_keys: list[ForeignKey] = field(default_factory=list)
-
-    def table(self, name: str) -> Table | None:
-        low = name.lower()
-        return next((t for t in self.tables if t.name.lower() == low), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Schema":
-        return cls(
-            db_id=d["db_id"],
-            tables=[Table(t["name"], [Column(**c) for c in t["columns"]], t.get("natural_name"),
-                          list(t.get("primary_keys", []))) for t in d["tables"]],
-            foreign_keys=[ForeignKey(**fk) for fk in d.get("foreign_keys", [])],
-        )
+from vantage_core.sql.schema import Schema
 
 
 @dataclass

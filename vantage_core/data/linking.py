@@ -12,13 +12,11 @@ The built-in linker is ``lexical`` (``plugins/vantage_plugins/linkers/lexical.py
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from vantage_core.data.schemas import connect_readonly
-from vantage_core.data.sqlite_schema import file_signature
+from vantage_core.sql.database import open_database
 
 NAME_NONE, NAME_PARTIAL, NAME_EXACT = 0, 1, 2  # name-match features; value features are 0 or 1
 
@@ -52,7 +50,7 @@ class SchemaItem:
 
 
 def schema_items(schema) -> list[SchemaItem]:
-    """A :class:`~vantage_core.data.example.Schema` -> its tables, then every table's columns."""
+    """A :class:`~vantage_core.sql.schema.Schema` -> its tables, then every table's columns."""
     fk_cols = {(fk.table.lower(), fk.column.lower()) for fk in schema.foreign_keys}
     fk_cols |= {(fk.ref_table.lower(), fk.ref_column.lower()) for fk in schema.foreign_keys}
     items = []
@@ -70,52 +68,22 @@ def schema_items(schema) -> list[SchemaItem]:
     return items
 
 
-def _sqlite_file(db: str) -> str | None:
-    """The SQLite file a database path or ``sqlite:///`` URL names; None for another engine's URL."""
-    from vantage_core.databases import file_of_url, is_url, url_scheme
-
-    if not is_url(db):
-        return db
-    return file_of_url(db) if url_scheme(db) == "sqlite" else None
-
-
 def column_values(db_path: str | Path, schema, per_column: int = 5000, max_chars: int = 40) -> dict[tuple[str, str], set[str]]:
     """Normalized distinct text values of every text column: (table, column) lower -> values.
 
-    ``db_path``: a SQLite file, or a database URL (read through its connector, capped per column)."""
+    ``db_path``: a SQLite file or a database URL, read through its connector (capped per column).
+    Cached; a SQLite file written or replaced since is read again."""
     tables = tuple((t.name, tuple(c.name for c in t.columns if c.type == "text")) for t in schema.tables)
-    path = _sqlite_file(str(db_path))
-    if path is None:
-        return _connector_column_values(str(db_path), tables, per_column, max_chars)
-    return _column_values(path, file_signature(path), tables, per_column, max_chars)
+    db = open_database(db_path)
+    return _column_values(db.url, db.signature(), tables, per_column, max_chars)
 
 
 @lru_cache(maxsize=256)
-def _connector_column_values(url: str, tables: tuple, per_column: int, max_chars: int) -> dict:
-    from vantage_core.databases import open_database
-
+def _column_values(url: str, signature: tuple, tables: tuple, per_column: int, max_chars: int) -> dict:
+    """``signature``: the database's (:meth:`~vantage_core.sql.database.Database.signature`), so a
+    database written or replaced is read again."""
     raw = open_database(url).column_values(tables, per_column, max_chars)
     return {key: {v for v in map(normalize, vals) if v} for key, vals in raw.items()}
-
-
-@lru_cache(maxsize=256)
-def _column_values(db_path: str, signature: tuple, tables: tuple, per_column: int, max_chars: int) -> dict:
-    """``signature``: the file's (:func:`file_signature`), so a file written or replaced is read again."""
-    out: dict[tuple[str, str], set[str]] = {}
-    conn = connect_readonly(db_path)
-    try:
-        for table, cols in tables:
-            for col in cols:
-                try:
-                    rows = conn.execute(f'SELECT DISTINCT "{col}" FROM "{table}" WHERE "{col}" IS NOT NULL '
-                                        f'LIMIT {per_column}').fetchall()
-                except sqlite3.DatabaseError:
-                    continue
-                vals = {normalize(str(r[0])) for r in rows if len(str(r[0])) <= max_chars}
-                out[(table.lower(), col.lower())] = {v for v in vals if v}
-    finally:
-        conn.close()
-    return out
 
 
 def cased_values(db_path: str, per_column: int = 2000, max_chars: int = 60) -> dict[str, str]:
@@ -123,42 +91,13 @@ def cased_values(db_path: str, per_column: int = 2000, max_chars: int = 60) -> d
     value copied from the question the way the database spells it). ``db_path``: a SQLite file
     or a database URL (read through its connector). Cached; a SQLite file written or replaced
     since is read again."""
-    path = _sqlite_file(str(db_path))
-    if path is None:
-        return _connector_cased_values(str(db_path), per_column, max_chars)
-    return _sqlite_cased_values(path, file_signature(path), per_column, max_chars)
+    db = open_database(db_path)
+    return _cased_values(db.url, db.signature(), per_column, max_chars)
 
 
 @lru_cache(maxsize=64)
-def _connector_cased_values(url: str, per_column: int, max_chars: int) -> dict[str, str]:
-    from vantage_core.databases import open_database
-
+def _cased_values(url: str, signature: tuple, per_column: int, max_chars: int) -> dict[str, str]:
     return open_database(url).cased_values(per_column, max_chars)
-
-
-@lru_cache(maxsize=64)
-def _sqlite_cased_values(db_path: str, signature: tuple, per_column: int, max_chars: int) -> dict[str, str]:
-    out: dict[str, str] = {}
-    conn = connect_readonly(db_path)
-    try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for t in tables:
-            try:
-                cols = [r[1] for r in conn.execute(f'PRAGMA table_info("{t}")')]
-            except sqlite3.DatabaseError:
-                continue
-            for c in cols:
-                try:
-                    rows = conn.execute(f'SELECT DISTINCT "{c}" FROM "{t}" WHERE typeof("{c}") = \'text\' '
-                                        f'LIMIT {per_column}').fetchall()
-                except sqlite3.DatabaseError:
-                    continue
-                for (v,) in rows:
-                    if isinstance(v, str) and len(v) <= max_chars:
-                        out.setdefault(v.lower(), v)
-    finally:
-        conn.close()
-    return out
 
 
 @dataclass

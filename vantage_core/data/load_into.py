@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vantage_core.data.example import Schema
-from vantage_core.data.sql_names import quoted
+from vantage_core.sql.schema import Schema
+from vantage_core.sql.names import quoted
 from vantage_core.errors import DataError
 
 INTEGER, REAL, TEXT, BLOB = "integer", "real", "text", "blob"
@@ -87,7 +87,7 @@ def convert(value, kind: str):
 
 def read_sqlite(path: str | Path) -> tuple[Schema, list[SourceTable]]:
     """The schema and every table's rows of a SQLite file (opened read-only)."""
-    from vantage_core.data.schemas import connect_readonly, schema_from_sqlite
+    from vantage_core.sql.sqlite_file import connect_readonly, schema_from_sqlite
 
     schema = schema_from_sqlite(path)
     conn = connect_readonly(path)
@@ -134,7 +134,7 @@ def load_into(url: str, sqlite_path: str | Path, replace: bool = False, reader: 
     """Copy the SQLite database at ``sqlite_path`` into the database at ``url`` (created where the
     engine allows). ``replace``: drop tables of the same names first (else they must not exist).
     ``reader``: a role to grant SELECT on the copied tables (PostgreSQL)."""
-    from vantage_core.databases import describe, url_scheme
+    from vantage_core.sql.database import describe, url_scheme
 
     if not Path(sqlite_path).is_file():
         raise DataError(f"--from {sqlite_path}: no such SQLite file")

@@ -1,6 +1,5 @@
-"""Reading schemas from Spider-style ``tables.json`` entries, checking them against their
-SQLite files, and reading cell values (:mod:`vantage_core.data.sqlite_schema` reads a schema
-from the SQLite file itself)."""
+"""Reading schemas from Spider-style ``tables.json`` entries and checking them against their
+SQLite files (:mod:`vantage_core.sql.sqlite_file` reads a schema from the SQLite file itself)."""
 
 from __future__ import annotations
 
@@ -8,21 +7,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from vantage_core.data.example import Column, ForeignKey, Schema, Table
-from vantage_core.data.sqlite_schema import coarse_type, readonly_uri, schema_from_sqlite  # noqa: F401  (re-exported)
 from vantage_core.errors import DataError
-
-
-def connect_readonly(db_path: str | Path, timeout_s: float = 5.0) -> sqlite3.Connection:
-    """A read-only connection (:func:`readonly_uri`): data loading never writes to a dataset's
-    databases, nor leaves files beside them."""
-    path = Path(db_path)
-    if not path.is_file():
-        raise DataError(f"{path}: database file not found")
-    conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=timeout_s,
-                           check_same_thread=False)
-    conn.text_factory = lambda b: b.decode("utf-8", errors="replace")  # Spider has a few latin-1 cells
-    return conn
+from vantage_core.sql.schema import Column, ForeignKey, Schema, Table
+from vantage_core.sql.sqlite_file import connect_readonly
 
 
 def schema_from_spider_tables(entry: dict[str, Any], source: str = "tables.json") -> Schema:
@@ -89,20 +76,3 @@ def missing_in_database(schema: Schema, db_path: str | Path) -> list[str]:
             continue
         missing += [f"{t.name}.{c.name}" for c in t.columns if c.name.lower() not in cols]
     return missing
-
-
-def read_cell_values(db_path: str | Path, table: str, column: str, k: int, max_chars: int = 24) -> list[str]:
-    """Up to ``k`` distinct non-null values of a column, shortest first (they cost fewer tokens),
-    each cut to ``max_chars``."""
-    if k <= 0:
-        return []
-    conn = connect_readonly(db_path)
-    try:
-        rows = conn.execute(f'SELECT DISTINCT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL '
-                            f'AND TRIM(CAST("{column}" AS TEXT)) != \'\' LIMIT 200').fetchall()
-    except sqlite3.DatabaseError:
-        return []
-    finally:
-        conn.close()
-    values = sorted({str(r[0])[:max_chars] for r in rows}, key=lambda v: (len(v), v))
-    return values[:k]

@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from vantage_core.data.example import Example, Schema, Table
+from vantage_core.data.example import Example
+from vantage_core.sql.schema import Schema, Table
 from vantage_core.data.tokenizer import EVIDENCE, SEP, SQL
 
 TABLE_SEP = " | "
@@ -106,7 +107,7 @@ class _Pieces:
 
 def _schema_pieces(schema: Schema, cell_values: int, db_path: str | None,
                    count_tokens: Callable[[str], int], cache: dict | None) -> _Pieces:
-    from vantage_core.data.schemas import read_cell_values
+    from vantage_core.sql.values import sample_values
 
     key = ("pieces", schema.db_id, id(schema), db_path, cell_values, count_tokens)
     if cache is not None and key in cache:
@@ -118,7 +119,7 @@ def _schema_pieces(schema: Schema, cell_values: int, db_path: str | None,
         head_tokens[t.name] = count_tokens(heads[t.name])
         cols = []
         for c in t.columns:
-            values = read_cell_values(db_path, t.name, c.name, cell_values) \
+            values = sample_values(db_path, t.name, c.name, cell_values) \
                 if cell_values > 0 and db_path and c.type == "text" else []
             text = _column_text(t, c, fk_of, values)
             cols.append((c.name, text, count_tokens(text)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from vantage_core.data.linking import SchemaItem
-from vantage_core.data.sql_names import sql_name
+from vantage_core.sql.names import sql_name
 
 VOCAB, ITEM, QUESTION = 0, 1, 2
 PAD, BOS, EOS, VAL, LIKEVAL, NUM, UNK_LIT = "<pad>", "<s>", "</s>", "<val>", "<likeval>", "<num>", "<lit>"

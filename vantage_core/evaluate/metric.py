@@ -6,7 +6,8 @@ from collections import OrderedDict
 from typing import Any, Protocol, runtime_checkable
 
 from vantage_core.data.example import Example
-from vantage_core.evaluate.executor import ExecutionResult, Sandbox, same_result
+from vantage_core.sql.database import open_database
+from vantage_core.sql.result import ExecutionResult, same_result
 
 HARDNESS_ORDER = ("easy", "medium", "hard", "extra")
 
@@ -50,27 +51,19 @@ def summarize_by(scores: list[dict[str, Any]], key: str, name: str, group: str |
 
 
 class ExecutingMetric:
-    """Base for metrics that run SQL: a sandbox per process and a small cache of gold results
-    (gold queries repeat across metrics and test-suite databases)."""
+    """Base for metrics that run SQL, through each database's connector (a SQLite file in this
+    process's sandbox pool), with a small cache of gold results (gold queries repeat across
+    metrics and test-suite databases)."""
 
     def __init__(self, timeout_s: float = 5.0, max_rows: int = 10000, gold_cache: int = 512):
         self.timeout_s, self.max_rows, self.gold_cache_size = timeout_s, max_rows, gold_cache
-        self._sandbox: Sandbox | None = None
         self._gold: OrderedDict[tuple[str, str], ExecutionResult] = OrderedDict()
 
     def run(self, db_path: str, sql: str, digest: bool = False) -> ExecutionResult:
         """``digest``: read and hash the whole result (needed to compare results over the cap)."""
         if not sql.strip():
             return ExecutionResult(False, [], "empty query")
-        from vantage_core.databases import is_url
-
-        if is_url(db_path):  # another engine (`vantage evaluate --execute-on`): its connector's own limits
-            from vantage_core.databases import open_database
-
-            return open_database(db_path).execute(sql, self.timeout_s, self.max_rows, digest=digest)
-        if self._sandbox is None:
-            self._sandbox = Sandbox()
-        return self._sandbox.execute(db_path, sql, self.timeout_s, self.max_rows, digest=digest)
+        return open_database(db_path).execute(sql, self.timeout_s, self.max_rows, digest=digest)
 
     def run_prediction(self, db_path: str, sql: str, gold: ExecutionResult) -> ExecutionResult:
         """The prediction's result, hashed in full only when the gold's was cut at the cap
@@ -79,7 +72,7 @@ class ExecutingMetric:
 
     @staticmethod
     def same_rows(gold: ExecutionResult, pred: ExecutionResult, order_matters: bool, equal_rows) -> bool:
-        """Complete results compared with ``equal_rows``; see :func:`~vantage_core.evaluate.executor.same_result`."""
+        """Complete results compared with ``equal_rows``; see :func:`~vantage_core.sql.result.same_result`."""
         return same_result(gold, pred, order_matters, equal_rows)
 
     def run_gold(self, db_path: str, sql: str) -> ExecutionResult:
@@ -96,11 +89,10 @@ class ExecutingMetric:
         return result
 
     def close(self) -> None:
-        if self._sandbox is not None:
-            self._sandbox.close()
-            self._sandbox = None
+        """Forget the gold results held (the connectors stay open for the rest of the process)."""
+        self._gold.clear()
 
-    def __getstate__(self):  # travels as its settings; each process opens its own sandbox
+    def __getstate__(self):  # travels as its settings, without the gold results it holds
         state = dict(self.__dict__)
-        state["_sandbox"], state["_gold"] = None, OrderedDict()
+        state["_gold"] = OrderedDict()
         return state

@@ -39,9 +39,9 @@ from collections import Counter
 from itertools import product
 from typing import Any, Iterable
 
-from vantage_core.data.example import Schema
-from vantage_core.data.sql_names import quoted
-from vantage_core.data.sqlite_schema import readonly_uri
+from vantage_core.sql.schema import Schema
+from vantage_core.sql.names import quoted
+from vantage_core.sql.sqlite_file import readonly_uri
 
 MODES = ("compat", "corrected")
 

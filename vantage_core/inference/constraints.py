@@ -13,8 +13,8 @@ from typing import Any, Protocol, Sequence
 import mlx.core as mx
 import numpy as np
 
-from vantage_core.data.example import Schema
-from vantage_core.data.sql_names import quoted
+from vantage_core.sql.schema import Schema
+from vantage_core.sql.names import quoted
 
 
 class LogitsProcessor(Protocol):

@@ -5,7 +5,8 @@ export`` (through :func:`vantage_core.model.io.load_model`), or several of them 
 :class:`Engine` builds the request exactly as training did (for ``data.target: tokens`` the prompt
 of question and schema text; for ``actions`` the featurized question and schema, the database's
 schema encoded on the fly), decodes with the configured mode and constraint, and optionally picks
-among the candidates by executing them with the evaluation package's sandboxed, read-only executor:
+among the candidates by executing them read-only through the database's connector
+(:mod:`vantage_core.sql`):
 a candidate with rows first (``require_rows``), then any that runs, then a wider search
 (``retry_beam``), then a counted fallback (``fallback``).
 """
@@ -25,8 +26,9 @@ from typing import Any, Callable, Sequence
 import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
 
 from vantage_core.config import Config, InferenceConfig, plugin_params
-from vantage_core.data.example import Example, Schema
-from vantage_core.data.sql_names import quoted
+from vantage_core.data.example import Example
+from vantage_core.sql.names import quoted
+from vantage_core.sql.schema import Schema
 from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.inference.decoding import decode
 from vantage_core.inference.ensemble import load_ensemble
@@ -145,7 +147,6 @@ class Engine:
         self.routing_model = _RoutingModel(model)
         self.lock = threading.Lock()
         self._constraints: dict[str, Any] = {}
-        self._schemas: dict[str, tuple[Schema, tuple]] = {}  # path or URL -> (schema, file signature)
         self._linker = None
 
     @classmethod
@@ -166,25 +167,11 @@ class Engine:
 
     # -- pieces --------------------------------------------------------------------------
     def schema_of(self, db_path: str | Path) -> Schema:
-        """The schema of a SQLite file or of the database a URL names, cached by path or URL; a
-        SQLite file's is read again once the file was written or replaced (its signature)."""
-        from vantage_core.data.schemas import schema_from_sqlite
-        from vantage_core.data.sqlite_schema import file_signature
-        from vantage_core.databases import file_of_url, is_url, open_database, url_scheme
+        """The schema of a SQLite file or of the database a URL names, read through its connector
+        (which keeps it, and reads a SQLite file's again once the file was written or replaced)."""
+        from vantage_core.sql.database import open_database
 
-        key = str(db_path)
-        file = key if not is_url(key) else file_of_url(key) if url_scheme(key) == "sqlite" else None
-        if file is None:
-            if key not in self._schemas:
-                self._schemas[key] = (open_database(key).schema(), ())
-            return self._schemas[key][0]
-        if not Path(file).is_file():
-            raise DataError(f"{db_path}: no such SQLite file (or give a database URL: sqlite:///file.sqlite, "
-                            f"duckdb:///file.duckdb, postgresql://user@host/db)")
-        signature = file_signature(file)
-        if self._schemas.get(key, (None, None))[1] != signature:
-            self._schemas[key] = (schema_from_sqlite(file), signature)
-        return self._schemas[key][0]
+        return open_database(db_path).schema()
 
     def request(self, question: str, schema: Schema, db_path: str | None = None,
                 extras: dict | None = None) -> "Request":
@@ -415,14 +402,11 @@ class Engine:
         return g
 
     def _execute(self, db_path: str, sql: str):
-        """Run ``sql`` read-only: a SQLite file in the sandboxed pool; a URL through its connector
-        (transpiled to the engine's dialect, checked, bounded by the same limits)."""
-        from vantage_core.databases import is_url, open_database
-        from vantage_core.evaluate.executor import execute
+        """Run ``sql`` read-only through the database's connector: a SQLite file in the sandboxed
+        pool; another engine's database transpiled to its dialect, checked, bounded by the same limits."""
+        from vantage_core.sql.database import open_database
 
-        if is_url(db_path):
-            return open_database(db_path).execute(sql, self.config.evaluate.timeout_s, self.config.evaluate.max_rows)
-        return execute(db_path, sql, self.config.evaluate.timeout_s, self.config.evaluate.max_rows)
+        return open_database(db_path).execute(sql, self.config.evaluate.timeout_s, self.config.evaluate.max_rows)
 
     def _choose(self, candidates: list[Candidate], db_path: str, opts: InferenceConfig,
                 results: dict[int, Any]) -> tuple[int | None, str]:

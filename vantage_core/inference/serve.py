@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from vantage_core.data.example import Column, ForeignKey, Schema, Table
+from vantage_core.sql.schema import Column, ForeignKey, Schema, Table
 from vantage_core.errors import ConfigError, DataError, VantageError
 
 
@@ -204,7 +204,7 @@ def _table_of(statement: Any) -> tuple[Table, list[ForeignKey]]:
     column names the column as None). Columns may go without a type, as SQLite allows."""
     from sqlglot import exp
 
-    from vantage_core.data.schemas import coarse_type
+    from vantage_core.sql.schema import coarse_type
 
     if not isinstance(statement, exp.Create) or not isinstance(statement.this, exp.Schema):
         raise DataError(f"schema_sql: only CREATE TABLE statements are accepted, got: {statement.key.upper()}")
@@ -276,7 +276,7 @@ def find_databases(db_dirs: list[str], db_urls: list[str] = ()) -> dict[str, Pat
     """db_id -> SQLite file, from folders laid out as ``<db_id>/<db_id>.sqlite`` or ``<db_id>.sqlite``,
     and db_id -> URL for each database URL (``NAME=URL``, or the URL alone: then its database's
     name or file stem is the id)."""
-    from vantage_core.databases import database_id
+    from vantage_core.sql.database import database_id
 
     out: dict[str, Path | str] = {}
     for given in db_urls:

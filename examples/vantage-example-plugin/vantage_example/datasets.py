@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from vantage_core.data.example import Example, LoadReport
-from vantage_core.data.sqlite_schema import schema_from_sqlite
+from vantage_core.sql.sqlite_file import schema_from_sqlite
 from vantage_core.errors import DataError
 
 

@@ -1,6 +1,6 @@
 """Built-in database connectors (the ``database`` kind), one per URL scheme.
 
-``sqlite`` (:mod:`.sqlite`: the sandboxed worker pool of ``vantage_core.evaluate.executor``),
+``sqlite`` (:mod:`vantage_core.sql.sqlite`: the sandboxed worker pool of ``vantage_core.sql.sandbox``),
 ``duckdb`` (:mod:`.duckdb`: the file opened read-only, external access off, a memory limit, an
 interrupt at the deadline) and ``postgresql`` (:mod:`.postgresql`, psycopg 3: a read-only
 transaction, ``statement_timeout``, a server-side cursor read up to the row cap).
@@ -14,7 +14,7 @@ from vantage_core import hookimpl
 
 def _sqlite(url: str, **params):
     """SQLite files (sqlite:///path): the sandboxed, read-only worker pool."""
-    from vantage_plugins.databases.sqlite import SQLiteDatabase
+    from vantage_core.sql.sqlite import SQLiteDatabase
 
     return SQLiteDatabase(url, **params)
 

@@ -1,6 +1,6 @@
 """The ``duckdb`` connector (``duckdb:///path.duckdb``).
 
-Every query runs in a worker process (:class:`vantage_core.evaluate.executor.Sandbox`, the one
+Every query runs in a worker process (:class:`vantage_core.sql.sandbox.Sandbox`, the one
 SQLite's sandbox uses; a pool of them shared by every DuckDB file of the same settings) that opens the file ``read_only`` with external access off (no file reads
 or writes, no ATTACH, COPY, INSTALL or LOAD), extension autoloading off, no temporary directory
 (nothing spills to disk), DuckDB's own ``memory_limit``, one thread, and the configuration locked
@@ -21,14 +21,16 @@ import os
 import re
 import threading
 import time
+from itertools import chain
 from pathlib import Path
 
-from vantage_core.data.example import Column, ForeignKey, Schema, Table
-from vantage_core.data.sql_names import quoted
-from vantage_core.data.sqlite_schema import coarse_type, file_signature
-from vantage_core.databases import QueriedDatabase, fetch_bounded, file_of_url
 from vantage_core.errors import DataError
-from vantage_core.evaluate.executor import ExecutionResult, SandboxPool
+from vantage_core.sql.database import QueriedDatabase, file_of_url
+from vantage_core.sql.names import quoted
+from vantage_core.sql.result import ExecutionResult, fetch_bounded, plain
+from vantage_core.sql.sandbox import SandboxPool
+from vantage_core.sql.schema import Column, ForeignKey, Schema, Table, coarse_type
+from vantage_core.sql.sqlite_file import file_signature
 
 TEXT_TYPES = ("VARCHAR", "TEXT", "STRING", "CHAR")
 HEADROOM = 512 << 20  # the worker's address space past the memory limit: Python, the result, DuckDB's own
@@ -96,7 +98,8 @@ class DuckDBRunner:
         try:
             cur.execute("EXPLAIN " + sql)  # plans only: names, types and functions are checked first
             cur.execute(sql)
-            res = fetch_bounded(iter(lambda: cur.fetchmany(1000), []), max_rows, max_result_bytes, digest)
+            rows = chain.from_iterable(iter(lambda: cur.fetchmany(1000), []))
+            res = fetch_bounded(rows, max_rows, max_result_bytes, digest, plain)
         except duckdb.InterruptException:
             res = ExecutionResult(False, error=f"timed out after {timeout_s:g} s", timed_out=True)
         except duckdb.Error as exc:

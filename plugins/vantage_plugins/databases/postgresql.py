@@ -4,7 +4,7 @@ Model SQL runs as a role that can only read: a URL whose role is a superuser, ma
 or databases, replicate, bypass row security, or may create or write anything in the database is
 refused on connecting, with how to make a reader (``vantage data load-into URL --from FILE
 --reader ROLE``), unless privileged roles are allowed (``--allow-privileged``, unsafe: the allow
-lists are then the only guard). Before anything runs, :mod:`vantage_core.sql_policy` passes the
+lists are then the only guard). Before anything runs, :mod:`vantage_core.sql.policy` passes the
 statement or refuses it by name.
 
 Every statement runs in a transaction that is read-only from its first statement
@@ -19,13 +19,12 @@ result never travels past the row cap.
 from __future__ import annotations
 
 import time
-from itertools import count
+from itertools import chain, count
 
-from vantage_core.data.example import Column, ForeignKey, Schema, Table
-from vantage_core.data.sqlite_schema import coarse_type
-from vantage_core.databases import QueriedDatabase, describe, fetch_bounded, privileged_allowed
 from vantage_core.errors import DataError
-from vantage_core.evaluate.executor import ExecutionResult
+from vantage_core.sql.database import QueriedDatabase, describe, privileged_allowed
+from vantage_core.sql.result import ExecutionResult, fetch_bounded, plain
+from vantage_core.sql.schema import Column, ForeignKey, Schema, Table, coarse_type
 
 # predefined roles whose members reach the server's files, programs, other sessions or all data
 POWERFUL_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program",
@@ -226,7 +225,7 @@ class PostgreSQLDatabase(QueriedDatabase):
             conn.execute("EXPLAIN " + sql)  # plans only: names, types and functions are checked first
             with conn.cursor(name=f"vantage_{next(_names)}") as cur:
                 cur.execute(sql)
-                res = fetch_bounded(batches(cur), max_rows, max_result_bytes, digest)
+                res = fetch_bounded(chain.from_iterable(batches(cur)), max_rows, max_result_bytes, digest, plain)
         except errors.QueryCanceled:
             res = ExecutionResult(False, error=f"timed out after {timeout_s:g} s", timed_out=True)
         except psycopg.Error as exc:

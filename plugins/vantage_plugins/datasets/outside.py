@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vantage_core.data.example import Example, LoadReport
-from vantage_core.data.schemas import connect_readonly, schema_from_sqlite
-from vantage_core.data.sql_names import quoted
+from vantage_core.sql.sqlite_file import connect_readonly, schema_from_sqlite
+from vantage_core.sql.names import quoted
 from vantage_core.errors import DataError
 from vantage_plugins.datasets.files import read_yaml_data
 from vantage_plugins.datasets.synthetic import default_cache_dir

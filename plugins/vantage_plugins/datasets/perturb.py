@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vantage_core.data.example import Example, Schema
+from vantage_core.data.example import Example
+from vantage_core.sql.schema import Schema
 from vantage_core.errors import DataError
 from vantage_plugins.datasets.files import read_yaml_data
 

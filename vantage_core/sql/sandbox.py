@@ -22,13 +22,13 @@ A :class:`Sandbox` serves one caller at a time (a lock spans each request and it
 every answer carries its request's id), so threads never receive each other's rows; the
 module-level :func:`execute` spreads threads over a small :class:`SandboxPool`. Results are
 capped in rows and in bytes; with ``digest=True`` the worker reads the whole result and hashes
-it, so that two results cut at the cap are still compared in full (:func:`same_result`).
+it, so that two results cut at the cap are still compared in full
+(:func:`~vantage_core.sql.result.same_result`).
 """
 
 from __future__ import annotations
 
 import atexit
-import hashlib
 import itertools
 import os
 import pickle
@@ -38,10 +38,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from vantage_core.data.sqlite_schema import file_signature, readonly_uri
+from vantage_core.sql.result import DEFAULT_RESULT_BYTES, ExecutionResult, fetch_bounded
+from vantage_core.sql.sqlite_file import file_signature, readonly_uri
 
 # pragmas that only read; any other pragma is refused. database_list is not among them: it
 # returns the server's absolute path of the database file.
@@ -49,44 +49,9 @@ READ_ONLY_PRAGMAS = frozenset({
     "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
     "collation_list", "function_list", "table_list", "pragma_list",
 })
-# what a result may hold in the parent by default: rows past this many bytes are cut (truncated)
-DEFAULT_RESULT_BYTES = 32 << 20
 DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"})
 
 _ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE}
-
-
-@dataclass
-class ExecutionResult:
-    ok: bool
-    rows: list[tuple] = field(default_factory=list)
-    error: str | None = None
-    elapsed: float = 0.0  # seconds spent executing and fetching
-    timed_out: bool = False
-    truncated: bool = False  # over max_rows rows or max_result_bytes bytes: only the first ones are kept
-    n_rows: int | None = None  # rows in the whole result (None when reading stopped at the cap)
-    digest: str | None = None  # hash of the whole result as a multiset of rows (with digest=True)
-    ordered_digest: str | None = None  # hash of the whole result as a sequence of rows
-    peak_bytes: int | None = None  # the worker's peak resident memory while it ran the query (Linux)
-
-
-def same_result(gold: ExecutionResult, pred: ExecutionResult, order_matters: bool, equal_rows) -> bool:
-    """Whether two successful results are the same, comparing complete results only.
-
-    ``equal_rows(gold_rows, pred_rows, order_matters)`` decides for two complete results (the
-    benchmark's own semantics). A result cut at the cap is never equal to a complete one; two
-    cut results are equal only when their digests of every row agree (same row count, same rows
-    with the same column order), and never when a digest is missing.
-    """
-    if not gold.truncated and not pred.truncated:
-        return equal_rows(gold.rows, pred.rows, order_matters)
-    if not (gold.truncated and pred.truncated and gold.digest and pred.digest):
-        return False
-    if gold.n_rows != pred.n_rows:
-        return False
-    if order_matters:
-        return gold.ordered_digest == pred.ordered_digest
-    return gold.digest == pred.digest
 
 
 def _authorizer(action: int, arg1: Any, arg2: Any, db_name: Any, trigger: Any) -> int:
@@ -104,51 +69,6 @@ def _authorizer(action: int, arg1: Any, arg2: Any, db_name: Any, trigger: Any) -
 def _decode_text(b: bytes) -> str:
     # what the official Spider evaluator does: invalid UTF-8 is dropped, not an error
     return b.decode(errors="ignore")
-
-
-def _row_bytes(row: tuple) -> int:
-    """About what ``row`` costs once pickled: its text and blobs, 8 bytes per other value."""
-    return 16 + sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
-
-
-def _value_bytes(value: Any) -> bytes:
-    """A value's bytes for hashing; numbers equal in Python (1 and 1.0) hash the same."""
-    if value is None:
-        return b"n"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int):
-        return b"i" + str(value).encode()
-    if isinstance(value, float):
-        return b"f" + repr(value).encode()
-    if isinstance(value, str):
-        data = value.encode("utf-8", "surrogatepass")
-        return b"s" + len(data).to_bytes(8, "little") + data
-    data = bytes(value)
-    return b"b" + len(data).to_bytes(8, "little") + data
-
-
-class _ResultHasher:
-    """Digests of a whole result: as a multiset of rows (a sum of row hashes, so row order
-    does not matter) and as a sequence of rows (a running hash)."""
-
-    _MOD = 1 << 128
-
-    def __init__(self) -> None:
-        self.multiset = 0
-        self.sequence = hashlib.blake2b(digest_size=16)
-
-    def add(self, row: tuple) -> None:
-        h = hashlib.blake2b(digest_size=16)
-        for value in row:
-            h.update(_value_bytes(value))
-        h.update(b"|%d" % len(row))  # (a, b) and (ab,) differ
-        row_digest = h.digest()
-        self.multiset = (self.multiset + int.from_bytes(row_digest, "little")) % self._MOD
-        self.sequence.update(row_digest)
-
-    def digests(self) -> tuple[str, str]:
-        return f"{self.multiset:032x}", self.sequence.hexdigest()
 
 
 def _warm_pragma_tables(conn: sqlite3.Connection) -> None:
@@ -214,7 +134,7 @@ class _QueryRunner:
             cur = conn.execute(sql)  # sqlite3 refuses more than one statement
             if cur.description is None:  # an empty string, a comment, a lone ";"
                 raise sqlite3.ProgrammingError("the statement is not a query (it returns no columns)")
-            result = self._fetch(cur, max_rows, max_result_bytes, digest)
+            result = fetch_bounded(cur, max_rows, max_result_bytes, digest)
             cur.close()
             result.elapsed = time.monotonic() - start
             return result
@@ -225,33 +145,6 @@ class _QueryRunner:
             return ExecutionResult(False, [], error, elapsed, timed_out)
         finally:
             self.deadline = float("inf")
-
-    @staticmethod
-    def _fetch(cur: sqlite3.Cursor, max_rows: int, max_result_bytes: int, digest: bool) -> ExecutionResult:
-        """The rows up to the row and byte caps; with ``digest``, every row is read and hashed
-        (one at a time, so a long result costs time, bounded by the deadline, not memory)."""
-        rows: list[tuple] = []
-        kept_bytes, seen, truncated = 0, 0, False
-        hasher = _ResultHasher() if digest else None
-        for row in cur:
-            seen += 1
-            if hasher is not None:
-                hasher.add(row)
-            if not truncated:
-                size = _row_bytes(row)
-                if len(rows) < max_rows and kept_bytes + size <= max_result_bytes:
-                    rows.append(row)
-                    kept_bytes += size
-                else:
-                    truncated = True
-            if truncated and hasher is None:
-                break  # no digest asked: nothing past the cap is needed
-        result = ExecutionResult(True, rows, None, 0.0, False, truncated)
-        if hasher is not None or not truncated:
-            result.n_rows = seen
-        if hasher is not None:
-            result.digest, result.ordered_digest = hasher.digests()
-        return result
 
 
 def _status_bytes(key: str) -> int | None:
@@ -361,7 +254,7 @@ def _serve(mem_bytes: int, retire_bytes: int) -> None:
 class Sandbox:
     """A worker process that runs one query at a time; killed and replaced on overrun.
 
-    The worker is a fresh interpreter (``python -m vantage_core.evaluate.executor``), so it
+    The worker is a fresh interpreter (``python -m vantage_core.sql.sandbox``), so it
     inherits no threads or heap from the caller and needs no ``__main__`` guard there.
     ``grace_s`` is how long past the query's own time limit the parent waits before it kills the
     worker (the in-process progress handler normally stops the query first). ``mem_bytes`` is
@@ -390,7 +283,7 @@ class Sandbox:
     def _start(self) -> None:
         """A fresh worker, sent its runner; returns once it says it is ready (its start-up is not
         counted against the first query's time)."""
-        cmd = [sys.executable, "-m", "vantage_core.evaluate.executor", str(self.mem_bytes), str(self.retire_bytes)]
+        cmd = [sys.executable, "-m", "vantage_core.sql.sandbox", str(self.mem_bytes), str(self.retire_bytes)]
         # no BLAS threads; one malloc arena (each more reserves 64 MB of the capped address space)
         env = dict(os.environ, VANTAGE_BLAS="none", MALLOC_ARENA_MAX="1")
         self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -560,7 +453,7 @@ def execute(db_path: str, sql: str, timeout_s: float = 5.0, max_rows: int = 1000
     Never raises for a bad query: failures, refusals and time-outs come back as
     ``ExecutionResult(ok=False, error=..., timed_out=...)``. Results are cut at ``max_rows``
     rows and ``max_result_bytes`` bytes (``truncated``); ``digest=True`` reads and hashes the
-    whole result (see :func:`same_result`). Safe to call from any number of threads.
+    whole result (see :func:`~vantage_core.sql.result.same_result`). Safe to call from any number of threads.
     """
     return default_sandbox().execute(db_path, sql, timeout_s, max_rows, max_result_bytes, digest)
 
@@ -581,6 +474,6 @@ _local = threading.local()
 
 if __name__ == "__main__":
     # import ourselves by name so that pickled results name this module, not __main__
-    from vantage_core.evaluate.executor import _serve as serve
+    from vantage_core.sql.sandbox import _serve as serve
 
     serve(int(sys.argv[1]), int(sys.argv[2]))

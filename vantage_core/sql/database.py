@@ -3,9 +3,11 @@
 The model writes SQLite SQL (it was trained on it). A :class:`Database` connector reads a
 database's schema and cell values, and runs that SQL on its own engine: it transpiles it with
 sqlglot to the engine's dialect, checks it there (``EXPLAIN``) and executes it read-only, bounded
-in time, rows, bytes and memory. Built-ins (``plugins/vantage_plugins/databases/``): ``sqlite``,
+in time, rows, bytes and memory. Built-ins, registered by ``plugins/vantage_plugins/databases/``:
+``sqlite`` (:mod:`vantage_core.sql.sqlite`, over the sandbox of :mod:`vantage_core.sql.sandbox`),
 ``duckdb`` and ``postgresql``; a plugin adds another engine with ``register_databases``
-(``vantage_core/hookspecs.py``).
+(``vantage_core/hookspecs.py``). Callers name a database by path or URL and go through
+:func:`open_database`; nothing else tells the two apart (:func:`database_url`).
 
 A database is named by a URL whose scheme is the connector's registered name:
 ``sqlite:///relative.sqlite``, ``sqlite:////absolute/path.sqlite`` (SQLAlchemy's convention: the
@@ -15,22 +17,19 @@ path follows the third slash), ``duckdb:///file.duckdb``, ``postgresql://user@ho
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import os
 import re
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-from vantage_core.data.example import Schema
-from vantage_core.data.sql_names import quoted
 from vantage_core.errors import DataError, VantageError
-from vantage_core.evaluate.executor import ExecutionResult, _ResultHasher, _row_bytes
+from vantage_core.sql.result import DEFAULT_RESULT_BYTES, ExecutionResult
+from vantage_core.sql.schema import Schema
+from vantage_core.sql.values import distinct_query
 
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9.\-]*)(\+[A-Za-z0-9_.\-]+)?://")
 ALIASES = {"postgres": "postgresql"}
-DEFAULT_RESULT_BYTES = 32 << 20
 # "1": a connector may run model SQL as a role that can write or administer (--allow-privileged;
 # an environment variable, so that evaluation's spawned workers inherit it)
 ALLOW_PRIVILEGED_ENV = "VANTAGE_ALLOW_PRIVILEGED"
@@ -44,6 +43,13 @@ class DialectResult(ExecutionResult):
     sql: str = ""
     transpiled: str = ""
     dialect: str = "sqlite"
+
+
+def database_url(target: Any) -> str:
+    """The URL ``target`` names: a database URL as given, anything else as the SQLite file path
+    of ``sqlite:///path``."""
+    text = str(target)
+    return text if is_url(text) else "sqlite:///" + text
 
 
 def is_url(target: Any) -> bool:
@@ -107,16 +113,24 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         self._schema: Schema | None = None
+        self._schema_signature: tuple = ()
         # one statement at a time per connection (re-entrant: reading values introspects first)
         self._lock = threading.RLock()
 
     # -- the four duties -------------------------------------------------------------------
     def schema(self) -> Schema:
-        """Tables, columns (Spider's coarse types), primary and foreign keys (read once)."""
+        """Tables, columns (Spider's coarse types), primary and foreign keys (read once, and
+        again when :meth:`signature` changed)."""
         with self._lock:
-            if self._schema is None:
-                self._schema = self._introspect()
+            signature = self.signature()
+            if self._schema is None or signature != self._schema_signature:
+                self._schema, self._schema_signature = self._introspect(), signature
             return self._schema
+
+    def signature(self) -> tuple:
+        """What changes when the database is written or replaced, for caches of what was read
+        from it; ``()`` (the default) when the connector cannot tell: read once."""
+        return ()
 
     def transpile(self, sql: str) -> str:
         """``sql`` (SQLite's dialect) in the engine's dialect; :class:`DataError` when it is not
@@ -359,7 +373,7 @@ class Database:
     def _check_tree(self, tree: Any) -> None:
         """Refuse a statement the engine would run but must not; raises :class:`DataError`.
         Default: anything but one query that reads (a subclass checks more)."""
-        from vantage_core.sql_policy import TOP, engine_name
+        from vantage_core.sql.policy import TOP, engine_name
 
         if type(tree).__name__ not in TOP:
             raise DataError(f"only queries that read are run on {engine_name(self.dialect)} (SELECT, UNION, ...); "
@@ -377,7 +391,7 @@ class Database:
 class QueriedDatabase(Database):
     """A connector that runs its own queries (DuckDB, PostgreSQL): introspection records the
     text columns in ``_text``, cell values come from a bounded ``SELECT DISTINCT`` through
-    ``_run``, and a statement runs only when :mod:`vantage_core.sql_policy`'s allow lists pass
+    ``_run``, and a statement runs only when :mod:`vantage_core.sql.policy`'s allow lists pass
     it, both as parsed and as written in the engine's dialect, reading this database's tables."""
 
     def __init__(self, url: str):
@@ -388,9 +402,7 @@ class QueriedDatabase(Database):
         self.schema()
         if (table.lower(), column.lower()) not in self._text:
             return []
-        q, c = quoted(table), quoted(column)
-        res = self._run(f"SELECT DISTINCT {c} FROM {q} WHERE {c} IS NOT NULL LIMIT {int(limit)}", 10.0, limit,
-                        1 << 26, False)
+        res = self._run(distinct_query(table, column, limit), 10.0, limit, 1 << 26, False)
         return [r[0] for r in res.rows if isinstance(r[0], str)] if res.ok else []
 
     def _readable_tables(self) -> list[str]:
@@ -398,12 +410,12 @@ class QueriedDatabase(Database):
         return [t.name for t in self.schema().tables]
 
     def _check_tree(self, tree: Any) -> None:
-        from vantage_core.sql_policy import check_query
+        from vantage_core.sql.policy import check_query
 
         check_query(tree, self.dialect, self._readable_tables())
 
     def _check_written(self, sql: str) -> None:
-        from vantage_core.sql_policy import check_sql
+        from vantage_core.sql.policy import check_sql
 
         check_sql(sql, self.dialect, self._readable_tables())
 
@@ -416,49 +428,6 @@ def _number_or_none(text: str) -> float | None:
         return None
 
 
-def plain(value: Any) -> Any:
-    """A value as SQLite's driver would give it, so results compare across engines: decimals as
-    int or float (infinite and NaN ones as float), dates and times as ISO text, binary as bytes."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, decimal.Decimal):
-        return int(value) if value.is_finite() and value == value.to_integral_value() else float(value)
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat(sep=" ") if isinstance(value, datetime.datetime) else value.isoformat()
-    if isinstance(value, memoryview):
-        return bytes(value)
-    if isinstance(value, (list, dict, tuple)):
-        return str(value)
-    return value
-
-
-def fetch_bounded(batches, max_rows: int, max_result_bytes: int, digest: bool) -> ExecutionResult:
-    """Rows from an iterator of row batches, cut at ``max_rows`` rows or ``max_result_bytes``
-    bytes (then ``truncated``); with ``digest`` the whole result is read and hashed, as the SQLite
-    sandbox does, so that two cut results still compare in full."""
-    rows: list[tuple] = []
-    size, n, cut = 0, 0, False
-    hasher = _ResultHasher() if digest else None
-    for batch in batches:
-        for raw in batch:
-            row = tuple(plain(v) for v in raw)
-            n += 1
-            if hasher is not None:
-                hasher.add(row)
-            if not cut:
-                size += _row_bytes(row)
-                if len(rows) >= max_rows or size > max_result_bytes:
-                    cut = True
-                else:
-                    rows.append(row)
-            if cut and hasher is None:
-                return ExecutionResult(True, rows, truncated=True)
-    res = ExecutionResult(True, rows, truncated=cut, n_rows=n)
-    if hasher is not None:
-        res.digest, res.ordered_digest = hasher.digests()
-    return res
-
-
 # ---------------------------------------------------------------------------- URL -> connector
 
 _OPEN: dict[tuple[int, str], Database] = {}
@@ -469,7 +438,7 @@ def open_database(target: Any, registry: Any = None) -> Database:
     """The connector for a URL or a SQLite file path (one per URL, kept open for reuse).
 
     An unknown scheme is an error that lists the registered ones."""
-    url = str(target) if is_url(str(target)) else "sqlite:///" + str(target)
+    url = database_url(target)
     key = (os.getpid(), url)  # a forked worker opens its own connections, never its parent's
     with _OPEN_LOCK:
         if key in _OPEN and registry is None:
@@ -513,7 +482,7 @@ def database_id(given: str) -> tuple[str, str]:
     head, sep, tail = given.partition("=")
     if sep and re.fullmatch(r"[A-Za-z0-9_.\-]+", head) and (is_url(tail) or not is_url(given)):
         return head, tail
-    url = given if is_url(given) else "sqlite:///" + given
+    url = database_url(given)
     if url_scheme(url) == "postgresql":
         parts = urllib.parse.urlsplit(url)
         name = parts.path.lstrip("/") or urllib.parse.parse_qs(parts.query).get("dbname", [""])[0]

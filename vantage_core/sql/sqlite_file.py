@@ -1,4 +1,6 @@
-"""Read a :class:`Schema` straight from a SQLite file (for databases that come without a schema file)."""
+"""A SQLite file opened read-only without leaving anything beside it (:func:`readonly_uri`,
+:func:`connect_readonly`), what tells that it changed (:func:`file_signature`), and its
+:class:`~vantage_core.sql.schema.Schema` read from the file itself (:func:`schema_from_sqlite`)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ import sqlite3
 import urllib.parse
 from pathlib import Path
 
-from vantage_core.data.example import Column, ForeignKey, Schema, Table
-from vantage_core.data.sql_names import quoted
 from vantage_core.errors import DataError
+from vantage_core.sql.names import quoted
+from vantage_core.sql.schema import Column, ForeignKey, Schema, Table, coarse_type
 
 
 def is_wal_file(path: str | Path) -> bool:
@@ -47,18 +49,16 @@ def file_signature(path: str | Path) -> tuple:
     return st.st_ino, st.st_size, st.st_mtime_ns, os.path.exists(str(path) + "-wal")
 
 
-def coarse_type(declared: str) -> str:
-    """Spider's coarse column types from a declared SQLite type."""
-    t = (declared or "").lower()
-    if any(k in t for k in ("int", "real", "floa", "doub", "num", "dec")):
-        return "number"
-    if any(k in t for k in ("date", "time", "year")):
-        return "time"
-    if "bool" in t:
-        return "boolean"
-    if any(k in t for k in ("char", "text", "clob", "string")) or not t:
-        return "text"
-    return "others"
+def connect_readonly(db_path: str | Path, timeout_s: float = 5.0) -> sqlite3.Connection:
+    """A read-only connection (:func:`readonly_uri`): data loading never writes to a dataset's
+    databases, nor leaves files beside them."""
+    path = Path(db_path)
+    if not path.is_file():
+        raise DataError(f"{path}: database file not found")
+    conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=timeout_s,
+                           check_same_thread=False)
+    conn.text_factory = lambda b: b.decode("utf-8", errors="replace")  # Spider has a few latin-1 cells
+    return conn
 
 
 def schema_from_sqlite(db_path: str | Path, db_id: str | None = None) -> Schema:
