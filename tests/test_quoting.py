@@ -133,6 +133,20 @@ def source(tmp_path_factory):
     return path
 
 
+def test_cell_value_readers_quote_awkward_names(source):
+    """The linker's values, the value writer's cased values and the schema text's sample values
+    are read from columns whose names hold spaces, quotes and keywords, not skipped."""
+    from vantage_core.data.linking import cased_values, column_values
+    from vantage_core.sql.sqlite_file import schema_from_sqlite
+    from vantage_core.sql.values import sample_values
+
+    values = column_values(source, schema_from_sqlite(source))
+    assert values[("my table", 'a "quoted" col')] == {"c"} and values[("select", "order")] == {"a", "b"}
+    assert cased_values(str(source))["c"] == "c"
+    assert sample_values(source, "my table", 'a "quoted" col', 5) == ["c"]
+    assert sample_values(source, "select", "order", 5) == ["a", "b"]
+
+
 def _queries() -> list[tuple[str, list[tuple]]]:
     return [(_rendered(t, cols, where=cols[0]), sorted(rows)) for t, cols, rows in TABLES]
 
