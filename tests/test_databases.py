@@ -451,3 +451,19 @@ def test_serve_answers_over_a_database_url(model_dir, duck_url):
                                               "decoding": "greedy", "max_new_tokens": 8})
     assert reply.status_code == 200, reply.text
     assert reply.json()["dialect"] == "duckdb"
+
+
+@pytest.mark.parametrize("name", ["odd?name.sqlite", "100%.sqlite", "a b#c.sqlite"])
+def test_a_bare_path_names_its_file_whatever_its_characters(tmp_path, name):
+    """A SQLite file given as a plain path opens that file, even when its name holds characters
+    that mean something in a URL (``?``, ``%``, ``#``)."""
+    path = tmp_path / name
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE shelf (book TEXT)")
+    con.execute("INSERT INTO shelf VALUES ('Dune')")
+    con.commit()
+    con.close()
+    db = open_database(str(path))
+    assert [t.name for t in db.schema().tables] == ["shelf"]
+    assert db.execute("SELECT book FROM shelf").rows == [("Dune",)]
+    assert database_id(str(path))[0] == path.stem

@@ -22,6 +22,7 @@ import re
 import threading
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote
 
 from vantage_core.errors import DataError, VantageError
 from vantage_core.sql.result import DEFAULT_RESULT_BYTES, ExecutionResult
@@ -49,7 +50,7 @@ def database_url(target: Any) -> str:
     """The URL ``target`` names: a database URL as given, anything else as the SQLite file path
     of ``sqlite:///path``."""
     text = str(target)
-    return text if is_url(text) else "sqlite:///" + text
+    return text if is_url(text) else "sqlite:///" + quote(text, safe="/")
 
 
 def is_url(target: Any) -> bool:
@@ -69,8 +70,9 @@ def url_scheme(url: str) -> str:
 
 def file_of_url(url: str) -> str:
     """The file a ``scheme:///path`` URL names (SQLAlchemy's convention: ``sqlite:///rel.sqlite``
-    is relative, ``sqlite:////abs.sqlite`` absolute); the query string is dropped."""
-    rest = URL_SCHEME.sub("", url, count=1).split("?", 1)[0]
+    is relative, ``sqlite:////abs.sqlite`` absolute); the query string is dropped and percent
+    escapes are decoded (``my%3Fdb.sqlite`` names ``my?db.sqlite``)."""
+    rest = unquote(URL_SCHEME.sub("", url, count=1).split("?", 1)[0])
     if not rest.startswith("/"):
         raise DataError(f"{url!r}: a file database's URL is scheme:///path (three slashes, then the path; "
                         f"four for an absolute path)")
