@@ -285,7 +285,10 @@ PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", 
 MAX_YAML_NODES = 200_000  # more is an alias bomb, not a config
 
 
-def _read_yaml(text: str, source: str) -> tuple[Any, Lines]:
+def read_yaml_lines(text: str, source: str) -> tuple[Any, Lines]:
+    """The plain data of a YAML text and the line of each of its values (keyed by the path of
+    keys and indices); anything YAML could run or expand without bound is one :class:`ConfigError`
+    naming ``source``, the line and the field."""
     try:
         node = yaml.compose(text, Loader=_Loader)
     except RecursionError:
@@ -444,7 +447,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
             text = read_utf8(path, ConfigError)
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from None
-        data, lines = _read_yaml(text, str(path))
+        data, lines = read_yaml_lines(text, str(path))
         source = str(path)
     else:
         data, lines, source = copy.deepcopy(base or {}), {}, "(defaults)"
@@ -561,7 +564,7 @@ def expand_sweep(path: str | os.PathLike) -> tuple[Path, str, list[SweepRun]]:
     """
     path = Path(path)
     try:
-        data, lines = _read_yaml(read_utf8(path, ConfigError), str(path))
+        data, lines = read_yaml_lines(read_utf8(path, ConfigError), str(path))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the sweep file: {exc.strerror or exc}") from None
     located = Located(data if isinstance(data, dict) else {}, lines, str(path))

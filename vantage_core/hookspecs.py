@@ -86,7 +86,9 @@ def register_schema_linkers(register: Register) -> None:
     - ``link(question_words: list[str], items: list[SchemaItem], values: dict[tuple[str, str],
       set[str]] | None) -> Links``, with ``SchemaItem`` and ``Links`` those of
       ``vantage_core.data.linking``. ``values`` maps ``(table, column)`` (lower-cased)
-      to the column's normalized distinct values, or is ``None`` when ``uses_values`` is false.
+      to the column's normalized distinct values (and the meanings schema notes give them), or
+      is ``None`` when ``uses_values`` is false. An item's ``synonyms`` (from schema notes) are
+      other names it goes by, as normalized words like its ``words``.
 
     ``Links`` holds per-item features (``item_name``, ``item_value``: one per item) and per-word
     features (``word_table``, ``word_column``, ``word_value``: one per question word). The model

@@ -119,6 +119,17 @@ def on_engine(examples: list, template: str) -> list:
     return [dataclasses.replace(ex, db_paths=[url_for(template, ex.db_id)]) for ex in examples]
 
 
+def noted_examples(examples: list, template: str | None) -> list:
+    """The examples with their databases' notes applied (``--notes`` template, else the file
+    beside each database), saying which databases have notes from where."""
+    from vantage_core.data.notes import examples_with_notes
+
+    examples, used = examples_with_notes(examples, template)
+    if used:
+        click.echo("schema notes: " + ", ".join(f"{db} ({path})" for db, path in sorted(used.items())), err=True)
+    return examples
+
+
 def _param(text: str) -> tuple[str, object]:
     import yaml
 
@@ -181,10 +192,15 @@ def in_quantized_form(engine, checkpoints, form: str):
 @click.option("--execute-on", "execute_on", default=None, metavar="URL-TEMPLATE",
               help="Score execution on another engine: a database URL with {db_id} for each example's database "
                    "(postgresql://user@host/{db_id}, duckdb:///dbs/{db_id}.duckdb; fill them with `vantage data load-into`).")
+@click.option("--notes", "notes", default=None, metavar="PATH-TEMPLATE",
+              help="With --checkpoint: schema notes per database, a path with {db_id} (notes/{db_id}.notes.yaml; "
+                   "docs/databases.md). The file beside each database (shop.sqlite -> shop.notes.yaml) is read too.")
+@click.option("--no-notes", "no_notes", is_flag=True,
+              help="With --checkpoint: read no notes file (neither --notes nor the files beside the databases).")
 @config_options
 @allow_privileged_option
 def evaluate(predictions_path, checkpoints, dataset, split, dataset_params, metric_names, limit, align, workers,
-             out_dir, execute_on=None, **options) -> None:
+             out_dir, execute_on=None, notes=None, no_notes=False, **options) -> None:
     """Score a model (--checkpoint) or any system's predictions file against a dataset split.
 
     Writes the predictions in the official formats, per-example results (results.jsonl), a
@@ -221,6 +237,12 @@ def evaluate(predictions_path, checkpoints, dataset, split, dataset_params, metr
     report = adapter.load(split)
     click.echo(report.summary(dataset, split), err=True)
     examples = report.examples[:limit] if limit else report.examples
+    if (notes or no_notes) and engine is None:
+        raise click.UsageError("--notes and --no-notes go with --checkpoint (notes change what the model reads)")
+    if notes and no_notes:
+        raise click.UsageError("give at most one of --notes and --no-notes")
+    if engine is not None and not no_notes:
+        examples = noted_examples(examples, notes)
     if engine is not None:
         from vantage_core.inference.engine import predict_examples
 

@@ -71,16 +71,20 @@ def _table(rows: list[list], max_rows: int = 20, width: int = 32) -> str:
 @click.argument("question", required=False)
 @click.option("--questions", type=click.Path(exists=True, dir_okay=False),
               help="A file of questions, one per line (blank lines and #comments skipped).")
+@click.option("--notes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Schema notes for the database (YAML: descriptions, synonyms, value meanings, hidden columns; "
+                   "docs/databases.md). Default: the file beside a database file, shop.sqlite -> shop.notes.yaml.")
 @click.option("--run", "run_sql", is_flag=True, help="Run the SQL read-only and show the rows.")
 @click.option("--candidates", "show_candidates", is_flag=True, help="Show every candidate with its score.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per question.")
 @decoding_options
 @allow_privileged_option
-def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_json, **decoding) -> None:
+def generate(checkpoints, db, question, questions, notes, run_sql, show_candidates, as_json, **decoding) -> None:
     """Turn a question about a database (SQLite file or URL) into SQL.
 
     Exits with status 1 when a question got no SQL or, with --run, its SQL failed to run."""
     from vantage_core.cli.evaluate import text_lines
+    from vantage_core.data.notes import notes_beside
     from vantage_core.errors import VantageError
     from vantage_core.inference.engine import Engine
     from vantage_core.textfiles import read_utf8
@@ -93,6 +97,10 @@ def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_
         raise click.UsageError("give a QUESTION or --questions FILE")
     engine = Engine.load(list(checkpoints))
     opts = engine.options(**_inference_overrides(**decoding))
+    if notes:
+        engine.notes_files[db] = notes
+    if notes or notes_beside(db):
+        engine.schema_of(db)  # the notes are read and checked before any question is answered
     failed = 0
     for q in asked:
         try:
@@ -137,6 +145,9 @@ def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_
               help="Folders of known databases (<db_id>/<db_id>.sqlite or <db_id>.sqlite); repeatable.")
 @click.option("--db", "db_urls", multiple=True, metavar="[NAME=]URL",
               help="A database by URL (or SQLite path), known by NAME or by its own name; repeatable.")
+@click.option("--notes", "notes", multiple=True, metavar="NAME=FILE",
+              help="Schema notes for the served database NAME (docs/databases.md); repeatable. A database file's "
+                   "notes are also read from the file beside it (shop.sqlite -> shop.notes.yaml).")
 @click.option("--max-concurrency", default=4, show_default=True, type=click.IntRange(1, 256),
               help="Requests waiting or running at once; more get 503.")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=positive_seconds(),
@@ -144,12 +155,12 @@ def generate(checkpoints, db, question, questions, run_sql, show_candidates, as_
 @click.option("--max-schema-items", default=1000, show_default=True, type=click.IntRange(1),
               help="Tables and columns a request's schema may have in all; larger ones get 400.")
 @allow_privileged_option
-def serve(checkpoints, host, port, db_dir, db_urls, max_concurrency, timeout_s, max_schema_items) -> None:
+def serve(checkpoints, host, port, db_dir, db_urls, notes, max_concurrency, timeout_s, max_schema_items) -> None:
     """Serve the model over HTTP (OpenAPI document at /docs, playground at /, and the OpenAI-compatible
     /v1/models and /v1/chat/completions)."""
     from vantage_core.inference.serve import ServeSettings, create_app, run_server
 
-    settings = ServeSettings(db_dirs=list(db_dir), db_urls=list(db_urls), max_concurrency=max_concurrency,
+    settings = ServeSettings(db_dirs=list(db_dir), db_urls=list(db_urls), notes=list(notes), max_concurrency=max_concurrency,
                              timeout_s=timeout_s, max_schema_items=max_schema_items)
     run_server(create_app(list(checkpoints), settings), settings, host, port)
 

@@ -75,7 +75,7 @@ def featurize(ex: Example, tokenizer: Any, linker: Any, values: dict | None,
             error = str(exc)
     start = [c and (ex.question[s:e][:1].isalnum() or ex.question[s:e][:1] in "%-$")
              for c, (s, e) in zip(copyable, offsets)]  # where a copied value may begin
-    return {"q_ids": ids, "offsets": offsets, "copy": copyable, "start": start,
+    return {**descriptions(items), "q_ids": ids, "offsets": offsets, "copy": copyable, "start": start,
             "item_key": [int(it.primary) + 2 * int(it.foreign) for it in items],
             "item_type": [ITEM_TYPES.index(it.col_type) if it.col_type in ITEM_TYPES else len(ITEM_TYPES) - 1
                           for it in items],
@@ -87,6 +87,16 @@ def featurize(ex: Example, tokenizer: Any, linker: Any, values: dict | None,
             "q_item_links": [[p, k, kind] for w, k, kind in pair_links(word_list, items, links, values)
                              for p in pieces_of.get(w, ())],
             "item_texts": [it.text for it in items], "table_texts": [items[it.table_index].text for it in items]}
+
+
+def descriptions(items: list) -> dict[str, list[str]]:
+    """``item_descs`` and ``table_descs`` (per item, its own description and its table's, "" for
+    none) where the schema's notes describe any item; nothing otherwise, so the features of a
+    schema without notes are what they always were."""
+    if not any(it.description for it in items):
+        return {}
+    return {"item_descs": [it.description for it in items],
+            "table_descs": [items[it.table_index].description for it in items]}
 
 
 def featurize_request(ex: Example, tokenizer: Any, linker: Any, items: list | None = None) -> dict[str, Any]:
@@ -130,7 +140,9 @@ class ActionSplit:
 
     def frozen_texts(self) -> tuple[list[str], list[str]]:
         """The questions and the distinct item names, for encoders that precompute states."""
-        names = sorted({t for f in self.feats for t in f["item_texts"] + f["table_texts"]})
+        texts = {t for f in self.feats for t in f["item_texts"] + f["table_texts"]}
+        texts |= {t for f in self.feats for t in f.get("item_descs", []) + f.get("table_descs", []) if t}
+        names = sorted(texts)
         return [e.question for e in self.examples], names
 
 
@@ -289,7 +301,8 @@ def collate(feats: list[dict], examples: list[Example], vocab: Any, with_targets
     ``q_mask``/``q_copy``/``q_start`` (B, Q) bool and the piece features (B, Q) int32;
     ``item_mask`` (B, N) and the item features (B, N); ``relations`` (B, Q + N, Q + N) int8
     (:func:`relation_matrix`); the texts ``questions``, ``item_texts``,
-    ``table_texts`` (for the encoder's frozen states); with targets, ``tokens``, ``targets``,
+    ``table_texts`` (for the encoder's frozen states; with ``item_descs`` and ``table_descs``
+    where notes describe items); with targets, ``tokens``, ``targets``,
     ``loss_mask``, ``padding_mask`` (B, T) over the unified output space.
     """
     B = len(feats)
@@ -314,6 +327,9 @@ def collate(feats: list[dict], examples: list[Example], vocab: Any, with_targets
     b["questions"] = [e.question for e in examples]
     b["item_texts"] = [f["item_texts"] for f in feats]
     b["table_texts"] = [f["table_texts"] for f in feats]
+    if any("item_descs" in f for f in feats):  # schema notes describe some items
+        for key in ("item_descs", "table_descs"):
+            b[key] = [f.get(key) or [""] * len(f["item_texts"]) for f in feats]
     b["example_ids"] = [e.id for e in examples]
     if with_targets:
         seqs = [[vocab.bos_id] + unified_ids(f["actions"], vocab, N) + [vocab.eos_id] for f in feats]

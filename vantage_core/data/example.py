@@ -22,7 +22,7 @@ class Example:
     id: str = ""  # unique within a load: "<source>/<split>/<index>" unless the release has ids
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "schema": self.schema.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Example":

@@ -47,25 +47,41 @@ class SchemaItem:
     primary: bool = False
     foreign: bool = False
     text: str = ""  # the natural name, for the sentence encoder
+    synonyms: tuple[tuple[str, ...], ...] = ()  # other names (schema notes), as normalized, stemmed words
+    description: str = ""  # what the item holds (schema notes, SQL comments), for the sentence encoder
+
+
+def name_words(name: str) -> tuple[str, ...]:
+    """The normalized, stemmed words a name is matched by."""
+    return tuple(stem(w) for w in normalize(name).split())
 
 
 def schema_items(schema) -> list[SchemaItem]:
-    """A :class:`~vantage_core.sql.schema.Schema` -> its tables, then every table's columns."""
+    """A :class:`~vantage_core.sql.schema.Schema` -> its tables, then every table's columns
+    (each with the synonyms and description its notes give)."""
     fk_cols = {(fk.table.lower(), fk.column.lower()) for fk in schema.foreign_keys}
     fk_cols |= {(fk.ref_table.lower(), fk.ref_column.lower()) for fk in schema.foreign_keys}
     items = []
     for ti, t in enumerate(schema.tables):
         natural = t.natural_name or t.name.replace("_", " ")
-        items.append(SchemaItem(t.name, None, tuple(stem(w) for w in normalize(natural).split()), ti,
-                                text=natural.lower()))
+        items.append(SchemaItem(t.name, None, name_words(natural), ti, text=natural.lower(),
+                                **_noted(t)))
     for ti, t in enumerate(schema.tables):
         pks = {p.lower() for p in t.primary_keys}
         for c in t.columns:
             natural = c.natural_name or c.name.replace("_", " ")
-            items.append(SchemaItem(t.name, c.name, tuple(stem(w) for w in normalize(natural).split()), ti,
+            items.append(SchemaItem(t.name, c.name, name_words(natural), ti,
                                     col_type=c.type, primary=c.name.lower() in pks,
-                                    foreign=(t.name.lower(), c.name.lower()) in fk_cols, text=natural.lower()))
+                                    foreign=(t.name.lower(), c.name.lower()) in fk_cols, text=natural.lower(),
+                                    **_noted(c)))
     return items
+
+
+def _noted(part) -> dict:
+    """The item fields a table's or column's notes give (none when it has no notes)."""
+    synonyms = tuple(w for w in map(name_words, getattr(part, "synonyms", None) or ()) if w)
+    description = getattr(part, "description", None) or ""
+    return {"synonyms": synonyms, "description": description}
 
 
 def column_values(db_path: str | Path, schema, per_column: int = 5000, max_chars: int = 40) -> dict[tuple[str, str], set[str]]:
@@ -75,7 +91,21 @@ def column_values(db_path: str | Path, schema, per_column: int = 5000, max_chars
     Cached; a SQLite file written or replaced since is read again."""
     tables = tuple((t.name, tuple(c.name for c in t.columns if c.type == "text")) for t in schema.tables)
     db = open_database(db_path)
-    return _column_values(db.url, db.signature(), tables, per_column, max_chars)
+    return with_meanings(_column_values(db.url, db.signature(), tables, per_column, max_chars), schema)
+
+
+def with_meanings(values: dict[tuple[str, str], set[str]], schema) -> dict[tuple[str, str], set[str]]:
+    """``values`` with the meanings schema notes give a column's stored values added to that
+    column's (normalized), so a question's "discontinued" links to the column that stores it as
+    ``1``; ``values`` itself (the cached object) when the schema has no meanings."""
+    meanings = {(t.name.lower(), c.name.lower()): {normalize(m) for m in c.values.values()} - {""}
+                for t in schema.tables for c in t.columns if getattr(c, "values", None)}
+    if not any(meanings.values()):
+        return values
+    out = dict(values)
+    for key, words in meanings.items():
+        out[key] = out.get(key, set()) | words
+    return out
 
 
 @lru_cache(maxsize=256)
@@ -129,7 +159,7 @@ def pair_links(question_words: list[str], items: list[SchemaItem], links: Links,
         if not links.item_name[k]:
             continue
         tags = links.word_table if item.column is None else links.word_column
-        names = set(item.words)
+        names = set(item.words).union(*item.synonyms)
         for w, ws in enumerate(stems):
             if w < len(tags) and tags[w] and ws & names:
                 out[(w, k)] = links.item_name[k]

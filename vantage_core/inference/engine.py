@@ -147,6 +147,9 @@ class Engine:
         self.routing_model = _RoutingModel(model)
         self.lock = threading.Lock()
         self._constraints: dict[str, Any] = {}
+        # path or URL -> (the database's schema, the notes file and its signature, the schema with notes)
+        self._noted: dict[str, tuple[Schema, tuple, Schema]] = {}
+        self.notes_files: dict[str, str] = {}  # path or URL -> its notes file, where given (else the one beside it)
         self._linker = None
 
     @classmethod
@@ -167,11 +170,24 @@ class Engine:
 
     # -- pieces --------------------------------------------------------------------------
     def schema_of(self, db_path: str | Path) -> Schema:
-        """The schema of a SQLite file or of the database a URL names, read through its connector
-        (which keeps it, and reads a SQLite file's again once the file was written or replaced)."""
+        """The schema the model sees of a SQLite file or of the database a URL names: the one its
+        connector reads (and reads again once a SQLite file was written or replaced), with the
+        database's notes (``notes_files[db_path]``, else the file beside it:
+        :mod:`vantage_core.data.notes`; read again once the notes file changes)."""
+        from vantage_core.data.notes import apply_notes, notes_beside, read_notes
         from vantage_core.sql.database import open_database
+        from vantage_core.sql.sqlite_file import file_signature
 
-        return open_database(db_path).schema()
+        key = str(db_path)
+        schema = open_database(db_path).schema()
+        notes = self.notes_files.get(key) or notes_beside(key)
+        if notes is None:
+            return schema
+        read_from = (str(notes), file_signature(notes))
+        known = self._noted.get(key)
+        if known is None or known[0] is not schema or known[1] != read_from:
+            self._noted[key] = (schema, read_from, apply_notes(schema, read_notes(notes, schema)))
+        return self._noted[key][2]
 
     def request(self, question: str, schema: Schema, db_path: str | None = None,
                 extras: dict | None = None) -> "Request":
@@ -190,6 +206,7 @@ class Engine:
     def _action_request(self, ex: Example) -> "Request":
         from vantage_core.data.actions import featurize_request, to_actions
         from vantage_core.data.linking import cased_values, schema_items
+        from vantage_core.data.notes import value_meanings
         from vantage_core.data.sql_actions import ITEM, QUESTION, render_sql
 
         if self._linker is None:
@@ -200,6 +217,9 @@ class Engine:
         items = schema_items(ex.schema)
         feats = featurize_request(ex, self.model.schema_encoder.question_tokenizer, self._linker, items)
         values = cased_values(ex.db_paths[0]) if ex.db_paths else None
+        meanings = value_meanings(ex.schema)
+        if meanings:  # a question's "discontinued" is written as the stored value its notes give
+            values = {**meanings, **(values or {})}
         vocab = self.tokenizer
 
         def to_sql(ids: list[int]) -> str:

@@ -41,6 +41,7 @@ from vantage_core.errors import ConfigError, DataError, VantageError
 class ServeSettings:
     db_dirs: list[str] = field(default_factory=list)
     db_urls: list[str] = field(default_factory=list)  # database URLs (or NAME=URL), `vantage serve --db`
+    notes: list[str] = field(default_factory=list)  # NAME=FILE: a served database's notes file, `vantage serve --notes`
     max_concurrency: int = 4
     timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024
@@ -292,6 +293,25 @@ def find_databases(db_dirs: list[str], db_urls: list[str] = ()) -> dict[str, Pat
     return out
 
 
+def use_notes(engine: Any, databases: dict, given: list[str]) -> None:
+    """Give each ``NAME=FILE`` of ``given`` to the served database NAME, then read and check the
+    notes of every database that has some (given, or beside it): a mistake in one stops the
+    server before it serves, in one line naming the file, line and field."""
+    from vantage_core.data.notes import notes_beside
+
+    for text in given:
+        name, sep, file = text.partition("=")
+        if not sep or name not in databases:
+            raise DataError(f"--notes {text}: expected NAME=FILE, NAME one of the served databases: "
+                            f"{', '.join(sorted(databases)[:20]) or '(none)'}")
+        if not Path(file).is_file():
+            raise DataError(f"--notes {text}: no such notes file {file}")
+        engine.notes_files[str(databases[name])] = file
+    for db in databases.values():
+        if str(db) in engine.notes_files or notes_beside(db):
+            engine.schema_of(db)
+
+
 def request_database(req: GenerateRequest, engine: Any, databases: dict, max_items: int) -> tuple[Any, Schema | None]:
     """``(db_path, None)`` for a known ``db_id``, ``(None, schema)`` for a pasted one; 422 unless
     exactly one is given, 404 for an unknown id, 400 for a schema over ``max_items``."""
@@ -511,6 +531,7 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     engine: Engine = model if isinstance(model, Engine) else Engine.load(model)
     databases = find_databases(settings.db_dirs, settings.db_urls)
+    use_notes(engine, databases, settings.notes)
     app = FastAPI(title="Vantage text-to-SQL", version="1",
                   description="Questions in, SQL out, from a Mixture-of-Experts model.")
     state = {"served": 0, "rejected": 0}

@@ -12,6 +12,10 @@ class Column:
     name: str  # as in the database
     type: str = "text"  # text | number | time | boolean | others (Spider's coarse types)
     natural_name: str | None = None  # "student id" for student_id, when the dataset gives one
+    # what the database's owner says (SQL comments, a notes file: vantage_core/data/notes.py)
+    description: str | None = None
+    synonyms: list[str] = field(default_factory=list)  # other names people use for it
+    values: dict[str, str] = field(default_factory=dict)  # stored value -> what it means
 
 
 @dataclass
@@ -20,6 +24,8 @@ class Table:
     columns: list[Column]
     natural_name: str | None = None
     primary_keys: list[str] = field(default_factory=list)  # column names
+    description: str | None = None
+    synonyms: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -41,16 +47,28 @@ class Schema:
         return next((t for t in self.tables if t.name.lower() == low), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The schema as plain data; the notes' fields only where set, so a schema without notes
+        reads as it always has (and keys the same caches)."""
+        out = asdict(self)
+        for t in out["tables"]:
+            for part in (t, *t["columns"]):
+                for key in NOTE_FIELDS:
+                    if key in part and not part[key]:
+                        del part[key]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Schema":
         return cls(
             db_id=d["db_id"],
             tables=[Table(t["name"], [Column(**c) for c in t["columns"]], t.get("natural_name"),
-                          list(t.get("primary_keys", []))) for t in d["tables"]],
+                          list(t.get("primary_keys", [])), t.get("description"), list(t.get("synonyms", [])))
+                    for t in d["tables"]],
             foreign_keys=[ForeignKey(**fk) for fk in d.get("foreign_keys", [])],
         )
+
+
+NOTE_FIELDS = ("description", "synonyms", "values")  # left out of Schema.to_dict where empty
 
 
 def coarse_type(declared: str) -> str:

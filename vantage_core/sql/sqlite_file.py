@@ -61,6 +61,53 @@ def connect_readonly(db_path: str | Path, timeout_s: float = 5.0) -> sqlite3.Con
     return conn
 
 
+QUOTES = {'"': '"', "'": "'", "`": "`", "[": "]"}
+
+
+def split_comment(line: str) -> tuple[str, str]:
+    """A line of SQL -> (its code, the text of its ``--`` comment, "" for none); a ``--`` inside
+    quotes or brackets is code."""
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if ch in QUOTES:
+            end = line.find(QUOTES[ch], i + 1)
+            i = len(line) if end < 0 else end + 1
+        elif line.startswith("--", i):
+            return line[:i], line[i + 2:].strip()
+        else:
+            i += 1
+    return line, ""
+
+
+def first_name(code: str) -> str:
+    """The first name a line of a column list defines (quoted or bare), without its quotes."""
+    code = code.strip().lstrip("(,").strip()
+    if code[:1] in QUOTES:
+        end = code.find(QUOTES[code[0]], 1)
+        return code[1:end] if end > 0 else ""
+    return code.split(None, 1)[0].rstrip(",") if code else ""
+
+
+def ddl_comments(create: str, columns: list[str]) -> tuple[str | None, dict[str, str]]:
+    """The ``--`` comments of a ``CREATE TABLE`` statement as descriptions: the one on the line
+    that says ``CREATE TABLE`` describes the table, the one on a column's line (the line that
+    begins with its name) that column. Comment-only lines (code commented out) are not read."""
+    by_name = {c.lower(): c for c in columns}
+    table, found = None, {}
+    for n, line in enumerate(create.splitlines()):
+        code, comment = split_comment(line)
+        if not comment or not code.strip():
+            continue
+        if n == 0:
+            table = comment
+            continue
+        column = by_name.get(first_name(code).lower())
+        if column is not None and column not in found:
+            found[column] = comment
+    return table, found
+
+
 def schema_from_sqlite(db_path: str | Path, db_id: str | None = None) -> Schema:
     """The tables, columns, primary and foreign keys of a SQLite database, opened read-only."""
     path = Path(db_path)
@@ -71,14 +118,15 @@ def schema_from_sqlite(db_path: str | Path, db_id: str | None = None) -> Schema:
     except sqlite3.Error as exc:
         raise DataError(f"{path}: cannot open the database: {exc}") from None
     try:
-        names = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid")]
+        ddl = dict(conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"))
         tables, fks = [], []
-        for name in names:
+        for name, create in ddl.items():
             info = conn.execute(f"PRAGMA table_info({quoted(name)})").fetchall()  # cid, name, type, notnull, dflt, pk
-            columns = [Column(row[1], coarse_type(row[2])) for row in info]
+            about, about_column = ddl_comments(create or "", [row[1] for row in info])
+            columns = [Column(row[1], coarse_type(row[2]), description=about_column.get(row[1])) for row in info]
             pks = [row[1] for row in sorted(info, key=lambda r: r[5]) if row[5]]
-            tables.append(Table(name, columns, primary_keys=pks))
+            tables.append(Table(name, columns, primary_keys=pks, description=about))
             for row in conn.execute(f"PRAGMA foreign_key_list({quoted(name)})"):  # id, seq, table, from, to, ...
                 ref_table, src, dst = row[2], row[3], row[4]
                 if dst is None:  # references the other table's primary key implicitly

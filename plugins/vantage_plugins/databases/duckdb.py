@@ -156,14 +156,14 @@ class DuckDBDatabase(QueriedDatabase):
         return res.rows
 
     def _introspect(self) -> Schema:
-        names = [r[0] for r in self._rows(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT internal ORDER BY table_oid")]
-        tables = {n: Table(n, []) for n in names}
-        for t, c, dtype in self._rows(
-                "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' "
+        tables = {n: Table(n, [], description=about or None) for n, about in self._rows(
+            "SELECT table_name, comment FROM duckdb_tables() WHERE schema_name = 'main' AND NOT internal "
+            "ORDER BY table_oid")}  # comment: COMMENT ON TABLE's text
+        for t, c, dtype, about in self._rows(
+                "SELECT table_name, column_name, data_type, comment FROM duckdb_columns() WHERE schema_name = 'main' "
                 "ORDER BY table_oid, column_index"):
             if t in tables:
-                tables[t].columns.append(Column(c, coarse_type(dtype)))
+                tables[t].columns.append(Column(c, coarse_type(dtype), description=about or None))
                 if any(k in dtype.upper() for k in TEXT_TYPES):
                     self._text.add((t.lower(), c.lower()))
         fks = []

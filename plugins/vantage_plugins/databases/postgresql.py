@@ -136,9 +136,9 @@ class PostgreSQLDatabase(QueriedDatabase):
 
         conn = self._connection()
         try:
-            cols = conn.execute(
-                "SELECT c.oid, c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) "
-                "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            cols = conn.execute(  # with COMMENT ON's texts of the table and the column
+                "SELECT c.oid, c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), "
+                "obj_description(c.oid, 'pg_class'), col_description(c.oid, a.attnum) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
                 "JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm') "
                 "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY c.oid, a.attnum").fetchall()
@@ -153,9 +153,9 @@ class PostgreSQLDatabase(QueriedDatabase):
             self._end_request(conn)
         tables: dict[int, Table] = {}
         attname: dict[tuple[int, int], str] = {}
-        for oid, rel, num, att, dtype in cols:
-            t = tables.setdefault(oid, Table(rel, []))
-            t.columns.append(Column(att, coarse_type(dtype)))
+        for oid, rel, num, att, dtype, about_table, about in cols:
+            t = tables.setdefault(oid, Table(rel, [], description=about_table or None))
+            t.columns.append(Column(att, coarse_type(dtype), description=about or None))
             attname[(oid, num)] = att
             self._names.setdefault(rel.lower(), rel)
             self._names.setdefault(att.lower(), att)

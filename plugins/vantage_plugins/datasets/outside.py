@@ -7,7 +7,9 @@ The SQLite databases are built from them on first use, under ``$VANTAGE_CACHE/ou
 ``out_dir``), with names as people give them: mixed case, spaces, abbreviations, one wide table.
 The questions and their gold SQL are in ``outside_data/questions.yaml``; one split, ``test``.
 Every gold query is run when the split loads; a row whose query fails or returns no rows is
-skipped with the reason.
+skipped with the reason. With ``notes: true``, each database's schema carries the notes its owner
+would write (``outside_data/notes/<db_id>.notes.yaml``: descriptions, synonyms, value meanings;
+:mod:`vantage_core.data.notes`).
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vantage_core.data.example import Example, LoadReport
-from vantage_core.sql.sqlite_file import connect_readonly, schema_from_sqlite
-from vantage_core.sql.names import quoted
+from vantage_core.data.notes import NOTES_SUFFIX, apply_notes, read_notes
 from vantage_core.errors import DataError
+from vantage_core.sql.names import quoted
+from vantage_core.sql.sqlite_file import connect_readonly, schema_from_sqlite
 from vantage_plugins.datasets.files import read_yaml_data
 from vantage_plugins.datasets.synthetic import default_cache_dir
 
 DATA_DIR = Path(__file__).with_name("outside_data")
 QUESTIONS_FILE = DATA_DIR / "questions.yaml"
+NOTES_DIR = DATA_DIR / "notes"
 VERSION = 1  # bump when the tables' layout changes, so cached databases are rebuilt
 
 
@@ -173,8 +177,11 @@ class OutsideDataset:
 
     splits = ("test",)
 
-    def __init__(self, out_dir: str | None = None):
+    def __init__(self, out_dir: str | None = None, notes: bool = False):
+        if not isinstance(notes, bool):
+            raise DataError(f"dataset 'outside': notes must be true or false, got {notes!r}")
         self.dir = Path(out_dir) if out_dir else default_cache_dir() / "outside"
+        self.notes = notes
 
     def database_paths(self) -> dict[str, Path]:
         """``db_id -> SQLite file``, each built from its CSV files when absent."""
@@ -192,6 +199,10 @@ class OutsideDataset:
         paths = self.database_paths()
         schemas = {db_id: schema_from_sqlite(path, db_id) for db_id, path in paths.items()}
         report = LoadReport([])
+        if self.notes:
+            schemas = {db_id: apply_notes(schema, read_notes(NOTES_DIR / f"{db_id}{NOTES_SUFFIX}", schema))
+                       for db_id, schema in schemas.items()}
+            report.notes.append(f"schema notes from {NOTES_DIR.name}/")
         for i, row in enumerate(_question_rows()):
             where = f"{QUESTIONS_FILE.name}: item {i}"
             if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("db", "question", "sql")):

@@ -26,9 +26,10 @@ def link(question_words: list[str], items: list[SchemaItem],
          values: dict[tuple[str, str], set[str]] | None = None, max_ngram: int = 4) -> Links:
     """Match the question's words (any tokenization into words) against the schema items.
 
-    An item is an EXACT match when its whole name occurs as consecutive question words, PARTIAL
-    when one of its non-stopword name words does; a column is a VALUE match when a question
-    n-gram (up to ``max_ngram`` words, not all stopwords) equals one of its cell values.
+    An item is an EXACT match when its whole name, or one of its synonyms (schema notes), occurs
+    as consecutive question words, PARTIAL when one of their non-stopword words does; a column is
+    a VALUE match when a question n-gram (up to ``max_ngram`` words, not all stopwords) equals one
+    of its cell values (or a meaning the notes give one).
     """
     words = [stem(normalize(w)) for w in question_words]
     raw = [normalize(w) for w in question_words]
@@ -38,14 +39,15 @@ def link(question_words: list[str], items: list[SchemaItem],
                   [NAME_NONE] * n_words, [NAME_NONE] * n_words, [0] * n_words)
     for idx, item in enumerate(items):
         word_tags = links.word_table if item.column is None else links.word_column
-        starts = _find(item.words, words)
-        if starts:
+        names = (item.words, *item.synonyms)
+        found = [(s, len(name)) for name in names for s in _find(name, words)]
+        if found:
             links.item_name[idx] = NAME_EXACT
-            for s in starts:
-                for j in range(s, s + len(item.words)):
+            for s, n in found:
+                for j in range(s, s + n):
                     word_tags[j] = NAME_EXACT
             continue
-        content = [w for w in item.words if w not in STOPWORDS and len(w) > 1]
+        content = {w for name in names for w in name if w not in STOPWORDS and len(w) > 1}
         if any(w in present for w in content):
             links.item_name[idx] = NAME_PARTIAL
             for j, w in enumerate(words):

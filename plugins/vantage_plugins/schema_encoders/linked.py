@@ -1,7 +1,8 @@
 """``linked``: a question-aware schema encoder for pointer models (``data.target: actions``).
 
 The question's word pieces and every schema item (a table, or a column with its table) enter as
-frozen all-MiniLM-L6-v2 states (a piece's contextual state; an item's mean-pooled name),
+frozen all-MiniLM-L6-v2 states (a piece's contextual state; an item's mean-pooled name, averaged
+with its description's where schema notes describe it: ``description_weight``),
 plus learned embeddings of the item's type and key role and of the ``schema_linker`` plugin's
 features (which question words name which items, by name or by a stored cell value). A small
 trainable transformer mixes question and items jointly (with ``relations: true``, RAT-SQL's
@@ -267,12 +268,16 @@ class LinkedSchemaEncoder(nn.Module):
 
     def __init__(self, d_model: int, tokenizer=None, n_layers: int = 2, n_heads: int = 4, hidden: int = 512,
                  dropout: float = 0.1, link_features: bool = True, max_question: int = 128,
-                 path: str | None = None, cache_dir: str | None = None, relations: bool = False):
+                 path: str | None = None, cache_dir: str | None = None, relations: bool = False,
+                 description_weight: float = 0.5):
         super().__init__()
         if d_model % n_heads:
             raise ConfigError(f"model.schema_encoder.n_heads: {n_heads} must divide d_model ({d_model})")
         if not 0 <= dropout < 1:
             raise ConfigError(f"model.schema_encoder.dropout: {dropout}; valid: 0 <= dropout < 1")
+        if not 0 <= description_weight <= 1:
+            raise ConfigError(f"model.schema_encoder.description_weight: {description_weight}; valid: 0 to 1")
+        self.description_weight = description_weight
         if cache_dir is None:
             cache_dir = str(Path(os.environ.get("VANTAGE_CACHE") or Path.home() / ".cache" / "vantage"))
         object.__setattr__(self, "frozen", FrozenMiniLM(path, max_question, cache_dir))
@@ -310,7 +315,8 @@ class LinkedSchemaEncoder(nn.Module):
         B, Q = batch["q_mask"].shape
         N = batch["item_mask"].shape[1]
         frozen = self.frozen
-        frozen.compute(batch["questions"], [t for ts in batch["item_texts"] + batch["table_texts"] for t in ts])
+        descs = [d for key in ("item_descs", "table_descs") for ds in batch.get(key, ()) for d in ds if d]
+        frozen.compute(batch["questions"], [t for ts in batch["item_texts"] + batch["table_texts"] for t in ts] + descs)
         q_states = np.zeros((B, Q, 384), np.float32)
         names = np.zeros((B, N, 384), np.float32)
         tables = np.zeros((B, N, 384), np.float32)
@@ -319,6 +325,9 @@ class LinkedSchemaEncoder(nn.Module):
             q_states[i, :len(st)] = st
             for j, (t, tt) in enumerate(zip(batch["item_texts"][i], batch["table_texts"][i])):
                 names[i, j], tables[i, j] = frozen.pooled[t], frozen.pooled[tt]
+            if "item_descs" in batch:
+                self.describe(names[i], batch["item_descs"][i])
+                self.describe(tables[i], batch["table_descs"][i])
         out = {k: mx.array(batch[k]) for k in INPUTS}
         out.update(q_states=mx.array(q_states), item_vec=mx.array(names), item_table_vec=mx.array(tables))
         if self.relations:
@@ -329,6 +338,15 @@ class LinkedSchemaEncoder(nn.Module):
             # the mixer's position-wise layers skip the padding
             out.update(packing_arrays(np.concatenate([batch["q_mask"], batch["item_mask"]], axis=1)))
         return out
+
+    def describe(self, states: np.ndarray, descriptions: list[str]) -> None:
+        """Mix each described item's name state (N, 384), in place, with its description's:
+        ``(1 - w) * name + w * description`` (``w``: ``description_weight``); a model trained on
+        names only reads a state near the name's, moved toward what the description says."""
+        w = self.description_weight
+        for j, text in enumerate(descriptions):
+            if text:
+                states[j] = (1 - w) * states[j] + w * self.frozen.pooled[text]
 
     def memory(self, inputs: dict[str, mx.array]) -> Memory:
         qmask, imask = inputs["q_mask"].astype(mx.bool_), inputs["item_mask"].astype(mx.bool_)
