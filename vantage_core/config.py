@@ -167,6 +167,29 @@ class DataConfig(Section):
         return tokenizer
 
 
+class DistillConfig(Section):
+    """Knowledge distillation from trained teachers (docs/model.md); no teachers: off."""
+
+    teachers: list[str] = []  # run folders (their best, else last checkpoint), checkpoints or exports
+    # the loss: (1 - weight) * cross-entropy on the gold targets + weight * T^2 * cross-entropy on
+    # the teachers' mean distribution at temperature T
+    weight: float = Field(0.5, ge=0, le=1, allow_inf_nan=False)
+    temperature: float = Field(1.0, gt=0, allow_inf_nan=False)
+    top_k: int = Field(16, gt=0)  # entries kept per position of the teachers' distribution (renormalized)
+
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _accept_one_teacher(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("teachers")
+    @classmethod
+    def _check_teachers(cls, teachers: list[str]) -> list[str]:
+        if any(not t.strip() for t in teachers):
+            raise ValueError(f"{teachers}: each teacher is a folder (a run, a checkpoint or an export), not empty text")
+        return teachers
+
+
 class TrainConfig(Section):
     steps: int = Field(1000, ge=0)
     minutes: float | None = Field(None, gt=0, allow_inf_nan=False)  # wall-clock ceiling: stop (save, evaluate) when it is reached
@@ -198,6 +221,7 @@ class TrainConfig(Section):
     log_every: int = Field(1, gt=0)
     compile: bool = True
     loggers: list[PluginSpec] = [PluginSpec(name="jsonl")]
+    distill: DistillConfig = DistillConfig()
 
 
 class EvaluateConfig(Section):

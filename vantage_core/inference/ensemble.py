@@ -76,8 +76,9 @@ class Ensemble:
         return self
 
 
-def _request_side(cfg: Config) -> dict:
-    """What builds a request and reads an output, which every member must share."""
+def request_side(cfg: Config) -> dict:
+    """What builds a request and reads an output, which every member of an ensemble (and every
+    teacher of a distilled student, :mod:`vantage_core.train.distill`) must share."""
     data = cfg.data
     return {"data.target": data.target, "data.linker": data.linker.model_dump() if data.linker else None,
             "data.tokenizer": data.tokenizer.model_dump(), "data.serialization": data.serialization.model_dump(),
@@ -85,7 +86,8 @@ def _request_side(cfg: Config) -> dict:
             "model.heads": list(cfg.model.heads)}
 
 
-def _vocabulary(tokenizer: Any) -> list[str]:
+def vocabulary(tokenizer: Any) -> list[str]:
+    """The output vocabulary, each id's text."""
     return [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
 
 
@@ -95,14 +97,14 @@ def load_ensemble(paths: Sequence[str | Path], load_one: Any) -> tuple[Ensemble,
     requests. Raises :class:`ConfigError` naming the member that does not fit the first."""
     loaded = [load_one(p) for p in paths]
     _, tokenizer, cfg, info = loaded[0]
-    want, vocab = _request_side(cfg), _vocabulary(tokenizer)
+    want, vocab = request_side(cfg), vocabulary(tokenizer)
     for path, (_, tok, c, _) in zip(paths[1:], loaded[1:]):
-        theirs = _request_side(c)
+        theirs = request_side(c)
         for key in want:
             if theirs[key] != want[key]:
                 raise ConfigError(f"{path}: {key} is {theirs[key]!r}, the first model ({paths[0]}) has "
                                   f"{want[key]!r}; an ensemble's models must read requests alike")
-        if _vocabulary(tok) != vocab:
+        if vocabulary(tok) != vocab:
             raise ConfigError(f"{path}: its output vocabulary differs from the first model's ({paths[0]}); "
                               f"an ensemble's models must share it (train them on the same data and tokenizer)")
     members = [m for m, _, _, _ in loaded]

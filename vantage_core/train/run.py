@@ -19,6 +19,7 @@ import json
 import shutil
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -32,6 +33,7 @@ from vantage_core.config import Config, dump_config
 from vantage_core.errors import ConfigError, VantageError
 from vantage_core.folders import check_output_folder, output_path, swap_in
 from vantage_core.model.io import load_trainer_state, plugin_list, resolve_checkpoint, save_checkpoint
+from vantage_core.train.distill import TEACHER_FIELDS, teacher_folders, teacher_targets
 from vantage_core.train.distributed import World, init_world
 from vantage_core.train.telemetry import Telemetry, trim_metrics
 from vantage_core.train.trainer import StopFlag, Trainer, TrainingDiverged
@@ -171,8 +173,10 @@ class ModelBatches:
 
 def model_arrays(model: Any, batch: dict, pack: bool = True) -> dict:
     """A host-side batch to the arrays the model's loss reads (``schema``: what the model's
-    schema encoder makes of the batch; with ``pack``, where the real positions are)."""
+    schema encoder makes of the batch; with ``pack``, where the real positions are; the teachers'
+    entries where the batch carries them)."""
     arrays = {k: mx.array(batch[k]) for k in ("tokens", "targets", "loss_mask", "padding_mask")}
+    arrays.update({k: mx.array(batch[k]) for k in TEACHER_FIELDS if k in batch})
     arrays["schema"] = {k: v for k, v in model.schema_inputs(batch).items()
                         if pack or not k.startswith("pack_")}  # the encoder's own packing, if any
     if pack:  # the decoder's position-wise layers skip the padding
@@ -278,6 +282,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
     say = echo if world.is_main else (lambda *_: None)
     registry = default_registry()
     run_dir = prepare_run_dir(cfg, resume, overwrite, world)
+    teacher_folders(cfg)  # a missing teacher: an error before any work
     t_start = time.perf_counter()
     mx.random.seed(cfg.run.seed)
     with staged_start(run_dir, resume, world) as start_dir:
@@ -302,6 +307,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
             texts = [prepared.frozen_texts()] + ([validation.frozen_texts()] if validation is not None else [])
             _main_first(world, lambda: model.schema_encoder.precompute(
                 [q for qs, _ in texts for q in qs], [n for _, ns in texts for n in ns], progress=progress))
+        # -- train.distill: the teachers' distributions on the training split (cached), carried by the batches
+        teachers = _main_first(world, lambda: teacher_targets(cfg, data, start_dir, resume, progress))
     if world.is_main:
         if resume:
             (run_dir / "config.yaml").write_text(dump_config(cfg))  # the resumable fields may have changed
@@ -314,7 +321,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
         if record.get("expert_load") and hasattr(m, "update_routers"):
             m.update_routers(mx.array(record["expert_load"]))
 
-    trainer = Trainer(model, model_loss, cfg.train, world, after_update=after_update, seed=cfg.run.seed)
+    distill = cfg.train.distill
+    loss_fn = partial(model_loss, distill_weight=distill.weight, temperature=distill.temperature) \
+        if teachers is not None else model_loss
+    trainer = Trainer(model, loss_fn, cfg.train, world, after_update=after_update, seed=cfg.run.seed)
     best = {"metric": cfg.train.select_metric, "value": None, "step": None}
     consumed = 0  # global batches drawn
     if resume:
@@ -323,7 +333,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progres
         say(f"resuming at step {trainer.step}")
         if world.is_main:
             trim_metrics(run_dir, trainer.step)
-    batches = ModelBatches(prepared, cfg.train.batch_size, cfg.run.seed, world, data.collate,
+    collate = teachers.attach(data.collate, tokenizer.vocab_size) if teachers is not None else data.collate
+    batches = ModelBatches(prepared, cfg.train.batch_size, cfg.run.seed, world, collate,
                            cfg.train.bucket_batches).stream(consumed)
 
     telemetry = Telemetry(run_dir, cfg.to_dict(), cfg.train.loggers, registry, cfg.train.steps,
