@@ -41,12 +41,15 @@ def test_two_ranks_match_one_process(tmp_path):
 
 @needs_launcher
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["train_tiny.yaml", "train_tiny_pointer.yaml"])
-def test_vantage_train_two_ranks_match_one_process(tmp_path, config):
+@pytest.mark.parametrize("config,distill", [("train_tiny.yaml", False), ("train_tiny_pointer.yaml", False),
+                                            ("train_tiny_pointer.yaml", True)],
+                         ids=["tokens", "actions", "actions_distilled"])
+def test_vantage_train_two_ranks_match_one_process(tmp_path, config, distill):
     """The real command: ``mlx.launch -n 2 --backend ring vantage train`` against one process,
-    same global batch, for the token model and the pointer model. The routers' auxiliary losses
-    are off here: they are computed per rank (as in any data-parallel MoE), which is a different
-    objective, not a float error."""
+    same global batch, for the token model and the pointer model (also distilled from a teacher:
+    each rank's rows carry their teacher entries). The routers' auxiliary losses are off here: they
+    are computed per rank (as in any data-parallel MoE), which is a different objective, not a
+    float error."""
     import mlx.core as mx
 
     tiny = HERE / "fixtures" / config
@@ -56,6 +59,10 @@ def test_vantage_train_two_ranks_match_one_process(tmp_path, config):
     cache = {"VANTAGE_CACHE": str(tmp_path / "cache")}
     os.environ.update(cache)
     try:
+        if distill:
+            _run(["vantage", "train", *common, "--set", f"run.dir={tmp_path / 'teacher'}", "--set", "run.seed=1"],
+                 timeout=300)
+            common += ["--set", f"train.distill.teachers=[{tmp_path / 'teacher'}]"]
         _run(["vantage", "train", *common, "--set", f"run.dir={tmp_path / 'one'}"], timeout=300)
         _run(["mlx.launch", "-n", "2", "--backend", "ring", "vantage", "train", *common,
               "--set", f"run.dir={tmp_path / 'two'}"], timeout=300)
@@ -69,3 +76,7 @@ def test_vantage_train_two_ranks_match_one_process(tmp_path, config):
         np.testing.assert_allclose(np.array(two[k]), np.array(one[k]), rtol=1e-3, atol=1e-5, err_msg=k)
     state = json.loads((tmp_path / "two" / "checkpoints" / "last" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 4
+    if distill:  # both runs learned from the teacher's entries too
+        for run in ("one", "two"):
+            records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+            assert all("distill" in r for r in records if r["kind"] == "train") and len(records) >= 4
