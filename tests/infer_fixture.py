@@ -123,27 +123,35 @@ class OneAnswer:
         return apply_mask(logits, allowed)
 
 
+FIRST_TABLE = "SELECT * FROM {table}"
+
+
 class FirstTableAnswer:
-    """A constraint that leaves a token model one answer: ``SELECT * FROM`` the schema's first table."""
+    """A constraint that leaves a token model one answer: ``answer`` with ``{table}`` the schema's
+    first table (by default ``SELECT * FROM`` it)."""
 
     targets = ("tokens",)
 
+    def __init__(self, answer: str = FIRST_TABLE):
+        self.answer = answer
+
     def bind(self, schema, tokenizer, eos_id, features=None):
-        return OneAnswer(tokenizer.encode(f"SELECT * FROM {schema.tables[0].name}") + [eos_id])
+        return OneAnswer(tokenizer.encode(self.answer.format(table=schema.tables[0].name)) + [eos_id])
 
 
-def first_table_engine(folder: Path):
+def first_table_engine(folder: Path, answer: str = FIRST_TABLE, **settings):
     """An engine on the model at ``folder`` whose configured constraint is :class:`FirstTableAnswer`:
     the model still reads each question and schema and decodes step by step, and its answer is a
-    query that runs on any database (the SQL a test needs, without a trained model)."""
+    query that runs on any database (the SQL a test needs, without a trained model).
+    ``settings``: other inference settings of its config (``max_new_tokens=96`` for a long answer)."""
     from vantage_core.config import InferenceConfig
     from vantage_core.inference.engine import Engine
 
     class FirstTableEngine(Engine):
         def constraint(self, spec):
-            return None if spec is None else FirstTableAnswer()
+            return None if spec is None else FirstTableAnswer(answer)
 
     engine = FirstTableEngine.load(folder)
-    inference = {**engine.config.inference.model_dump(), "constraint": {"name": "sql_schema"}}
+    inference = {**engine.config.inference.model_dump(), "constraint": {"name": "sql_schema"}, **settings}
     engine.config = engine.config.model_copy(update={"inference": InferenceConfig.model_validate(inference)})
     return engine

@@ -11,6 +11,7 @@ from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.inference.constraints import schema_violations
 from vantage_core.inference.engine import Engine, Generation
 from vantage_core.model.io import resolve_model_dir
+from vantage_core.sql.format import formatted_sql
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,24 @@ def pointer(tmp_path_factory):
     """An untrained pointer model (data.target: actions) and a database."""
     root = tmp_path_factory.mktemp("infer-pointer")
     return make_pointer_model_dir(root / "model"), make_db(root / "concerts.sqlite")
+
+
+def test_cli_generate_shows_the_models_sql_formatted(pointer):
+    """`vantage generate` prints the SQL a model writes (``select from concert ...``) formatted for
+    people, as text, with --candidates and in --json; the engine's own answer stays the model's text."""
+    model, db = pointer
+    g = Engine.load(model).generate("how many singers?", db_path=db)
+    shown = formatted_sql(g.sql)
+    assert g.sql.startswith("select ") and shown.startswith("SELECT ") and shown != g.sql
+    runner = CliRunner()
+    res = runner.invoke(cli, ["generate", "-m", str(model), "--db", str(db), "how many singers?", "--candidates"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == shown
+    listed = [line[len("  * -1234.567  "):] for line in res.stderr.splitlines() if line.startswith("  ")]
+    assert listed == [formatted_sql(c.sql) for c in g.candidates]
+    res = runner.invoke(cli, ["generate", "-m", str(model), "--db", str(db), "how many singers?", "--json"])
+    out = json.loads(res.stdout)
+    assert out["sql"] == shown and [c["sql"] for c in out["candidates"]] == listed
 
 
 def test_a_constraint_for_another_output_space_is_refused_up_front(engine, pointer):

@@ -225,3 +225,33 @@ def test_playground_shows_binary_and_infinite_cells(browser, tmp_path):
         assert rows == [["X'FFFE0080'", "Infinity"], ["X'00'", "-Infinity"]]
         assert not errors, errors
         page.close()
+
+
+def test_playground_shows_the_sql_formatted(browser, tmp_path):
+    """A model writing ``select singer . name , count ( * ) ...``: the page shows the answer and
+    its candidates as ``SELECT singer.name, COUNT(*) ...`` and the rows of the model's text."""
+    from infer_fixture import first_table_engine, make_db, make_model_dir
+    from test_serve_api import LoopbackServer
+    from test_serve_openai import MODEL_STYLE, SHOWN
+    from vantage_core.inference.serve import ServeSettings, create_app
+
+    make_db((tmp_path / "dbs").mkdir() or tmp_path / "dbs" / "concerts.sqlite")
+    engine = first_table_engine(make_model_dir(tmp_path / "model"), MODEL_STYLE, max_new_tokens=96)
+    with LoopbackServer(create_app(engine, ServeSettings(db_dirs=[str(tmp_path / "dbs")]))) as http:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{http.base_url}/")
+        page.wait_for_selector("#db option[value='concerts']", state="attached", timeout=15_000)
+        page.select_option("#db", "concerts")
+        page.fill("#question", "singers over 20")
+        page.select_option("#decoding", "greedy")
+        page.check("#run")
+        page.click("#ask")
+        page.wait_for_selector("#rows tbody tr", timeout=60_000)
+        assert page.inner_text("#sql").strip() == SHOWN
+        assert [c.inner_text() for c in page.locator("#candidates tbody code").all()] == [SHOWN]
+        names = sorted(tr.locator("td").first.inner_text() for tr in page.locator("#rows tbody tr").all())
+        assert names == ["Ann", "Bo", "Cy"]
+        assert not errors, errors
+        page.close()

@@ -7,6 +7,7 @@ strict JSON, the same on every route), bad input gets a 4xx, and the server's li
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +15,7 @@ import openai
 import pytest
 
 from infer_fixture import first_table_engine, make_cells_db, make_db, make_model_dir
+from vantage_core.sql.format import formatted_sql
 from test_serve_api import LoopbackServer
 from vantage_core.inference.engine import Engine
 from vantage_core.inference.openai_api import create_table_statements
@@ -198,3 +200,31 @@ def test_binary_and_non_finite_cells_are_strict_json_on_every_route(engine, tmp_
             events = [line[len("data: "):] for line in s.iter_lines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]"
         assert [json.loads(e, parse_constant=_refuse) for e in events[:-1]][-1]["vantage"]["rows"] == want
+
+
+MODEL_STYLE = "select {table} . name , count ( * ) from {table} where {table} . age > 20 group by {table} . name"
+SHOWN = "SELECT singer.name, COUNT(*) FROM singer WHERE singer.age > 20 GROUP BY singer.name"
+
+
+def test_every_route_shows_the_sql_formatted_and_runs_the_models_text(engine):
+    """A model writing ``select singer . name , count ( * ) ...``: /v1/generate (answer and
+    candidates), chat, streamed chat and its extra field all show the formatted SQL, and the rows
+    are those of the model's own text run on the database."""
+    answering = first_table_engine(engine.info["folder"], MODEL_STYLE, max_new_tokens=96)
+    raw = MODEL_STYLE.format(table="singer")
+    assert formatted_sql(raw) == SHOWN != raw
+    with sqlite3.connect(engine.db_dir / "concerts.sqlite") as con:
+        want_rows = sorted(map(list, con.execute(raw).fetchall()))
+    app = create_app(answering, ServeSettings(db_dirs=[str(engine.db_dir)]))
+    with LoopbackServer(app) as http:
+        client = openai.OpenAI(base_url=f"{http.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+        out = http.post("/v1/generate", json={"question": "singers over 20", "db_id": "concerts", "run": True}).json()
+        assert out["sql"] == SHOWN and out["candidates"][out["chosen"]]["sql"] == SHOWN
+        assert sorted(out["rows"]) == want_rows == [["Ann", 1], ["Bo", 1], ["Cy", 1]]
+        ask = dict(model=answering.config.run.name, messages=[{"role": "user", "content": "singers over 20"}],
+                   extra_body={"database": "concerts", "run": True})
+        done = client.chat.completions.create(**ask)
+        assert done.choices[0].message.content == SHOWN == done.model_extra["vantage"]["sql"]
+        assert sorted(done.model_extra["vantage"]["rows"]) == want_rows
+        text, chunks = _streamed(client, **ask)
+        assert text == SHOWN == chunks[-1].model_extra["vantage"]["sql"]

@@ -28,3 +28,11 @@ def test_quickstart_end_to_end_shortened(tmp_path, monkeypatch):
     assert json.loads((out / "quickstart.json").read_text())["test"] == figures["test"]
     text = "\n".join(lines)
     assert "A few questions on unseen databases:" in text and "execution accuracy on 6 questions" in text
+    # the queries shown (on the console and in the report) are the model's, formatted for people
+    from vantage_core.sql.format import formatted_sql
+
+    predicted = {formatted_sql(json.loads(line)["prediction"])
+                 for line in (out / "test" / "predictions.jsonl").read_text().splitlines()}
+    shown = [line.split("SQL:  ", 1)[1] for line in lines if line.startswith("    SQL:  ")]
+    generated = [line.split("generated: `", 1)[1][:-1] for line in report.splitlines() if "- generated: `" in line]
+    assert shown and shown == generated and set(shown) <= predicted

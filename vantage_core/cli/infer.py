@@ -87,6 +87,7 @@ def generate(checkpoints, db, question, questions, notes, run_sql, show_candidat
     from vantage_core.data.notes import notes_beside
     from vantage_core.errors import VantageError
     from vantage_core.inference.engine import Engine
+    from vantage_core.sql.format import formatted_sql
     from vantage_core.textfiles import read_utf8
 
     asked = [question] if question else []
@@ -119,14 +120,14 @@ def generate(checkpoints, db, question, questions, notes, run_sql, show_candidat
             continue
         if len(asked) > 1:
             click.echo(f"-- {q}")
-        click.echo(g.sql)
+        click.echo(formatted_sql(g.sql))
         if g.executed_sql:  # what ran on the database's own engine
             click.echo(f"-- as run on {g.dialect}: {g.executed_sql}", err=True)
         if show_candidates:
             for i, c in enumerate(g.candidates):
                 mark = "*" if i == g.chosen else " "
                 extra = "" if c.ok is None else (" ran" if c.ok else f" error: {c.error}")
-                click.echo(f"  {mark} {c.logprob:9.3f}  {c.sql}{extra}", err=True)
+                click.echo(f"  {mark} {c.logprob:9.3f}  {formatted_sql(c.sql)}{extra}", err=True)
         if run_sql:
             if g.error:
                 click.echo(f"error: the SQL did not run: {g.error}", err=True)

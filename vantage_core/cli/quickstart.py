@@ -61,6 +61,7 @@ def test_on_unseen(cfg, progress: bool = True, echo: Callable[[str], None] = pri
     from vantage_core.data.pipeline import load_split
     from vantage_core.sql.sandbox import execute
     from vantage_core.inference.engine import Engine, predict_examples
+    from vantage_core.sql.format import formatted_sql
     from vantage_core.train.evaluation import score
 
     run_dir = cfg.run.path
@@ -80,7 +81,7 @@ def test_on_unseen(cfg, progress: bool = True, echo: Callable[[str], None] = pri
     step = max(1, len(test.examples) // SHOWN_EXAMPLES)
     for ex, sql in list(zip(test.examples, sqls))[::step][:SHOWN_EXAMPLES]:
         pred, gold = execute(ex.db_paths[0], sql), execute(ex.db_paths[0], ex.sql)
-        shown.append({"db_id": ex.db_id, "question": ex.question, "sql": sql, "gold": ex.sql,
+        shown.append({"db_id": ex.db_id, "question": ex.question, "sql": formatted_sql(sql), "gold": formatted_sql(ex.sql),
                       "rows": pred.rows[:3] if pred.ok else None, "n_rows": len(pred.rows) if pred.ok else 0,
                       "error": pred.error, "correct": pred.ok and gold.ok and sorted(map(repr, pred.rows)) == sorted(map(repr, gold.rows))})
     return {"scores": scores, "n": len(sqls), "databases": databases, "train_databases": len(train_dbs),

@@ -33,6 +33,7 @@ from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.inference.decoding import decode
 from vantage_core.inference.ensemble import load_ensemble
 from vantage_core.model.io import load_model
+from vantage_core.sql.format import formatted_sql
 
 UNGUIDED = ("execution-guided choice skipped: a schema without a database has no rows to run the candidates on; "
             "the model's first candidate is given")
@@ -78,11 +79,15 @@ class Generation:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """:meth:`to_dict` as strict JSON takes it: rows as :func:`json_rows` gives them, a
-        candidate's non-finite log-probability as None."""
+        """:meth:`to_dict` as a client is shown it, in strict JSON: the SQL of the answer and of
+        each candidate formatted for people (:func:`~vantage_core.sql.format.formatted_sql`, the
+        same meaning; ``sql`` here stays the model's text, which evaluation scores), rows as
+        :func:`json_rows` gives them, a candidate's non-finite log-probability as None."""
         out = self.to_dict()
+        out["sql"] = formatted_sql(self.sql)
         out["rows"] = json_rows(self.rows)
         for c in out["candidates"]:
+            c["sql"] = formatted_sql(c["sql"])
             c["logprob"] = c["logprob"] if math.isfinite(c["logprob"]) else None
         return out
 

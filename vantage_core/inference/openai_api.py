@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from vantage_core.inference.serve import Name, utf8_str
+from vantage_core.sql.format import formatted_sql
 
 MessageText = utf8_str()
 
@@ -237,15 +238,16 @@ def add_openai_routes(app: FastAPI, engine: Any, databases: dict, settings: Any,
         g = await run_generation(question, run=req.run, routing=False,
                                  options=options(req), **where)
         finished = bool(g.candidates) and g.candidates[g.chosen].finished
-        extra = {"sql": g.sql, "rows": json_rows(g.rows) if req.run else None, "error": public_message(g.error),
+        sql = formatted_sql(g.sql)
+        extra = {"sql": sql, "rows": json_rows(g.rows) if req.run else None, "error": public_message(g.error),
                  "truncated": g.truncated, "choice": g.choice, "note": g.note, "database": req.database}
         reply_id, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         finish = "stop" if finished else "length"
         if req.stream:
-            return StreamingResponse(_chunks(reply_id, now, model_id, g.sql, finish, extra),
+            return StreamingResponse(_chunks(reply_id, now, model_id, sql, finish, extra),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return {"id": reply_id, "object": "chat.completion", "created": now, "model": model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": g.sql},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": sql},
                              "finish_reason": finish, "logprobs": None}],
                 "vantage": extra}  # no `usage`: the prompt is not counted in OpenAI's tokens
 
