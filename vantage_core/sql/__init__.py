@@ -12,6 +12,7 @@
 - :mod:`~vantage_core.sql.values`: the one reader of distinct cell values.
 - :mod:`~vantage_core.sql.policy`: the allow lists SQL passes before it reaches another engine.
 - :mod:`~vantage_core.sql.names`: table and column names quoted by each engine's rules.
+- :mod:`~vantage_core.sql.format`: SQL formatted for people (:func:`formatted_sql`), the same meaning.
 
 Modules here import only each other and the base modules (``errors``, ``plugins``, ``config``,
 ``textfiles``), never ``data``, ``model``, ``train``, ``evaluate``, ``inference`` or ``cli``.
