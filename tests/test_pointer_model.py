@@ -16,6 +16,7 @@ import mlx.core as mx
 
 from infer_fixture import POINTER_MODEL, make_db
 from vantage_core.config import load_config
+from vantage_core.sql.format import formatted_sql
 
 TINY = {
     "run": {"name": "tiny_pointer"},
@@ -158,8 +159,8 @@ def test_checkpoint_answers_on_a_new_database_in_a_fresh_process(trained):
     assert out.returncode in (0, 1), out.stderr
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     here = Engine.load(root / "run").generate(QUESTIONS[1], db_path=db)
-    assert answer["sql"] == here.sql and answer["sql"]
-    assert [c["sql"] for c in answer["candidates"]] == [c.sql for c in here.candidates]
+    assert answer["sql"] == formatted_sql(here.sql) and answer["sql"]  # shown formatted, the same query
+    assert [c["sql"] for c in answer["candidates"]] == [formatted_sql(c.sql) for c in here.candidates]
 
 
 def test_export_quantized_and_reload(trained):
@@ -344,4 +345,4 @@ def test_generate_with_an_ensemble_of_checkpoints(trained):
     from vantage_core.inference.engine import Engine
 
     want = Engine.load([ckpts / "best", ckpts / "last"]).generate(QUESTIONS[0], db_path=db)
-    assert out["question"] == QUESTIONS[0] and out["sql"] == want.sql
+    assert out["question"] == QUESTIONS[0] and out["sql"] == formatted_sql(want.sql)
