@@ -71,8 +71,10 @@ class Packing:
 
 
 def pack(packing: Packing | None, x: mx.array) -> mx.array:
+    """(B, T, d) -> (n, d) the real positions' rows; ``x`` itself when there is no packing."""
     return x if packing is None else packing.pack(x)
 
 
 def unpack(packing: Packing | None, x: mx.array) -> mx.array:
+    """(n, d) -> (B, T, d) with zeros on the padding; ``x`` itself when there is no packing."""
     return x if packing is None else packing.unpack(x)

@@ -18,6 +18,8 @@ from vantage_core.sql.sqlite_file import file_signature, schema_from_sqlite
 
 
 class SQLiteDatabase(Database):
+    """A SQLite file (``sqlite:///path.sqlite``) read through the sandboxed, read-only worker pool."""
+
     dialect = "sqlite"
 
     def __init__(self, url: str):

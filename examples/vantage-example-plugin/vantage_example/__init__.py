@@ -5,7 +5,7 @@ the hooks below with a ``register`` callback. Imports of the implementations sta
 hooks, so that listing plugins stays fast.
 """
 
-from vantage_core import hookimpl
+from vantage_core.api import hookimpl
 
 
 @hookimpl

@@ -6,9 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from vantage_core.data.example import Example, LoadReport
-from vantage_core.sql.sqlite_file import schema_from_sqlite
-from vantage_core.errors import DataError
+from vantage_core.api import DataError, Example, LoadReport, schema_from_sqlite
 
 
 class JsonlPairs:

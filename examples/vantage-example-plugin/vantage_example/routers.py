@@ -10,7 +10,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from vantage_core.model.moe import Routing, expert_load
+from vantage_core.api import Routing, expert_load
 
 
 class RandomRouter(nn.Module):

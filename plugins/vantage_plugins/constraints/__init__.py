@@ -1,6 +1,6 @@
 """Built-in constraints."""
 
-from vantage_core import hookimpl
+from vantage_core.api import hookimpl
 
 
 @hookimpl

@@ -20,9 +20,8 @@ import numpy as np
 
 import mlx.core as mx
 
-from vantage_core.data.linking import SchemaItem, schema_items
-from vantage_core.data.sql_actions import (BOS, CLAUSES, EOS, ITEM, MAX_SPAN, PAD, QUESTION, SET_OPS, VALUE_MARKERS,
-                                           VOCAB)
+from vantage_core.api import (BOS, CLAUSES, EOS, ITEM, MAX_SPAN, PAD, QUESTION, SET_OPS, VALUE_MARKERS, VOCAB,
+                              SchemaItem, schema_items)
 
 
 @dataclass(frozen=True)
@@ -301,7 +300,7 @@ class SQLActionsConstraint:
         """``features``: the request's featurized question (``vantage_core.data.actions.featurize``),
         for which pieces a value may be copied from."""
         if features is None or not hasattr(tokenizer, "itos"):
-            from vantage_core.errors import ConfigError
+            from vantage_core.api import ConfigError
 
             raise ConfigError("inference.constraint: sql_actions constrains a pointer model (data.target: "
                               "actions); for a model that writes SQL text use sql_schema")

@@ -422,7 +422,7 @@ class SQLSchemaProcessor:
         return None
 
     def _prepares(self, ids: Sequence[int]) -> bool:
-        from vantage_core.inference.constraints import sqlite_prepare_error
+        from vantage_core.api import sqlite_prepare_error
 
         text = "".join(self.surfaces[i] for i in ids)
         hit = self.prepared.get(text)
@@ -431,7 +431,7 @@ class SQLSchemaProcessor:
         return hit
 
     def __call__(self, generated: Sequence[Sequence[int]], logits):
-        from vantage_core.inference.constraints import apply_mask
+        from vantage_core.api import apply_mask
 
         allowed = np.stack([self.allowed(g) for g in generated])
         return apply_mask(logits, allowed)
@@ -448,7 +448,7 @@ class SQLSchemaConstraint:
         self._bound: dict[tuple, SQLSchemaProcessor] = {}
 
     def bind(self, schema: Any, tokenizer: Any, eos_id: int, features: dict | None = None) -> SQLSchemaProcessor:
-        from vantage_core.inference.constraints import token_surfaces
+        from vantage_core.api import token_surfaces
 
         vocab = int(tokenizer.vocab_size)
         key_tok = id(tokenizer)

@@ -9,12 +9,12 @@ transaction, ``statement_timeout``, a server-side cursor read up to the row cap)
 
 from __future__ import annotations
 
-from vantage_core import hookimpl
+from vantage_core.api import hookimpl
 
 
 def _sqlite(url: str, **params):
     """SQLite files (sqlite:///path): the sandboxed, read-only worker pool."""
-    from vantage_core.sql.sqlite import SQLiteDatabase
+    from vantage_core.api import SQLiteDatabase
 
     return SQLiteDatabase(url, **params)
 

@@ -24,13 +24,8 @@ import time
 from itertools import chain
 from pathlib import Path
 
-from vantage_core.errors import DataError
-from vantage_core.sql.database import QueriedDatabase, file_of_url
-from vantage_core.sql.names import quoted
-from vantage_core.sql.result import ExecutionResult, fetch_bounded, plain
-from vantage_core.sql.sandbox import SandboxPool
-from vantage_core.sql.schema import Column, ForeignKey, Schema, Table, coarse_type
-from vantage_core.sql.sqlite_file import file_signature
+from vantage_core.api import (Column, DataError, ExecutionResult, ForeignKey, QueriedDatabase, SandboxPool, Schema,
+                              Table, coarse_type, fetch_bounded, file_of_url, file_signature, plain, quoted)
 
 TEXT_TYPES = ("VARCHAR", "TEXT", "STRING", "CHAR")
 HEADROOM = 512 << 20  # the worker's address space past the memory limit: Python, the result, DuckDB's own
@@ -204,7 +199,7 @@ def load_from_sqlite(url: str, sqlite_path, replace: bool = False, reader=None):
     foreign keys whose targets have one, and created again with fewer where the data breaks them."""
     import duckdb
 
-    from vantage_core.data.load_into import LoadSummary, creation_order, read_sqlite
+    from vantage_core.api import LoadSummary, creation_order, read_sqlite
 
     path = file_of_url(url)
     schema, tables = read_sqlite(sqlite_path)

@@ -21,10 +21,8 @@ from __future__ import annotations
 import time
 from itertools import chain, count
 
-from vantage_core.errors import DataError
-from vantage_core.sql.database import QueriedDatabase, describe, privileged_allowed
-from vantage_core.sql.result import ExecutionResult, fetch_bounded, plain
-from vantage_core.sql.schema import Column, ForeignKey, Schema, Table, coarse_type
+from vantage_core.api import (Column, DataError, ExecutionResult, ForeignKey, QueriedDatabase, Schema, Table,
+                              coarse_type, describe, fetch_bounded, plain, privileged_allowed)
 
 # predefined roles whose members reach the server's files, programs, other sessions or all data
 POWERFUL_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program",
@@ -263,7 +261,7 @@ def load_from_sqlite(url: str, sqlite_path, replace: bool = False, reader: str |
     import psycopg
     from psycopg import sql as pgsql
 
-    from vantage_core.data.load_into import LoadSummary, read_sqlite
+    from vantage_core.api import LoadSummary, read_sqlite
 
     conninfo = conninfo_of(url)
     try:

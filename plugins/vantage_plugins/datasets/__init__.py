@@ -4,7 +4,7 @@ Each adapter module imports only the standard library and Vantage's core at its 
 ``datasets`` library is imported inside the methods that use it.
 """
 
-from vantage_core import hookimpl
+from vantage_core.api import hookimpl
 
 
 @hookimpl

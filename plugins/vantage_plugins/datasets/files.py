@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from vantage_core.data.files import read_json, read_jsonl
-from vantage_core.errors import DataError
-from vantage_core.textfiles import utf8_error
+from vantage_core.api import DataError, read_json, read_jsonl, utf8_error
 
 
 def not_utf8(path: Path) -> DataError:

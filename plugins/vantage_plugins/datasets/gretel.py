@@ -13,10 +13,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from vantage_core.data.example import Example, LoadReport
+from vantage_core.api import DataError, Example, LoadReport, connect_readonly, schema_from_sqlite
 from vantage_plugins.datasets.files import read_jsonl_utf8 as read_jsonl
-from vantage_core.sql.sqlite_file import connect_readonly, schema_from_sqlite
-from vantage_core.errors import DataError
 
 FIELDS = ("id", "sql_prompt", "sql_context", "sql")
 

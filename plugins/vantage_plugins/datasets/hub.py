@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vantage_core.errors import DataError
+from vantage_core.api import DataError
 
 TRUE = ("1", "true", "yes", "on")
 

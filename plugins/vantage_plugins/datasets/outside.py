@@ -21,11 +21,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from vantage_core.data.example import Example, LoadReport
-from vantage_core.data.notes import NOTES_SUFFIX, apply_notes, read_notes
-from vantage_core.errors import DataError
-from vantage_core.sql.names import quoted
-from vantage_core.sql.sqlite_file import connect_readonly, schema_from_sqlite
+from vantage_core.api import (NOTES_SUFFIX, DataError, Example, LoadReport, apply_notes, connect_readonly, quoted,
+                              read_notes, schema_from_sqlite)
 from vantage_plugins.datasets.files import read_yaml_data
 from vantage_plugins.datasets.synthetic import default_cache_dir
 

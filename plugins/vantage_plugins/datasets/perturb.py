@@ -16,9 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vantage_core.data.example import Example
-from vantage_core.sql.schema import Schema
-from vantage_core.errors import DataError
+from vantage_core.api import DataError, Example, Schema
 from vantage_plugins.datasets.files import read_yaml_data
 
 PERTURBATIONS = ("none", "synonyms", "values")

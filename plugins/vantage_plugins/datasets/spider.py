@@ -20,12 +20,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from vantage_core.data.example import Example, LoadReport
-from vantage_core.sql.schema import Schema
+from vantage_core.api import DataError, Example, LoadReport, Schema, missing_in_database, schema_from_spider_tables
 from vantage_plugins.datasets.files import non_text_fields, read_json_utf8 as read_json
 from vantage_plugins.datasets.perturb import PERTURBATIONS, perturbed
-from vantage_core.data.schemas import missing_in_database, schema_from_spider_tables
-from vantage_core.errors import DataError
 
 
 def shared_data_dir() -> Path:

@@ -20,9 +20,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from vantage_core.data.example import Example, LoadReport
-from vantage_core.sql.schema import Column, ForeignKey, Schema, Table
-from vantage_core.errors import DataError
+from vantage_core.api import Column, DataError, Example, ForeignKey, LoadReport, Schema, Table
 
 VERSION = 1  # bump when generation changes, so cached databases are rebuilt
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vantage_core.data.example import Example, LoadReport
-from vantage_core.sql.schema import Column, Schema, Table
+from vantage_core.api import Column, DataError, Example, LoadReport, Schema, Table
 from vantage_plugins.datasets.files import non_text_fields, read_jsonl_utf8 as read_jsonl
-from vantage_core.errors import DataError
 
 AGG_OPS = ["", "MAX", "MIN", "COUNT", "SUM", "AVG"]
 COND_OPS = ["=", ">", "<", "OP"]

@@ -1,6 +1,6 @@
 """Built-in expert banks."""
 
-from vantage_core import hookimpl
+from vantage_core.api import hookimpl
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from typing import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
-from vantage_core import kernels
+from vantage_core.api import kernels
 
 
 def _uniform(shape: tuple[int, ...], fan_in: int) -> mx.array:

@@ -8,7 +8,7 @@ states the contract a linker meets.
 
 from __future__ import annotations
 
-from vantage_core import hookimpl
+from vantage_core.api import hookimpl
 
 
 class NoLinker:
@@ -17,7 +17,7 @@ class NoLinker:
     uses_values = False
 
     def link(self, question_words, items, values=None):
-        from vantage_core.data.linking import Links
+        from vantage_core.api import Links
 
         n, q = len(items), len(question_words)
         return Links([0] * n, [0] * n, [0] * q, [0] * q, [0] * q)

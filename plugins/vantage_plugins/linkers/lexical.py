@@ -7,8 +7,7 @@ table or column name, and a question n-gram found among the values stored in a c
 
 from __future__ import annotations
 
-from vantage_core.data.linking import NAME_EXACT, NAME_NONE, NAME_PARTIAL, Links, SchemaItem, normalize, stem
-from vantage_core.errors import ConfigError
+from vantage_core.api import NAME_EXACT, NAME_NONE, NAME_PARTIAL, ConfigError, Links, SchemaItem, normalize, stem
 
 STOPWORDS = frozenset(
     "a an the of in on at to for from by with and or is are was were be been what which who whom whose "

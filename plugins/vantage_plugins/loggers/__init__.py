@@ -1,7 +1,7 @@
 """Built-in loggers: ``jsonl`` (the run's ``metrics.jsonl``, read by ``vantage plot``) and
 ``wandb`` (Weights & Biases, online or offline; the package is imported only when used)."""
 
-from vantage_core import hookimpl
+from vantage_core.api import hookimpl
 
 
 class JsonlLogger:
@@ -35,7 +35,7 @@ class WandbLogger:
         try:
             import wandb
         except ImportError:
-            from vantage_core.errors import PluginError
+            from vantage_core.api import PluginError
 
             raise PluginError("logger 'wandb': the wandb package is not installed; "
                               "pip install 'vantage[wandb]', or remove it from train.loggers") from None

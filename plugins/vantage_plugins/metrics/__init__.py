@@ -1,7 +1,7 @@
 """Built-in metrics. Each module imports only the standard library and Vantage's core at
 import time; sqlglot, sqlparse and matplotlib load when a metric first needs them."""
 
-from vantage_core import hookimpl
+from vantage_core.api import hookimpl
 
 from vantage_plugins.metrics.bird import BirdExecution, BirdVES
 from vantage_plugins.metrics.spider_metrics import ExactMatch, ExecutionAccuracy

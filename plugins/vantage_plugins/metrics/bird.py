@@ -9,8 +9,7 @@ import math
 import statistics
 from typing import Any
 
-from vantage_core.data.example import Example
-from vantage_core.evaluate.metric import ExecutingMetric, summarize_by
+from vantage_core.api import Example, ExecutingMetric, summarize_by
 
 DIFFICULTY_ORDER = ("simple", "moderate", "challenging")
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from vantage_core.data.example import Example
-from vantage_core.evaluate import spider
-from vantage_core.evaluate.metric import ExecutingMetric, summarize_by
+from vantage_core.api import Example, ExecutingMetric, spider, summarize_by
 
 
 class _SpiderParsing:

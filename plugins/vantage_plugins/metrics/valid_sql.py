@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vantage_core.data.example import Example
-from vantage_core.evaluate.metric import ExecutingMetric, summarize_by
+from vantage_core.api import Example, ExecutingMetric, summarize_by
 
 
 class ValidSQL(ExecutingMetric):

@@ -6,9 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from vantage_core.data.example import Example
-from vantage_core.evaluate.metric import ExecutingMetric, summarize_by
-from vantage_core.evaluate.spider import results_equal
+from vantage_core.api import Example, ExecutingMetric, results_equal, summarize_by
 
 AGG_OPS = ("", "MAX", "MIN", "COUNT", "SUM", "AVG")
 COND_OPS = ("=", ">", "<", "OP")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from vantage_core.errors import ConfigError
-from vantage_core.model.moe import Routing, expert_load
+from vantage_core.api import ConfigError, Routing, expert_load
 
 
 def _top_k(scores: mx.array, k: int) -> mx.array:

@@ -1,6 +1,6 @@
 """Built-in schema encoders."""
 
-from vantage_core import hookimpl
+from vantage_core.api import hookimpl
 
 
 @hookimpl

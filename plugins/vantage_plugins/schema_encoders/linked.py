@@ -27,11 +27,7 @@ import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
 
-from vantage_core import kernels
-from vantage_core.errors import ConfigError
-from vantage_core.model.packing import Packing, pack, packing_arrays, unpack
-from vantage_core.model.schema import Memory
-from vantage_core.model.transformer import Dropout
+from vantage_core.api import ConfigError, Dropout, Memory, Packing, kernels, pack, packing_arrays, unpack
 
 ITEM_TYPES = 6  # vantage_core.data.actions.ITEM_TYPES
 INPUTS = ("q_mask", "item_mask", "item_type", "item_key", "item_link_name", "item_link_value",
@@ -295,7 +291,7 @@ class LinkedSchemaEncoder(nn.Module):
             self.links = LinkEmbedding(d_model)
         self.relations = bool(relations and n_layers)
         if self.relations:
-            from vantage_core.data.actions import RELATIONS
+            from vantage_core.api import RELATIONS
 
             self.mixer = RelationEncoder(n_layers, d_model, n_heads, hidden, len(RELATIONS), dropout)
         else:

@@ -14,8 +14,7 @@ import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
 
-from vantage_core.errors import ConfigError
-from vantage_core.model.schema import TextSchemaEncoder
+from vantage_core.api import ConfigError, TextSchemaEncoder
 
 
 def default_model_dir() -> Path:

@@ -10,8 +10,7 @@ import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
 
-from vantage_core.errors import ConfigError
-from vantage_core.model.schema import TextSchemaEncoder, pad_batch
+from vantage_core.api import ConfigError, TextSchemaEncoder, pad_batch
 
 
 def padding_bias(mask: mx.array, dtype=mx.float32) -> mx.array:

@@ -16,9 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from vantage_core.data.sql_actions import BOS, EOS, PAD, SPECIALS, UNK_LIT
-from vantage_core.data.tokenizer import META_FILE
-from vantage_core.errors import ConfigError, DataError
+from vantage_core.api import BOS, EOS, META_FILE, PAD, SPECIALS, UNK_LIT, ConfigError, DataError
 
 
 def _is_literal(token: str) -> bool:
