@@ -9,7 +9,7 @@ keyword arguments to ``register`` later without breaking a plugin.
 
 A minimal plugin module::
 
-    from vantage_core import hookimpl
+    from vantage_core.api import hookimpl
 
     @hookimpl
     def register_routers(register):
@@ -19,6 +19,8 @@ declared in its ``pyproject.toml`` under the ``vantage`` entry-point group::
 
     [project.entry-points.vantage]
     my_plugin = "my_package.my_module"
+
+Everything a plugin imports from Vantage comes from :mod:`vantage_core.api`, grouped there by hook.
 """
 
 from __future__ import annotations
