@@ -3,7 +3,8 @@
 A layer is a top-level module or package of ``vantage_core``. A module may import its own layer
 and any layer on a lower level; never one on a higher level, and never a peer (another layer on
 its own level). Every import counts: ``import x`` and ``from x import y``, at the top of a file or
-inside a function.
+inside a function. Plugins (``plugins/``, ``examples/vantage-example-plugin/``) sit above every
+layer and import Vantage only through the top one, ``vantage_core.api``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "vantage_core"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "vantage_core"
+PLUGIN_ROOTS = [REPO / "plugins", REPO / "examples" / "vantage-example-plugin"]
+PLUGIN_API = "vantage_core.api"
 ROOT = "__init__"  # the package itself (``import vantage_core``: the BLAS and allocator set-up, ``hookimpl``)
 
 # Lowest first. The base modules are ordered by what they import; ``sql`` is the floor of
 # everything that touches a database; evaluate and inference are peers; analysis reads what
 # training wrote (its metrics, for the report's curves). The server's static playground lives in
-# ``inference``; what the commands doctor and quickstart run, in ``cli``.
+# ``inference``; what the commands doctor and quickstart run, in ``cli``. ``api`` re-exports what
+# plugins need from the layers below it, and is for plugins only: nothing in vantage_core imports it.
 LEVELS: list[tuple[str, ...]] = [
     ("errors", "allocator", "blas", "kernels", "hookspecs"),
     (ROOT, "textfiles", "resources", "folders", "plugins"),
@@ -30,6 +35,7 @@ LEVELS: list[tuple[str, ...]] = [
     ("train",),
     ("analysis",),
     ("cli",),
+    ("api",),
 ]
 LEVEL_OF = {layer: i for i, level in enumerate(LEVELS) for layer in level}
 
@@ -71,8 +77,8 @@ def imported_modules(node: ast.Import | ast.ImportFrom, path: Path) -> list[list
     when ``b`` may be a module: its layer is decided by :func:`layer_of_module`)."""
     if isinstance(node, ast.Import):
         return [alias.name.split(".") for alias in node.names]
-    package = package_of_file(path)
-    base = package[:len(package) - node.level + 1] if node.level else []  # `from .. import x`: one up
+    package = package_of_file(path) if node.level else []
+    base = package[:len(package) - node.level + 1]  # `from .. import x`: one up
     module = base + (node.module.split(".") if node.module else [])
     return [module + [alias.name] for alias in node.names]
 
@@ -180,3 +186,46 @@ def test_the_walk_sees_every_kind_of_import():
     seen = [(node.lineno, layer_of_module(parts, names)) for node in ast.walk(tree)
             if isinstance(node, (ast.Import, ast.ImportFrom)) for parts in imported_modules(node, path)]
     assert sorted(seen) == [(1, ROOT), (2, ROOT), (2, "plugins"), (3, "model"), (5, "inference"), (6, "data")]
+
+
+def imports_past_the_api(tree: ast.AST, path: Path) -> list[tuple[int, str]]:
+    """``(line, statement)`` for each import of ``vantage_core`` in a plugin's module other than
+    ``import vantage_core.api`` and ``from vantage_core.api import ...`` (relative imports stay
+    inside the plugin's own package)."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)) or getattr(node, "level", 0):
+            continue
+        for parts in imported_modules(node, path):
+            via_api = node.module == PLUGIN_API if isinstance(node, ast.ImportFrom) else ".".join(parts) == PLUGIN_API
+            if parts[0] == "vantage_core" and not via_api:
+                found.append((node.lineno, ast.unparse(node)))
+    return sorted(set(found))  # `from a import b, c` names two modules but is one statement
+
+
+def plugin_files() -> list[Path]:
+    """Every Python file of the built-in plugins and the example plugin."""
+    return sorted(p for root in PLUGIN_ROOTS for p in root.rglob("*.py"))
+
+
+def test_plugins_import_vantage_only_through_the_api():
+    """Every import of vantage_core in plugins/ and examples/vantage-example-plugin/, at the top or
+    inside a function, is of vantage_core.api."""
+    files = plugin_files()
+    assert any("vantage_example" in p.parts for p in files) and any("vantage_plugins" in p.parts for p in files)
+    bad = [f"{path.relative_to(REPO)}:{line}: {statement}" for path in files
+           for line, statement in imports_past_the_api(ast.parse(path.read_text(encoding="utf-8")), path)]
+    assert not bad, ("plugins import Vantage only from vantage_core.api (add a name there when a plugin "
+                     "needs it):\n" + "\n".join(bad))
+
+
+def test_the_plugin_walk_finds_every_import_past_the_api():
+    """The check above flags ``import vantage_core``, ``from vantage_core import x``, a submodule
+    import and imports inside a function, and passes the api's own two forms, a module that only
+    shares the prefix and a relative import."""
+    source = ("import vantage_core\nfrom vantage_core import hookimpl\nimport vantage_core.model.moe\n"
+              "from vantage_core.api import Routing\nimport vantage_core.api\nimport os, vantage_coreish\n"
+              "def f():\n    from vantage_core.data.linking import Links, SchemaItem\n"
+              "    from vantage_core import api\n    from . import sibling\n")
+    path = REPO / "plugins" / "vantage_plugins" / "walk_probe.py"  # never written
+    assert [line for line, _ in imports_past_the_api(ast.parse(source), path)] == [1, 2, 3, 8, 9]
