@@ -234,3 +234,33 @@ def test_the_weight_average_follows_its_decay():
         assert mx.allclose(model.weight, start + 0.95).item()
         assert mx.allclose(raw["weight"], start + 1.0).item()
     assert mx.allclose(model.weight, start + 1.0).item()
+
+
+def test_fit_runs_added_callbacks_after_each_step_and_ends_them_in_reverse(tmp_path):
+    """build_run makes the parts and fit runs them: a callback added around the standard ones
+    sees each step's record, and on_end runs in reverse order, so the one listed last ends before
+    the last checkpoint is saved and the one listed first after the report is written."""
+    from vantage_core.train.callbacks import Callback
+    from vantage_core.train.run import build_run, fit
+
+    seen = []
+
+    class Recorder(Callback):
+        def __init__(self, name):
+            self.name = name
+
+        def on_step(self, run, record):
+            seen.append((self.name, run.trainer.step, record["tokens_per_s"] > 0))
+
+        def on_end(self, run, outcome):
+            seen.append((self.name, outcome, (run.folder / "checkpoints" / "last").exists(),
+                         (run.folder / "summary.json").exists()))
+
+    run = build_run(tiny(tmp_path / "run", "train.steps=3", "train.eval_every=0", "train.save_every=0",
+                         "data.validation=[]"), progress=False, echo=lambda m: None)
+    summary = fit(run, [Recorder("first"), *run.callbacks, Recorder("last")])
+    assert seen == [("first", 1, True), ("last", 1, True), ("first", 2, True), ("last", 2, True),
+                    ("first", 3, True), ("last", 3, True),
+                    ("last", "finished", False, False), ("first", "finished", True, True)]
+    assert summary["steps"] == 3 and run.batches_drawn == 3
+    assert load_trainer_state(tmp_path / "run" / "checkpoints" / "last")["batches"] == 3

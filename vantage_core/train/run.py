@@ -11,6 +11,10 @@ A run directory holds everything needed to look at the run later::
     eval/              the predictions of the last evaluation
     plots/             loss.png, expert_load.png, eval.png
     summary.json       headline figures; report.md a readable summary
+
+:func:`build_run` makes a run's parts (folder, data, model, trainer, batches, telemetry) and
+:func:`fit` runs its steps; evaluation, checkpoints, the step log and the report are callbacks
+(:mod:`vantage_core.train.callbacks`). :func:`train` is the two together.
 """
 
 from __future__ import annotations
@@ -19,11 +23,10 @@ import json
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import numpy as np
+from typing import Any, Callable, Iterator, Sequence
 
 import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
 import mlx.core as mx
@@ -33,6 +36,7 @@ from vantage_core.config import Config, dump_config
 from vantage_core.errors import ConfigError, VantageError
 from vantage_core.folders import check_output_folder, output_path, swap_in
 from vantage_core.model.io import load_trainer_state, plugin_list, resolve_checkpoint, save_checkpoint
+from vantage_core.train.callbacks import Callback, Outcome, standard_callbacks
 from vantage_core.train.distill import TEACHER_FIELDS, teacher_folders, teacher_targets
 from vantage_core.train.distributed import World, init_world
 from vantage_core.train.telemetry import Telemetry, trim_metrics
@@ -270,245 +274,209 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return total, trainable
 
 
+@dataclass
+class Run:
+    """The parts of one training run, built by :func:`build_run` and trained by :func:`fit`."""
+
+    cfg: Config
+    world: World
+    registry: Any
+    folder: Path  # the run directory
+    data: TrainingData
+    model: Any
+    trainer: Trainer
+    batches: Iterator[dict]  # this rank's rows of the global batches, from the one after batches_drawn
+    telemetry: Telemetry
+    callbacks: list[Callback]  # what fit does around the steps: standard_callbacks()
+    parameters: tuple[int, int]  # total, trainable
+    started: float  # time.perf_counter() when the run began (its report's wall time)
+    progress: bool = True
+    batches_drawn: int = 0  # global batches drawn so far (a checkpoint records it, to resume the stream)
+    best: dict = field(default_factory=dict)  # metric, value and step of checkpoints/best
+    final_scores: dict = field(default_factory=dict)  # the validation scores at the end
+    summary: dict = field(default_factory=dict)  # what Report wrote to summary.json
+
+    def trainer_state(self) -> dict:
+        return {"step": self.trainer.step, "batches": self.batches_drawn, "best": self.best,
+                "seed": self.cfg.run.seed, "world_size": self.world.size}
+
+    def save_checkpoint(self, name: str) -> None:
+        """Write ``checkpoints/<name>`` (rank 0): the weights to use (the moving average where
+        ``train.ema_decay`` is set), with the optimizer and training weights to resume from."""
+        if not self.world.is_main:
+            return
+        with self.trainer.averaged() as raw:
+            save_checkpoint(self.folder / "checkpoints" / name, model=self.model, optimizer=self.trainer.optimizer,
+                            trainer_state=self.trainer_state(), config_yaml=dump_config(self.cfg),
+                            plugins=plugin_list(self.registry), save_tokenizer=self.data.tokenizer.save,
+                            training_weights=raw)
+
+
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           echo: Callable[[str], None] = print, world: World | None = None,
           clock: Callable[[], float] = time.perf_counter) -> dict:
     """Train the model ``cfg`` describes; return the run's summary (also in summary.json).
     ``clock``: what ``train.minutes`` is measured with (seconds)."""
-    from vantage_core.model import build_model, loss as model_loss
+    run = build_run(cfg, resume=resume, overwrite=overwrite, progress=progress, echo=echo, world=world)
+    return fit(run, run.callbacks, clock=clock)
+
+
+def build_run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+              echo: Callable[[str], None] = print, world: World | None = None) -> Run:
+    """Everything the run ``cfg`` describes needs before its first step: the run folder (checked
+    against ``resume``/``overwrite``; a start that fails leaves it as it was), the data, the model,
+    the trainer (restored from ``checkpoints/last`` on resume), the batches, the telemetry and
+    the standard callbacks."""
+    from vantage_core.model import loss as model_loss
     from vantage_core.plugins import registry as default_registry
 
     world = world or init_world()
     say = echo if world.is_main else (lambda *_: None)
     registry = default_registry()
-    run_dir = prepare_run_dir(cfg, resume, overwrite, world)
+    folder = prepare_run_dir(cfg, resume, overwrite, world)
     teacher_folders(cfg)  # a missing teacher: an error before any work
-    t_start = time.perf_counter()
+    started = time.perf_counter()
     mx.random.seed(cfg.run.seed)
-    with staged_start(run_dir, resume, world) as start_dir:
+    with staged_start(folder, resume, world) as start_dir:
         if world.is_main and not resume:
             (start_dir / "config.yaml").write_text(dump_config(cfg))
             (start_dir / "plugins.json").write_text(json.dumps(plugin_list(registry), indent=2))
-
-        # -- data and tokenizer (rank 0 first: it fills the caches the others then read)
-        tok_dir = start_dir / "tokenizer"
-        if cfg.data.target == "actions":
-            data = action_data(cfg, registry, world, tok_dir, say, progress)
-        else:
-            data = token_data(cfg, registry, world, tok_dir, say)
-        tokenizer, prepared, validation = data.tokenizer, data.train, data.validation
-        say(f"train: {len(prepared)} examples; validation: {len(validation) if validation else 0}; "
-            f"vocabulary {tokenizer.vocab_size}; {world.size} process(es)")
-
-        # -- model
-        model = build_model(cfg.model, tokenizer, registry)
-        mx.eval(model.parameters())
-        if hasattr(model.schema_encoder, "precompute"):  # frozen states once, through the content-keyed cache
-            texts = [prepared.frozen_texts()] + ([validation.frozen_texts()] if validation is not None else [])
-            _main_first(world, lambda: model.schema_encoder.precompute(
-                [q for qs, _ in texts for q in qs], [n for _, ns in texts for n in ns], progress=progress))
-        # -- train.distill: the teachers' distributions on the training split (cached), carried by the batches
+        # rank 0 first: it fills the caches the others then read
+        data = training_data(cfg, registry, world, start_dir / "tokenizer", say, progress)
+        model = training_model(cfg, data, registry, world, progress)
+        # train.distill: the teachers' distributions on the training split (cached), carried by the batches
         teachers = _main_first(world, lambda: teacher_targets(cfg, data, start_dir, resume, progress))
     if world.is_main:
-        if resume:
-            (run_dir / "config.yaml").write_text(dump_config(cfg))  # the resumable fields may have changed
-        record = {"train": prepared.record(), "validation": validation.record() if validation else None}
-        (run_dir / "data.json").write_text(json.dumps(record, indent=2, default=str))
+        record_start(folder, cfg, data, resume)
     total, trainable = count_parameters(model)
     say(f"model: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable)")
-
-    def after_update(m, record):
-        if record.get("expert_load") and hasattr(m, "update_routers"):
-            m.update_routers(mx.array(record["expert_load"]))
-
     distill = cfg.train.distill
     loss_fn = partial(model_loss, distill_weight=distill.weight, temperature=distill.temperature) \
         if teachers is not None else model_loss
-    trainer = Trainer(model, loss_fn, cfg.train, world, after_update=after_update, seed=cfg.run.seed)
-    best = {"metric": cfg.train.select_metric, "value": None, "step": None}
-    consumed = 0  # global batches drawn
+    trainer = Trainer(model, loss_fn, cfg.train, world, after_update=nudge_routers, seed=cfg.run.seed)
+    drawn, best = 0, {"metric": cfg.train.select_metric, "value": None, "step": None}
     if resume:
-        state = trainer.restore(run_dir / "checkpoints" / "last")
-        consumed, best = state["batches"], state.get("best", best)
-        say(f"resuming at step {trainer.step}")
-        if world.is_main:
-            trim_metrics(run_dir, trainer.step)
-    collate = teachers.attach(data.collate, tokenizer.vocab_size) if teachers is not None else data.collate
-    batches = ModelBatches(prepared, cfg.train.batch_size, cfg.run.seed, world, collate,
-                           cfg.train.bucket_batches).stream(consumed)
-
-    telemetry = Telemetry(run_dir, cfg.to_dict(), cfg.train.loggers, registry, cfg.train.steps,
+        drawn, best = resume_trainer(trainer, folder, best, world, say)
+    collate = teachers.attach(data.collate, data.tokenizer.vocab_size) if teachers is not None else data.collate
+    batches = ModelBatches(data.train, cfg.train.batch_size, cfg.run.seed, world, collate,
+                           cfg.train.bucket_batches).stream(drawn)
+    telemetry = Telemetry(folder, cfg.to_dict(), cfg.train.loggers, registry, cfg.train.steps,
                           trainer.step, enabled=world.is_main, progress=progress)
+    return Run(cfg, world, registry, folder, data, model, trainer, batches, telemetry, standard_callbacks(),
+               (total, trainable), started, progress=progress, batches_drawn=drawn, best=best)
 
-    def trainer_state():
-        return {"step": trainer.step, "batches": consumed, "best": best, "seed": cfg.run.seed,
-                "world_size": world.size}
 
-    def save(name: str) -> None:
-        if world.is_main:
-            with trainer.averaged() as raw:
-                save_checkpoint(run_dir / "checkpoints" / name, model=model, optimizer=trainer.optimizer,
-                                trainer_state=trainer_state(), config_yaml=dump_config(cfg),
-                                plugins=plugin_list(registry), save_tokenizer=tokenizer.save,
-                                training_weights=raw)
+def training_data(cfg: Config, registry: Any, world: World, tok_dir: Path, say: Callable[[str], None],
+                  progress: bool) -> TrainingData:
+    """The tokenizer and prepared splits of ``data.target`` (tokens or actions)."""
+    if cfg.data.target == "actions":
+        data = action_data(cfg, registry, world, tok_dir, say, progress)
+    else:
+        data = token_data(cfg, registry, world, tok_dir, say)
+    say(f"train: {len(data.train)} examples; validation: {len(data.validation) if data.validation else 0}; "
+        f"vocabulary {data.tokenizer.vocab_size}; {world.size} process(es)")
+    return data
 
-    def evaluate(final: bool = False) -> dict[str, float]:
-        with trainer.averaged():
-            return evaluate_weights(final)
 
-    def evaluate_weights(final: bool) -> dict[str, float]:
-        if validation is None or not world.is_main:
-            return {}
-        from vantage_core.train.evaluation import predict, score, teacher_forced
+def training_model(cfg: Config, data: TrainingData, registry: Any, world: World, progress: bool) -> Any:
+    """The model, initialized; a schema encoder with frozen parts computes their states once for
+    both splits, through its content-keyed cache."""
+    from vantage_core.model import build_model
 
-        if cfg.data.target == "actions":
-            t = time.perf_counter()
-            scores = teacher_forced(model, validation, tokenizer)
-            telemetry.log({"step": trainer.step, "kind": "eval", **scores, "examples": len(validation),
-                           "seconds": time.perf_counter() - t})
-            return scores
-        n = len(validation) if final and cfg.train.eval_examples <= 0 else cfg.train.eval_examples
-        t = time.perf_counter()
-        preds = predict(model, tokenizer, validation, limit=n, max_new_tokens=cfg.inference.max_new_tokens,
-                        progress=progress)
-        examples = validation.examples[:len(preds)]
-        scores = score(examples, [p["sql"] for p in preds], cfg.evaluate.metrics, out_dir=run_dir / "eval",
-                       workers=cfg.evaluate.workers, timeout_s=cfg.evaluate.timeout_s,
-                       max_rows=cfg.evaluate.max_rows)
-        (run_dir / "eval").mkdir(exist_ok=True)
-        with open(run_dir / "eval" / "predictions.jsonl", "w") as f:
-            for ex, p in zip(examples, preds):
-                f.write(json.dumps({**p, "question": ex.question, "gold": ex.sql, "db_id": ex.db_id}) + "\n")
-        telemetry.log({"step": trainer.step, "kind": "eval", **scores, "examples": len(preds),
-                       "seconds": time.perf_counter() - t})
-        return scores
+    model = build_model(cfg.model, data.tokenizer, registry)
+    mx.eval(model.parameters())
+    if hasattr(model.schema_encoder, "precompute"):
+        splits = [data.train] + ([data.validation] if data.validation is not None else [])
+        texts = [split.frozen_texts() for split in splits]
+        _main_first(world, lambda: model.schema_encoder.precompute(
+            [q for qs, _ in texts for q in qs], [n for _, ns in texts for n in ns], progress=progress))
+    return model
 
-    stopped = None
-    last_scores: dict[str, float] = {}
-    budget_s = cfg.train.minutes * 60 if cfg.train.minutes else None
+
+def record_start(folder: Path, cfg: Config, data: TrainingData, resume: bool) -> None:
+    """data.json (what each split holds); on resume, config.yaml again (its resumable fields may
+    have changed)."""
+    if resume:
+        (folder / "config.yaml").write_text(dump_config(cfg))
+    record = {"train": data.train.record(), "validation": data.validation.record() if data.validation else None}
+    (folder / "data.json").write_text(json.dumps(record, indent=2, default=str))
+
+
+def nudge_routers(model: Any, record: dict) -> None:
+    """After each update, a router that balances itself (the aux-loss-free bias) sees the step's
+    expert load."""
+    if record.get("expert_load") and hasattr(model, "update_routers"):
+        model.update_routers(mx.array(record["expert_load"]))
+
+
+def resume_trainer(trainer: Trainer, folder: Path, best: dict, world: World,
+                   say: Callable[[str], None]) -> tuple[int, dict]:
+    """Restore ``trainer`` from ``checkpoints/last`` and drop the metrics past its step; the
+    global batches drawn by then, and the best checkpoint's record (``best`` when it has none)."""
+    state = trainer.restore(folder / "checkpoints" / "last")
+    say(f"resuming at step {trainer.step}")
+    if world.is_main:
+        trim_metrics(folder, trainer.step)
+    return state["batches"], state.get("best", best)
+
+
+def fit(run: Run, callbacks: Sequence[Callback], clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Train ``run`` until ``train.steps``, the ``train.minutes`` budget (read on ``clock``, in
+    seconds) or Ctrl-C, calling ``callbacks`` after each step and at the end (on_end in reverse
+    order). Returns the run's summary, or ``{"stopped": "interrupted", ...}`` after Ctrl-C."""
+    try:
+        outcome = train_steps(run, callbacks, clock)
+    except TrainingDiverged as exc:
+        for callback in reversed(callbacks):
+            callback.on_end(run, "diverged")
+        raise TrainingDiverged(f"{exc}; {last_good_checkpoint(run.folder)}") from None
+    for callback in reversed(callbacks):
+        callback.on_end(run, outcome)
+    if outcome == "interrupted":
+        return {"stopped": outcome, "step": run.trainer.step, "run_dir": str(run.folder)}
+    run.world.barrier()
+    return run.summary
+
+
+def train_steps(run: Run, callbacks: Sequence[Callback], clock: Callable[[], float]) -> Outcome:
+    """Optimizer steps, each followed by the callbacks' on_step, until training ends; how it ended."""
+    train_cfg = run.cfg.train
+    budget_s = train_cfg.minutes * 60 if train_cfg.minutes else None
     t_train = clock()
     try:
         with StopFlag() as flag:
-            while trainer.step < cfg.train.steps:
+            while run.trainer.step < train_cfg.steps:
                 if budget_s is not None and clock() - t_train > budget_s:
-                    telemetry.write(f"train.minutes: the {cfg.train.minutes:g}-minute budget ends training "
-                                    f"at step {trainer.step} of {cfg.train.steps}")
+                    run.telemetry.write(f"train.minutes: the {train_cfg.minutes:g}-minute budget ends training "
+                                        f"at step {run.trainer.step} of {train_cfg.steps}")
                     break
-                t0 = time.perf_counter()
-                micro = []
-                for _ in range(cfg.train.grad_accum):
-                    b = next(batches)
-                    consumed += 1
-                    micro.append(model_arrays(model, b, cfg.train.pack_padding))
-                record = trainer.train_step(micro)
-                dt = time.perf_counter() - t0
-                for note in trainer.notes:
-                    telemetry.write(f"note: {note}")
-                trainer.notes.clear()
-                if trainer.step % cfg.train.log_every == 0 or trainer.step == cfg.train.steps:
-                    telemetry.log({"step": trainer.step, "kind": "train", **record,
-                                   "tokens_per_s": record["tokens"] / dt, "step_s": dt})
-                if cfg.train.eval_every and trainer.step % cfg.train.eval_every == 0 \
-                        and trainer.step < cfg.train.steps and validation is not None:
-                    last_scores = evaluate()
-                    value = last_scores.get(cfg.train.select_metric)
-                    if value is not None and (best["value"] is None or value > best["value"]):
-                        best.update(value=value, step=trainer.step)
-                        save("best")
-                if cfg.train.save_every and trainer.step % cfg.train.save_every == 0:
-                    save("last")
+                record = train_step(run)
+                for callback in callbacks:
+                    callback.on_step(run, record)
                 if flag.stop:
-                    stopped = "interrupted"
-                    break
-    except TrainingDiverged as exc:
-        telemetry.close()
-        last = run_dir / "checkpoints" / "last"
-        kept = f"the last good checkpoint is {last} (step {load_trainer_state(last)['step']})" \
-            if (last.exists() or last.with_name("last.old").exists()) else "no checkpoint was written yet"
-        raise TrainingDiverged(f"{exc}; {kept}") from None
+                    return "interrupted"
     except KeyboardInterrupt:
-        stopped = "interrupted"
-    if stopped:
-        save("last")
-        telemetry.write(f"interrupted at step {trainer.step}: saved {run_dir / 'checkpoints' / 'last'}; "
-                        f"continue with --resume")
-        telemetry.close()
-        return {"stopped": stopped, "step": trainer.step, "run_dir": str(run_dir)}
-
-    save("last")
-    final_scores = {}
-    if validation is not None:
-        final_scores = evaluate(final=True)
-        value = final_scores.get(cfg.train.select_metric)
-        if value is not None and (best["value"] is None or value >= best["value"]):
-            best.update(value=value, step=trainer.step)
-            save("best")
-    telemetry.close()
-    summary = {}
-    if world.is_main:
-        summary = summarize_run(run_dir, cfg, final_scores, best, time.perf_counter() - t_start,
-                                total, trainable, world.size)
-        from vantage_core.train.plot import plot_run
-
-        plot_run(run_dir)
-        write_report(run_dir, cfg, summary)
-    world.barrier()
-    return summary
+        return "interrupted"
+    return "finished"
 
 
-def summarize_run(run_dir: Path, cfg: Config, final_scores: dict, best: dict, wall_s: float,
-                  total_params: int, trainable_params: int, world_size: int) -> dict:
-    from vantage_core.train.plot import load_balance
-    from vantage_core.train.telemetry import read_metrics
-
-    records = [r for r in read_metrics(run_dir) if r.get("kind") == "train"]
-    tail = records[len(records) // 2:] or records  # the steady second half: compile/warm-up excluded
-    loads = [r["expert_load"] for r in tail if r.get("expert_load")]
-    summary = {
-        "run": cfg.run.name, "steps": records[-1]["step"] if records else 0,
-        "final_loss": records[-1]["loss"] if records else None,
-        "final_ce": records[-1].get("ce") if records else None,
-        "tokens_per_s": float(np.median([r["tokens_per_s"] for r in tail])) if tail else None,
-        "load_balance": float(np.mean([load_balance(l) for l in loads])) if loads else None,
-        "max_expert_share": float(np.max(np.mean(np.asarray(loads), axis=0))) if loads else None,
-        "validation": final_scores, "best": best, "wall_s": wall_s,
-        "parameters": total_params, "trainable_parameters": trainable_params, "processes": world_size,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+def train_step(run: Run) -> dict:
+    """One optimizer update on the next global batch (``train.grad_accum`` micro-batches); the
+    trainer's record with the step's time and throughput."""
+    t0 = time.perf_counter()
+    micro = []
+    for _ in range(run.cfg.train.grad_accum):
+        batch = next(run.batches)
+        run.batches_drawn += 1
+        micro.append(model_arrays(run.model, batch, run.cfg.train.pack_padding))
+    record = run.trainer.train_step(micro)
+    seconds = time.perf_counter() - t0
+    return {**record, "tokens_per_s": record["tokens"] / seconds, "step_s": seconds}
 
 
-def write_report(run_dir: Path, cfg: Config, summary: dict, extra: str = "") -> Path:
-    """A Markdown report of the run beside its plots."""
-    lines = [f"# Run `{cfg.run.name}`", "",
-             f"- model: d_model {cfg.model.d_model}, {cfg.model.n_layers} layers, {cfg.model.num_experts} "
-             f"experts, router `{cfg.model.router.name}`, expert `{cfg.model.expert.name}`, schema encoder "
-             f"`{cfg.model.schema_encoder.name}`; {summary['parameters'] / 1e6:.2f}M parameters",
-             f"- training: {summary['steps']} steps, batch {cfg.train.batch_size} x {cfg.train.grad_accum}, "
-             f"lr {cfg.train.lr}, {summary['processes']} process(es), {summary['wall_s']:.0f} s wall",
-             f"- final loss {summary['final_loss']:.4f} (cross-entropy {summary['final_ce']:.4f})"
-             if summary.get("final_loss") is not None else "- no training step ran",
-             f"- throughput {summary['tokens_per_s']:.0f} tokens/s (median of the second half)"
-             if summary.get("tokens_per_s") else "",
-             f"- expert load balance {summary['load_balance']:.3f} (1 = even; mean over layers of "
-             f"(1/E) / busiest expert's share), busiest expert {summary['max_expert_share']:.3f} of tokens"
-             if summary.get("load_balance") is not None else "",
-             ""]
-    if summary.get("validation"):
-        lines += ["## Validation", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in summary["validation"].items()]
-        best = summary.get("best") or {}
-        if best.get("value") is not None:
-            lines += ["", f"Best `{best['metric']}` {best['value']:.4f} at step {best['step']} "
-                          f"(`checkpoints/best`)."]
-        lines.append("")
-    lines += ["## Plots", ""]
-    for name in ("loss", "expert_load", "eval"):
-        if (run_dir / "plots" / f"{name}.png").exists():
-            lines.append(f"![{name}](plots/{name}.png)")
-    lines.append("")
-    if extra:
-        lines += [extra, ""]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(l for l in lines if l is not None) + "\n")
-    return path
+def last_good_checkpoint(folder: Path) -> str:
+    """Where a run that diverged can continue from, in words."""
+    last = folder / "checkpoints" / "last"
+    if last.exists() or last.with_name("last.old").exists():
+        return f"the last good checkpoint is {last} (step {load_trainer_state(last)['step']})"
+    return "no checkpoint was written yet"

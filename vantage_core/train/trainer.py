@@ -2,7 +2,7 @@
 clipping, data parallelism, a compiled step, NaN guard, Ctrl-C and periodic checkpoints.
 
 :class:`Trainer` knows nothing of text-to-SQL: it takes a model, a loss function
-``loss_fn(model, arrays) -> (loss, metrics)`` and batches of arrays. :func:`train` in
+``loss_fn(model, arrays) -> (loss, metrics)`` and batches of arrays. :func:`build_run` in
 :mod:`vantage_core.train.run` assembles those from a config.
 """
 
