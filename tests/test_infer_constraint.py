@@ -10,7 +10,7 @@ import mlx.core as mx
 
 from vantage_core.sql.schema import Column, Schema, Table
 from vantage_core.inference.constraints import schema_violations
-from vantage_core.inference.decoding import decode
+from vantage_core.inference.decoding import Search, decode
 from vantage_core.plugins import registry
 from vantage_plugins.constraints.sql_schema import lex
 
@@ -122,7 +122,7 @@ def test_noisy_models_only_produce_valid_sql(tokenizer, processor, mode):
     finished, invalid_free = 0, 0
     for seed, gold in enumerate(QUERIES * 2):
         noisy = _gold_following(tokenizer, gold, seed)
-        kw = dict(eos_id=eos, mode=mode, beam_size=3, max_new_tokens=64, seed=seed)
+        kw = dict(eos_id=eos, search=Search(mode, beam_size=3, max_new_tokens=64, seed=seed))
         for h in decode(model, prompt, processor=NoisyConstrained(processor, noisy), **kw):
             if h.finished:
                 finished += 1

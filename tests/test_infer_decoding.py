@@ -9,7 +9,7 @@ from infer_standins import ToyDecoder, sequence_logprob
 import mlx.core as mx
 
 from vantage_core.model.schema import Memory
-from vantage_core.inference.decoding import beam_search, decode, greedy, reorder_cache, sample
+from vantage_core.inference.decoding import Search, beam_search, decode, greedy, reorder_cache, sample
 
 EOS = 1
 PROMPT = [2, 5, 7]
@@ -21,7 +21,7 @@ def model():
 
 
 def test_greedy_matches_stepwise_argmax_without_cache(model):
-    hyp = greedy(model, PROMPT, eos_id=EOS, max_new_tokens=8)
+    hyp = greedy(model, PROMPT, eos_id=EOS, search=Search(max_new_tokens=8))
     seq = list(PROMPT)
     for tok in hyp.tokens:
         logits, _ = model(mx.array([seq], dtype=mx.int32))
@@ -29,13 +29,13 @@ def test_greedy_matches_stepwise_argmax_without_cache(model):
         seq.append(tok)
     assert hyp.logprob == pytest.approx(sequence_logprob(model, PROMPT, hyp.tokens, EOS, hyp.finished), abs=1e-4)
     assert len(hyp.routing) == len(hyp.tokens) and hyp.routing[0][0]["experts"]
-    for h in beam_search(model, PROMPT, eos_id=EOS, beam_size=3, max_new_tokens=6):
+    for h in beam_search(model, PROMPT, eos_id=EOS, search=Search("beam", beam_size=3, max_new_tokens=6)):
         assert len(h.routing) == len(h.tokens)
 
 
 def test_beam_scores_are_true_sequence_logprobs(model):
     """If the cache rows were reordered wrongly, the scores would not match a fresh forward."""
-    hyps = beam_search(model, PROMPT, eos_id=EOS, beam_size=4, max_new_tokens=6)
+    hyps = beam_search(model, PROMPT, eos_id=EOS, search=Search("beam", beam_size=4, max_new_tokens=6))
     assert 1 <= len(hyps) <= 4
     for h in hyps:
         ref = sequence_logprob(model, PROMPT, h.tokens, EOS, h.finished)
@@ -44,15 +44,16 @@ def test_beam_scores_are_true_sequence_logprobs(model):
 
 
 def test_beam_of_one_is_greedy_and_wide_beam_finds_the_best(model):
-    g = greedy(model, PROMPT, eos_id=EOS, max_new_tokens=4)
-    b1 = beam_search(model, PROMPT, eos_id=EOS, beam_size=1, max_new_tokens=4, length_penalty=0.0)
+    g = greedy(model, PROMPT, eos_id=EOS, search=Search(max_new_tokens=4))
+    b1 = beam_search(model, PROMPT, eos_id=EOS, search=Search("beam", beam_size=1, max_new_tokens=4, length_penalty=0.0))
     assert b1[0].tokens == g.tokens
     # Exhaustive search over every finished output of up to 3 tokens (V=12, no EOS inside).
     V, best = 12, -np.inf
     for n in range(0, 4):
         for toks in itertools.product([t for t in range(V) if t != EOS], repeat=n):
             best = max(best, sequence_logprob(model, PROMPT, toks, EOS))
-    wide = beam_search(model, PROMPT, eos_id=EOS, beam_size=144, max_new_tokens=4, length_penalty=0.0)
+    wide = beam_search(model, PROMPT, eos_id=EOS,
+                       search=Search("beam", beam_size=144, max_new_tokens=4, length_penalty=0.0))
     done = [h for h in wide if h.finished and len(h.tokens) <= 3]
     assert max(h.logprob for h in done) == pytest.approx(best, abs=1e-4)
 
@@ -66,16 +67,17 @@ def test_processor_masks_tokens_in_every_mode(model):
         return mx.where(mx.array(mask), logits, -float("inf"))
 
     for mode in ("greedy", "beam", "sample"):
-        for h in decode(model, PROMPT, eos_id=EOS, mode=mode, beam_size=3, max_new_tokens=6, processor=processor):
+        for h in decode(model, PROMPT, eos_id=EOS, search=Search(mode, beam_size=3, max_new_tokens=6), processor=processor):
             assert not banned & set(h.tokens), mode
 
 
 def test_sampling_is_seeded_and_top_p_tiny_is_greedy(model):
-    a = sample(model, PROMPT, eos_id=EOS, num_samples=3, temperature=1.5, seed=7, max_new_tokens=6)
-    b = sample(model, PROMPT, eos_id=EOS, num_samples=3, temperature=1.5, seed=7, max_new_tokens=6)
+    a = sample(model, PROMPT, eos_id=EOS, search=Search("sample", 3, max_new_tokens=6, temperature=1.5, seed=7))
+    b = sample(model, PROMPT, eos_id=EOS, search=Search("sample", 3, max_new_tokens=6, temperature=1.5, seed=7))
     assert [h.tokens for h in a] == [h.tokens for h in b]
-    g = greedy(model, PROMPT, eos_id=EOS, max_new_tokens=6)
-    nucleus = sample(model, PROMPT, eos_id=EOS, num_samples=2, temperature=1.0, top_p=1e-6, seed=1, max_new_tokens=6)
+    g = greedy(model, PROMPT, eos_id=EOS, search=Search(max_new_tokens=6))
+    nucleus = sample(model, PROMPT, eos_id=EOS,
+                     search=Search("sample", 2, max_new_tokens=6, temperature=1.0, top_p=1e-6, seed=1))
     assert all(h.tokens == g.tokens for h in nucleus)
     for h in a:
         assert h.logprob <= 0
@@ -84,7 +86,7 @@ def test_sampling_is_seeded_and_top_p_tiny_is_greedy(model):
 def test_schema_context_is_used_and_repeated_for_beams(model):
     states = mx.random.normal((1, 5, 16))
     ctx = Memory(states, mx.ones((1, 5), dtype=mx.bool_))
-    hyps = beam_search(model, PROMPT, eos_id=EOS, beam_size=3, max_new_tokens=5, schema=ctx)
+    hyps = beam_search(model, PROMPT, eos_id=EOS, search=Search("beam", beam_size=3, max_new_tokens=5), schema=ctx)
     for h in hyps:
         assert h.logprob == pytest.approx(sequence_logprob(model, PROMPT, h.tokens, EOS, h.finished, ctx), abs=1e-4)
 

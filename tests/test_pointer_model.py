@@ -120,7 +120,7 @@ class Uncached:
 
 
 def test_cached_and_uncached_decoding_give_identical_candidates(trained):
-    from vantage_core.inference.decoding import beam_search, greedy
+    from vantage_core.inference.decoding import Search, beam_search, greedy
     from vantage_core.plugins import registry
 
     root, _, _, db = trained
@@ -136,9 +136,9 @@ def test_cached_and_uncached_decoding_give_identical_candidates(trained):
         runs = []
         for m in (model, Uncached(model)):
             proc = constraint.bind(schema, vocab, vocab.eos_id, features=req.features)
-            beams = beam_search(m, req.prompt, eos_id=vocab.eos_id, beam_size=3, max_new_tokens=20,
-                                schema=memory, processor=proc, length_penalty=0.0)
-            g = greedy(m, req.prompt, eos_id=vocab.eos_id, max_new_tokens=20, schema=memory,
+            beams = beam_search(m, req.prompt, eos_id=vocab.eos_id, schema=memory, processor=proc,
+                                search=Search("beam", beam_size=3, max_new_tokens=20, length_penalty=0.0))
+            g = greedy(m, req.prompt, eos_id=vocab.eos_id, search=Search(max_new_tokens=20), schema=memory,
                        processor=constraint.bind(schema, vocab, vocab.eos_id, features=req.features))
             runs.append(([h.tokens for h in beams], [h.logprob for h in beams], g.tokens))
         (tok_a, lp_a, g_a), (tok_b, lp_b, g_b) = runs

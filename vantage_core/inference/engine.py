@@ -30,7 +30,7 @@ from vantage_core.data.example import Example
 from vantage_core.sql.names import quoted
 from vantage_core.sql.schema import Schema
 from vantage_core.errors import ConfigError, DataError, VantageError
-from vantage_core.inference.decoding import decode
+from vantage_core.inference.decoding import Search, decode
 from vantage_core.inference.ensemble import load_ensemble
 from vantage_core.model.io import load_model
 from vantage_core.sql.format import formatted_sql
@@ -393,20 +393,20 @@ class Engine:
         procs = [constraint.bind(r.example.schema, self.tokenizer, self.tokenizer.eos_id, features=r.features)
                  if constraint else None for r in reqs]
         room = min(self.model.args.max_seq_len - len(r.prompt) for r in reqs)
-        eos, new = self.tokenizer.eos_id, min(opts.max_new_tokens, room)
+        eos = self.tokenizer.eos_id
+        search = Search(mode=opts.decoding, beam_size=beam_size, max_new_tokens=min(opts.max_new_tokens, room),
+                        temperature=opts.temperature, top_p=opts.top_p, length_penalty=opts.length_penalty)
         if opts.decoding == "beam" and len({len(r.prompt) for r in reqs}) == 1:
             memory = self.model.encode_schema(self.model.schema_inputs(self.host_batch(reqs)))
             spaces = [(len(r.features["item_texts"]), len(r.features["q_ids"])) for r in reqs] \
                 if self.config.data.target == "actions" else None
-            return beam_search_batch(model, [r.prompt for r in reqs], eos_id=eos, beam_size=beam_size,
-                                     max_new_tokens=new, memory=memory, processors=procs, spaces=spaces,
-                                     length_penalty=opts.length_penalty, cancel=cancel)
+            return beam_search_batch(model, [r.prompt for r in reqs], eos_id=eos, search=search, memory=memory,
+                                     processors=procs, spaces=spaces, cancel=cancel)
         out = []
         for r, proc in zip(reqs, procs):
             memory = self.model.encode_schema(self.model.schema_inputs(self.host_batch([r])))
-            out.append(decode(model, r.prompt, eos_id=eos, mode=opts.decoding, beam_size=beam_size,
-                              temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=new, schema=memory,
-                              processor=proc, length_penalty=opts.length_penalty, cancel=cancel))
+            out.append(decode(model, r.prompt, eos_id=eos, search=search, schema=memory, processor=proc,
+                              cancel=cancel))
         return out
 
     def _generation(self, q: "Question", req: "Request", hyps: list[Any], opts: InferenceConfig) -> Generation:

@@ -22,7 +22,7 @@ def predict(model: Any, tokenizer: Any, prepared: Any, limit: int | None = None,
 
     Returns per example ``{"id", "sql", "tokens", "seconds"}``.
     """
-    from vantage_core.inference.decoding import greedy
+    from vantage_core.inference.decoding import Search, greedy
 
     n = len(prepared) if limit is None else min(limit, len(prepared))
     was_training = model.training
@@ -37,7 +37,7 @@ def predict(model: Any, tokenizer: Any, prepared: Any, limit: int | None = None,
         for i in rows:
             t = time.perf_counter()
             prompt = prepared.tokens[i][:int(prepared.sql_start[i]) + 1].tolist()  # up to <sql>
-            hyp = greedy(model, prompt, eos_id=tokenizer.eos_id, max_new_tokens=max_new_tokens,
+            hyp = greedy(model, prompt, eos_id=tokenizer.eos_id, search=Search(max_new_tokens=max_new_tokens),
                          schema=schema_context(model, prepared.encoder_texts[i]))
             out.append({"id": prepared.ids[i], "sql": tokenizer.decode(hyp.tokens).strip(),
                         "tokens": len(hyp.tokens), "seconds": time.perf_counter() - t})
