@@ -527,6 +527,8 @@ def folder_name(folder: str | None) -> str | None:
 def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     """The API for ``model`` (a model folder path, or a loaded :class:`Engine`)."""
     from vantage_core.inference.engine import Engine
+    from vantage_core.inference.openai_api import add_openai_routes
+    from vantage_core.inference.playground import mount_playground
 
     settings = settings or ServeSettings()
     engine: Engine = model if isinstance(model, Engine) else Engine.load(model)
@@ -534,9 +536,19 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     use_notes(engine, databases, settings.notes)
     app = FastAPI(title="Vantage text-to-SQL", version="1",
                   description="Questions in, SQL out, from a Mixture-of-Experts model.")
-    state = {"served": 0, "rejected": 0}
-    admission = Admission(settings.max_concurrency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    add_error_handlers(app)
+    run_generation = LimitedGeneration(engine, settings)
+    add_database_routes(app, engine, databases, settings, run_generation)
+    add_generate_route(app, engine, databases, settings, run_generation)
+    add_openai_routes(app, engine, databases, settings, run_generation, public_message)
+    mount_playground(app)  # the page at /, its files under /playground/ (after the API routes)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """A :class:`VantageError` is a 400 and an invalid request a 422, each with a message that
+    shows no path of the server's and no input back."""
 
     @app.exception_handler(VantageError)
     async def vantage_error(request: Request, exc: VantageError):
@@ -546,14 +558,52 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError):
         return JSONResponse({"detail": public_validation_errors(exc.errors())}, status_code=422)
 
+
+class LimitedGeneration:
+    """``engine.generate`` under the server's limits, counting what it served and turned away."""
+
+    def __init__(self, engine: Any, settings: ServeSettings):
+        self.engine, self.settings = engine, settings
+        self.admission = Admission(settings.max_concurrency)
+        self.served = 0
+        self.rejected = 0
+
+    async def __call__(self, question: str, **kwargs: Any) -> Any:
+        """``engine.generate(question, **kwargs)`` under the server's limits: a slot held until the
+        work has really ended (503 when none is free), the time limit (504), then cancellation."""
+        if not self.admission.try_enter():
+            self.rejected += 1
+            raise HTTPException(503, f"busy: {self.settings.max_concurrency} requests in flight; retry later",
+                                headers={"Retry-After": "1"})
+        cancel = threading.Event()
+        generate = self.engine.generate
+        if accepts_cancel(generate):
+            kwargs["cancel"] = cancel
+        try:
+            g = await asyncio.wait_for(run_in_own_thread(lambda: generate(question, **kwargs), self.admission.leave),
+                                       timeout=self.settings.timeout_s)
+        except asyncio.TimeoutError:
+            # The client is answered now; the generation stops at its next step (its slot is
+            # given back when it has).
+            cancel.set()
+            raise HTTPException(504, f"no answer within {self.settings.timeout_s:g} s") from None
+        self.served += 1
+        return g
+
+
+def add_database_routes(app: FastAPI, engine: Any, databases: dict, settings: ServeSettings,
+                        run_generation: LimitedGeneration) -> None:
+    """``/health`` and the known databases with their schemas."""
+
     @app.get("/health")
     def health() -> dict:
         """Liveness, the model's folder name (never the server's path to it) and the load."""
         return {"status": "ok", "model": folder_name(engine.info.get("folder")),
                 "ensemble": [folder_name(f) for f in engine.info["ensemble"]] if engine.info.get("ensemble") else None,
                 "quantization": engine.info.get("quantization"),
-                "databases": len(databases), "in_flight": admission.running, "served": state["served"],
-                "rejected_busy": state["rejected"], "max_concurrency": settings.max_concurrency}
+                "databases": len(databases), "in_flight": run_generation.admission.running,
+                "served": run_generation.served, "rejected_busy": run_generation.rejected,
+                "max_concurrency": settings.max_concurrency}
 
     @app.get("/v1/databases")
     def list_databases() -> list[str]:
@@ -567,6 +617,11 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
             raise HTTPException(404, f"unknown db_id {db_id!r}; GET /v1/databases lists the known ones")
         return engine.schema_of(databases[db_id]).to_dict()
 
+
+def add_generate_route(app: FastAPI, engine: Any, databases: dict, settings: ServeSettings,
+                       run_generation: LimitedGeneration) -> None:
+    """``POST /v1/generate``."""
+
     @app.post("/v1/generate", response_model=GenerateResponse,
               responses={400: {"description": "the request cannot be answered as asked"},
                          404: {"description": "unknown db_id"}, 413: {"description": "body too large"},
@@ -576,59 +631,36 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
         db_path, schema = request_database(req, engine, databases, settings.max_schema_items)
         if (req.run or req.execution_guided) and db_path is None:
             raise HTTPException(422, "run and execution_guided need a known db_id (a pasted schema has no rows)")
-        if req.beam_size is not None and req.beam_size > settings.max_beam_size:
-            raise HTTPException(422, f"beam_size {req.beam_size} over this server's limit {settings.max_beam_size}")
-        if req.max_new_tokens is not None and req.max_new_tokens > settings.max_new_tokens:
-            raise HTTPException(422, f"max_new_tokens {req.max_new_tokens} over this server's limit {settings.max_new_tokens}")
-        if req.constraint is not None and req.constraint != "none":
-            try:
-                engine.check_constraint(req.constraint)
-            except ConfigError as exc:
-                raise HTTPException(422, str(exc)) from None
-        overrides = {k: getattr(req, k) for k in ("decoding", "beam_size", "max_new_tokens", "temperature",
-                                                  "top_p", "execution_guided", "require_rows")}
-        if req.constraint is not None:
-            overrides["constraint"] = "none" if req.constraint == "none" else {"name": req.constraint}
-        opts = engine.options(**overrides)
-        if opts.beam_size > settings.max_beam_size or opts.max_new_tokens > settings.max_new_tokens:
-            opts = opts.model_copy(update={"beam_size": min(opts.beam_size, settings.max_beam_size),
-                                           "max_new_tokens": min(opts.max_new_tokens, settings.max_new_tokens)})
         g = await run_generation(req.question, db_path=db_path, schema=schema, run=req.run,
-                                 routing=req.routing, options=opts)
-        return _response(g)
+                                 routing=req.routing, options=request_options(req, engine, settings))
+        return generate_response(g)
 
-    async def run_generation(question: str, **kwargs: Any) -> Any:
-        """``engine.generate(question, **kwargs)`` under the server's limits: a slot held until the
-        work has really ended (503 when none is free), the time limit (504), then cancellation."""
-        if not admission.try_enter():
-            state["rejected"] += 1
-            raise HTTPException(503, f"busy: {settings.max_concurrency} requests in flight; retry later",
-                                headers={"Retry-After": "1"})
-        cancel = threading.Event()
-        generate = engine.generate
-        if accepts_cancel(generate):
-            kwargs["cancel"] = cancel
+
+def request_options(req: GenerateRequest, engine: Any, settings: ServeSettings) -> Any:
+    """The inference options a request asks for, within the server's limits (422 past them or
+    for a constraint that does not fit the model)."""
+    if req.beam_size is not None and req.beam_size > settings.max_beam_size:
+        raise HTTPException(422, f"beam_size {req.beam_size} over this server's limit {settings.max_beam_size}")
+    if req.max_new_tokens is not None and req.max_new_tokens > settings.max_new_tokens:
+        raise HTTPException(422, f"max_new_tokens {req.max_new_tokens} over this server's limit {settings.max_new_tokens}")
+    if req.constraint is not None and req.constraint != "none":
         try:
-            g = await asyncio.wait_for(run_in_own_thread(lambda: generate(question, **kwargs), admission.leave),
-                                       timeout=settings.timeout_s)
-        except asyncio.TimeoutError:
-            # The client is answered now; the generation stops at its next step (its slot is
-            # given back when it has).
-            cancel.set()
-            raise HTTPException(504, f"no answer within {settings.timeout_s:g} s") from None
-        state["served"] += 1
-        return g
+            engine.check_constraint(req.constraint)
+        except ConfigError as exc:
+            raise HTTPException(422, str(exc)) from None
+    overrides = {k: getattr(req, k) for k in ("decoding", "beam_size", "max_new_tokens", "temperature",
+                                              "top_p", "execution_guided", "require_rows")}
+    if req.constraint is not None:
+        overrides["constraint"] = "none" if req.constraint == "none" else {"name": req.constraint}
+    opts = engine.options(**overrides)
+    if opts.beam_size > settings.max_beam_size or opts.max_new_tokens > settings.max_new_tokens:
+        opts = opts.model_copy(update={"beam_size": min(opts.beam_size, settings.max_beam_size),
+                                       "max_new_tokens": min(opts.max_new_tokens, settings.max_new_tokens)})
+    return opts
 
-    def _response(g: Any) -> GenerateResponse:
-        out = g.to_json()
-        candidates = [{**c, "error": public_message(c["error"])} for c in out["candidates"]]
-        return GenerateResponse(**{**out, "candidates": candidates, "error": public_message(g.error)})
 
-    from vantage_core.inference.openai_api import add_openai_routes
-
-    add_openai_routes(app, engine, databases, settings, run_generation, public_message)
-
-    from vantage_core.inference.playground import mount_playground
-
-    mount_playground(app)  # the page at /, its files under /playground/ (after the API routes)
-    return app
+def generate_response(g: Any) -> GenerateResponse:
+    """A generation as the API answers it, its error messages without the server's paths."""
+    out = g.to_json()
+    candidates = [{**c, "error": public_message(c["error"])} for c in out["candidates"]]
+    return GenerateResponse(**{**out, "candidates": candidates, "error": public_message(g.error)})
