@@ -119,12 +119,12 @@ def router_ablation() -> nbformat.NotebookNode:
         new_markdown_cell("## The expert-specialization atlas\n\nPer MoE layer, `p(role | expert)` and "
                           "`p(expert | role)` as heatmaps, and the mutual information between expert and role "
                           "against a shuffled-routing baseline."),
-        new_code_cell('from vantage_core.analysis.atlas import analyze_run, plot_comparison\n\n'
+        new_code_cell('from vantage_core.analysis.atlas import AtlasOptions, analyze_run, plot_comparison\n\n'
                       'atlases = []\n'
                       'for name in ("topk", "switch"):\n'
-                      '    atlas, files = analyze_run(WORK / "sweep" / name, "synthetic", "validation", limit=12,\n'
-                      '                               out_dir=WORK / "atlas" / name, n_shuffles=2, progress=False,\n'
-                      '                               name=name)\n'
+                      '    atlas, files = analyze_run(WORK / "sweep" / name, "synthetic", "validation",\n'
+                      '                               AtlasOptions(limit=12, n_shuffles=2, progress=False),\n'
+                      '                               out_dir=WORK / "atlas" / name, name=name)\n'
                       '    atlases.append(atlas)\n'
                       '    for layer in atlas.layers:\n'
                       '        print(f"{name} layer {layer.layer}: I(expert; role) = {layer.mi:.3f} bits "\n'

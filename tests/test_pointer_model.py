@@ -179,12 +179,12 @@ def test_export_quantized_and_reload(trained):
 
 
 def test_expert_atlas_of_a_pointer_model(trained):
-    from vantage_core.analysis.atlas import analyze_run
+    from vantage_core.analysis.atlas import AtlasOptions, analyze_run
     from vantage_core.analysis.roles import ROLES
 
     root, _, _, _ = trained
-    atlas, files = analyze_run(root / "run", "synthetic", "validation", limit=8, out_dir=root / "atlas",
-                               plots=False, progress=False, n_shuffles=2)
+    atlas, files = analyze_run(root / "run", "synthetic", "validation",
+                               AtlasOptions(limit=8, n_shuffles=2, plots=False, progress=False), out_dir=root / "atlas")
     assert len(atlas.layers) == 2 and atlas.num_experts == 4
     assert files and all(f.exists() for f in files.values())
     counts = sum(la.counts for la in atlas.layers)  # every action routed, once per layer, k slots each

@@ -501,25 +501,38 @@ def init_baseline(atlas: Atlas, cfg: Any, tokenizer: Any, examples: Sequence[Any
         la.mi_init = mutual_information(count_matrix(idx, record.roles, atlas.num_experts, len(ROLES)))
 
 
-def analyze_run(run_dir: str | Path, dataset: str, split: str, *, limit: int | None = None,
-                out_dir: str | Path | None = None, batch_size: int = 16, n_shuffles: int = 5,
-                plots: bool = True, progress: bool = True, echo: Callable[[str], None] | None = None,
-                name: str | None = None, untrained: bool = False) -> tuple[Atlas, dict[str, Path]]:
+@dataclass(frozen=True)
+class AtlasOptions:
+    """How :func:`analyze_run` routes and what it writes."""
+
+    limit: int | None = None  # route only the first N examples
+    batch_size: int = 16
+    n_shuffles: int = 5  # shuffled-routing baselines averaged
+    untrained: bool = False  # also route through the same architecture with fresh weights (init_baseline)
+    plots: bool = True  # heatmaps beside the tables
+    progress: bool = True
+
+
+def analyze_run(run_dir: str | Path, dataset: str, split: str, options: AtlasOptions = AtlasOptions(), *,
+                out_dir: str | Path | None = None, name: str | None = None,
+                echo: Callable[[str], None] | None = None) -> tuple[Atlas, dict[str, Path]]:
     """Load the model of ``run_dir`` (a run, checkpoint or export folder), route ``split`` of
     ``dataset`` through it, and write the atlas to ``out_dir`` (default
-    ``<run_dir>/analysis/experts-<dataset>-<split>``). ``untrained``: also route the examples
-    through the same architecture with fresh weights (:func:`init_baseline`)."""
+    ``<run_dir>/analysis/experts-<dataset>-<split>``); ``name``: the atlas's name (default: the
+    folder's)."""
     from vantage_core.model.io import load_model
 
     model, tokenizer, cfg, info = load_model(run_dir)
-    examples = load_examples(cfg, dataset, split, limit, echo)
-    record = route_examples(model, tokenizer, examples, cfg, batch_size=batch_size, progress=progress)
+    examples = load_examples(cfg, dataset, split, options.limit, echo)
+    record = route_examples(model, tokenizer, examples, cfg, batch_size=options.batch_size, progress=options.progress)
     run_name = name or Path(run_dir).resolve().name
     router = cfg.model.router.name
-    atlas = summarize(record, name=run_name if router in run_name else f"{run_name} ({router})", n_shuffles=n_shuffles)
-    if untrained:
-        init_baseline(atlas, cfg, tokenizer, examples, batch_size=batch_size, seed=cfg.run.seed, progress=progress)
+    atlas = summarize(record, name=run_name if router in run_name else f"{run_name} ({router})",
+                      n_shuffles=options.n_shuffles)
+    if options.untrained:
+        init_baseline(atlas, cfg, tokenizer, examples, batch_size=options.batch_size, seed=cfg.run.seed,
+                      progress=options.progress)
     atlas.info.update({"run": str(run_dir), "checkpoint": info.get("folder"), "dataset": dataset,
                        "split": split, "router": cfg.model.router.name})
     out = Path(out_dir) if out_dir else Path(run_dir) / "analysis" / f"experts-{dataset}-{split}"
-    return atlas, write_atlas(atlas, out, plots=plots)
+    return atlas, write_atlas(atlas, out, plots=options.plots)

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
+
+from vantage_core.cli.options import options_into
 
 
 @click.group()
 def analyze() -> None:
     """Analyses of trained models."""
+
+
+@dataclass
+class ExpertsOptions:
+    """What ``vantage analyze experts`` was given (its options below say what each means)."""
+
+    run_dirs: tuple[str, ...]
+    dataset: str
+    split: str
+    limit: int | None
+    out: str | None
+    batch_size: int
+    shuffles: int
+    untrained: bool
+    no_plots: bool
+    no_progress: bool
 
 
 @analyze.command()
@@ -28,15 +47,18 @@ def analyze() -> None:
                    "a router shows before training (token identity alone); doubles the time.")
 @click.option("--no-plots", is_flag=True, help="Tables only.")
 @click.option("--no-progress", is_flag=True)
-def experts(run_dirs: tuple[str, ...], dataset: str, split: str, limit: int | None, out: str | None,
-            batch_size: int, shuffles: int, untrained: bool, no_plots: bool, no_progress: bool) -> None:
+@options_into(ExpertsOptions)
+def experts(options: ExpertsOptions) -> None:
     """Which experts receive which SQL roles: heatmaps, mutual information, CSV tables.
 
     RUN_DIRS: one or more run directories (or checkpoint / export folders); with several (for
     example two runs of a sweep) their specialization is also drawn side by side.
     """
-    from vantage_core.analysis.atlas import analyze_run, plot_comparison
+    from vantage_core.analysis.atlas import AtlasOptions, analyze_run, plot_comparison
 
+    run_dirs, out = options.run_dirs, options.out
+    how = AtlasOptions(limit=options.limit, batch_size=options.batch_size, n_shuffles=options.shuffles,
+                       untrained=options.untrained, plots=not options.no_plots, progress=not options.no_progress)
     atlases = []
     names = [Path(r).resolve().name for r in run_dirs]
     if len(set(names)) < len(names):  # two checkpoints called "best": tell them apart by parent
@@ -45,18 +67,22 @@ def experts(run_dirs: tuple[str, ...], dataset: str, split: str, limit: int | No
         target = None
         if out:
             target = Path(out) / name.replace("/", "-") if len(run_dirs) > 1 else Path(out)
-        atlas, files = analyze_run(run_dir, dataset, split, limit=limit, out_dir=target, batch_size=batch_size,
-                                   n_shuffles=shuffles, plots=not no_plots, progress=not no_progress,
-                                   echo=lambda m: click.echo(m, err=True), name=name, untrained=untrained)
+        atlas, files = analyze_run(run_dir, options.dataset, options.split, how, out_dir=target, name=name,
+                                   echo=lambda m: click.echo(m, err=True))
         atlases.append(atlas)
-        click.echo(f"{atlas.name}: {atlas.n_examples} examples, {atlas.n_tokens} SQL tokens in "
-                   f"{atlas.seconds:.1f} s; H(role) = {atlas.role_entropy:.3f} bits")
-        for la in atlas.layers:
-            init = "" if la.mi_init is None else f", untrained {la.mi_init:.4f}"
-            click.echo(f"  MoE layer {la.layer}: I(expert; role) = {la.mi:.4f} bits (shuffled {la.mi_shuffled:.4f}{init}); "
-                       f"I(expert; copied) = {la.mi_copied:.4f} (shuffled {la.mi_copied_shuffled:.4f})")
-        click.echo(f"  tables and pictures: {files['summary'].parent}")
-    if len(atlases) > 1 and not no_plots:
+        echo_atlas(atlas, files)
+    if len(atlases) > 1 and not options.no_plots:
         folder = Path(out) if out else Path(run_dirs[0]) / "analysis"
         folder.mkdir(parents=True, exist_ok=True)
-        click.echo(f"comparison: {plot_comparison(atlases, folder / f'compare-{dataset}-{split}.png')}")
+        click.echo(f"comparison: {plot_comparison(atlases, folder / f'compare-{options.dataset}-{options.split}.png')}")
+
+
+def echo_atlas(atlas, files: dict[str, Path]) -> None:
+    """The atlas's headline figures, per MoE layer, and where its files are."""
+    click.echo(f"{atlas.name}: {atlas.n_examples} examples, {atlas.n_tokens} SQL tokens in "
+               f"{atlas.seconds:.1f} s; H(role) = {atlas.role_entropy:.3f} bits")
+    for la in atlas.layers:
+        init = "" if la.mi_init is None else f", untrained {la.mi_init:.4f}"
+        click.echo(f"  MoE layer {la.layer}: I(expert; role) = {la.mi:.4f} bits (shuffled {la.mi_shuffled:.4f}{init}); "
+                   f"I(expert; copied) = {la.mi_copied:.4f} (shuffled {la.mi_copied_shuffled:.4f})")
+    click.echo(f"  tables and pictures: {files['summary'].parent}")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
-from vantage_core.cli.options import allow_privileged_option, config_options, load_from_options
+from vantage_core.cli.options import allow_privileged_option, config_options, options_into
 from vantage_core.errors import DataError
 from vantage_core.evaluate.runner import build_metrics
 
@@ -169,6 +171,27 @@ def in_quantized_form(engine, checkpoints, form: str):
     return Engine.load(list(checkpoints), quantized=form)
 
 
+@dataclass
+class EvaluateOptions:
+    """What ``vantage evaluate`` was given (its options below say what each means)."""
+
+    predictions_path: str | None
+    checkpoints: tuple[str, ...]
+    dataset: str
+    split: str
+    dataset_params: tuple[str, ...]
+    metric_names: tuple[str, ...]
+    limit: int | None
+    align: str
+    workers: int | None
+    out_dir: str | None
+    execute_on: str | None
+    notes: str | None
+    no_notes: bool
+    config: str | None
+    overrides: tuple[str, ...]
+
+
 @click.command()
 @click.option("--predictions", "-p", "predictions_path", type=click.Path(dir_okay=False), default=None,
               help="Predictions: one SQL per line (Spider), BIRD's JSON, or JSON lines.")
@@ -199,91 +222,118 @@ def in_quantized_form(engine, checkpoints, form: str):
               help="With --checkpoint: read no notes file (neither --notes nor the files beside the databases).")
 @config_options
 @allow_privileged_option
-def evaluate(predictions_path, checkpoints, dataset, split, dataset_params, metric_names, limit, align, workers,
-             out_dir, execute_on=None, notes=None, no_notes=False, **options) -> None:
+@options_into(EvaluateOptions)
+def evaluate(options: EvaluateOptions) -> None:
     """Score a model (--checkpoint) or any system's predictions file against a dataset split.
 
     Writes the predictions in the official formats, per-example results (results.jsonl), a
     Markdown summary with the breakdown by hardness (summary.md) and a figure (summary.png).
     """
-    from vantage_core.config import PluginSpec
     from vantage_core.evaluate.runner import evaluate_predictions
-    from vantage_core.plugins import registry
 
-    if (predictions_path is None) == (not checkpoints):
+    if (options.predictions_path is None) == (not options.checkpoints):
         raise click.UsageError("give exactly one of --predictions FILE and --checkpoint DIR")
-    engine, checkpoint = None, checkpoints[0] if checkpoints else None
-    if checkpoints:
-        from vantage_core.inference.engine import Engine
-
-        engine = Engine.load(list(checkpoints))
-        own = engine.config_file()
-        if not options.get("config") and own is not None:
-            # The run's own config: its metrics, and the parameters it gave this dataset.
-            options = {**options, "config": str(own)}
-    if engine is not None and not options.get("config"):  # an export: the config it carries in config.json
-        from vantage_core.config import load_config
-
-        cfg = load_config(None, list(options.get("overrides") or ()), base=engine.config.to_dict())
-    else:
-        cfg = load_from_options(options)
-    if engine is not None:  # --set inference.* changes how the model decodes
-        engine = in_quantized_form(engine, checkpoints, cfg.inference.quantized)
-        engine.config = engine.config.model_copy(update={"inference": cfg.inference})
-    params = dict(_param(p) for p in dataset_params)
-    if engine is not None:  # the parameters the run gave this dataset, with the ones given here on top
-        params = {**_dataset_params_from(engine.config, dataset), **params}
-    adapter = registry().build("dataset", dataset, **params)
-    report = adapter.load(split)
-    click.echo(report.summary(dataset, split), err=True)
-    examples = report.examples[:limit] if limit else report.examples
-    if (notes or no_notes) and engine is None:
+    engine, cfg = engine_and_config(options)
+    report = load_dataset(options, engine)
+    examples = report.examples[:options.limit] if options.limit else report.examples
+    if (options.notes or options.no_notes) and engine is None:
         raise click.UsageError("--notes and --no-notes go with --checkpoint (notes change what the model reads)")
-    if notes and no_notes:
+    if options.notes and options.no_notes:
         raise click.UsageError("give at most one of --notes and --no-notes")
-    if engine is not None and not no_notes:
-        examples = noted_examples(examples, notes)
+    if engine is not None and not options.no_notes:
+        examples = noted_examples(examples, options.notes)
+    predictions_path, decoding = options.predictions_path, None
     if engine is not None:
-        from vantage_core.inference.engine import predict_examples
-
-        import time
-        from collections import Counter
-
-        choices: Counter = Counter()
-        t0 = time.perf_counter()
-        predictions = predict_examples(engine, examples, choices=choices)
-        decoding = {"seconds": round(time.perf_counter() - t0, 2), "examples": len(examples),
-                    "choices": dict(choices), "inference": engine.config.inference.model_dump(mode="json")}
-        if len(checkpoints) > 1:
-            decoding["ensemble"] = engine.info["ensemble"]
-        click.echo(f"decoded {len(examples)} questions in {decoding['seconds']:.1f} s; how each SQL was chosen: "
-                   + ", ".join(f"{k} {v}" for k, v in sorted(choices.items())), err=True)
-        predictions_path = f"{checkpoint}/predictions"
+        predictions, decoding = decode_examples(engine, examples, options.checkpoints)
+        predictions_path = f"{options.checkpoints[0]}/predictions"
     else:
         predictions = read_predictions(predictions_path)
-        if not (limit and align != "row" and len(predictions) != len(report.examples)):
+        if not (options.limit and options.align != "row" and len(predictions) != len(report.examples)):
             # one per example (or per row of the file), matched to the loaded examples; then the first N
-            predictions = align_predictions(predictions, report, align, f"{predictions_path} ({dataset}/{split})")
-    if limit:
-        predictions = predictions[:limit]
+            predictions = align_predictions(predictions, report, options.align,
+                                            f"{predictions_path} ({options.dataset}/{options.split})")
+    if options.limit:
+        predictions = predictions[:options.limit]
     if len(predictions) != len(examples):
         raise DataError(f"{predictions_path}: {len(predictions)} predictions for {len(examples)} examples of "
-                        f"{dataset}/{split}; give one prediction per example, in order")
-    if execute_on:  # decoded on SQLite as always; gold and predictions both run on the other engine
-        examples = on_engine(examples, execute_on)
-    specs = [PluginSpec(name=n) for n in metric_names] if metric_names else cfg.evaluate.metrics
-    if not specs:
-        raise click.UsageError("no metric to compute: the config's evaluate.metrics is empty; "
-                               f"name one with --metric ({', '.join(registry().names('metric'))})")
-    metrics = build_metrics(specs, cfg.evaluate.timeout_s, cfg.evaluate.max_rows)
-    out = Path(out_dir) if out_dir else cfg.run.path / f"eval-{dataset}-{split}"
-    if not checkpoints:
-        refuse_overwriting(Path(predictions_path), out, split)
-    result = evaluate_predictions(examples, predictions, metrics, out, workers=workers or cfg.evaluate.workers,
-                                  split=split, title=f"{Path(predictions_path).name} on {dataset}/{split}")
-    if engine is not None:
+                        f"{options.dataset}/{options.split}; give one prediction per example, in order")
+    if options.execute_on:  # decoded on SQLite as always; gold and predictions both run on the other engine
+        examples = on_engine(examples, options.execute_on)
+    metrics = chosen_metrics(options.metric_names, cfg)
+    out = Path(options.out_dir) if options.out_dir else cfg.run.path / f"eval-{options.dataset}-{options.split}"
+    if not options.checkpoints:
+        refuse_overwriting(Path(predictions_path), out, options.split)
+    result = evaluate_predictions(examples, predictions, metrics, out, workers=options.workers or cfg.evaluate.workers,
+                                  split=options.split,
+                                  title=f"{Path(predictions_path).name} on {options.dataset}/{options.split}")
+    if decoding is not None:
         (out / "decoding.json").write_text(json.dumps(decoding, indent=2))
     for name, summary in result["summary"].items():
         value = summary.get(name)
         click.echo(f"{name}: {'n/a' if value is None else f'{100 * value:.2f}'} (n={summary.get('n')})")
     click.echo(f"results in {out}")
+
+
+def engine_and_config(options: EvaluateOptions) -> tuple[Any, Any]:
+    """With --checkpoint, the engine of the checkpoints (in the quantized form and with the
+    inference settings the config asks for) and the config: the given one, else the run's own,
+    else the one an export carries; without, no engine and the given config."""
+    from vantage_core.config import load_config
+
+    if not options.checkpoints:
+        return None, load_config(options.config, list(options.overrides))
+    from vantage_core.inference.engine import Engine
+
+    engine = Engine.load(list(options.checkpoints))
+    config = options.config or engine.config_file()  # the run's own: its metrics, its dataset parameters
+    if config is None:  # an export: the config it carries in config.json
+        cfg = load_config(None, list(options.overrides), base=engine.config.to_dict())
+    else:
+        cfg = load_config(str(config), list(options.overrides))
+    engine = in_quantized_form(engine, options.checkpoints, cfg.inference.quantized)  # --set inference.*
+    engine.config = engine.config.model_copy(update={"inference": cfg.inference})
+    return engine, cfg
+
+
+def load_dataset(options: EvaluateOptions, engine: Any) -> Any:
+    """The split's load report (its summary said on stderr), from the adapter built with
+    --dataset-param on top of the parameters the run gave this dataset."""
+    from vantage_core.plugins import registry
+
+    params = dict(_param(p) for p in options.dataset_params)
+    if engine is not None:
+        params = {**_dataset_params_from(engine.config, options.dataset), **params}
+    report = registry().build("dataset", options.dataset, **params).load(options.split)
+    click.echo(report.summary(options.dataset, options.split), err=True)
+    return report
+
+
+def decode_examples(engine: Any, examples: list, checkpoints: tuple[str, ...]) -> tuple[list[str], dict]:
+    """The engine's SQL for each example, and how the decoding went (decoding.json)."""
+    import time
+    from collections import Counter
+
+    from vantage_core.inference.engine import predict_examples
+
+    choices: Counter = Counter()
+    t0 = time.perf_counter()
+    predictions = predict_examples(engine, examples, choices=choices)
+    decoding = {"seconds": round(time.perf_counter() - t0, 2), "examples": len(examples),
+                "choices": dict(choices), "inference": engine.config.inference.model_dump(mode="json")}
+    if len(checkpoints) > 1:
+        decoding["ensemble"] = engine.info["ensemble"]
+    click.echo(f"decoded {len(examples)} questions in {decoding['seconds']:.1f} s; how each SQL was chosen: "
+               + ", ".join(f"{k} {v}" for k, v in sorted(choices.items())), err=True)
+    return predictions, decoding
+
+
+def chosen_metrics(metric_names: tuple[str, ...], cfg: Any) -> list:
+    """The metrics --metric names, else the config's evaluate.metrics (a usage error when none)."""
+    from vantage_core.config import PluginSpec
+    from vantage_core.plugins import registry
+
+    specs = [PluginSpec(name=n) for n in metric_names] if metric_names else cfg.evaluate.metrics
+    if not specs:
+        raise click.UsageError("no metric to compute: the config's evaluate.metrics is empty; "
+                               f"name one with --metric ({', '.join(registry().names('metric'))})")
+    return build_metrics(specs, cfg.evaluate.timeout_s, cfg.evaluate.max_rows)

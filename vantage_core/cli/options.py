@@ -37,6 +37,21 @@ def allow_privileged_option(func):
                              "with `vantage data load-into URL --from FILE --reader ROLE`.")(func)
 
 
+def options_into(options_class: type):
+    """Hand a command its parameters (options and arguments) as one ``options_class``: a
+    dataclass whose fields are their names. Click still parses, checks and documents each one;
+    the command function reads them as ``options.name``. Put it right above the function."""
+
+    def decorate(func):
+        @functools.wraps(func)
+        def command(**params):
+            return func(options_class(**params))
+
+        return command
+
+    return decorate
+
+
 def load_from_options(options: dict):
     from vantage_core.config import load_config
 
