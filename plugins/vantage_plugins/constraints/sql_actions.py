@@ -57,75 +57,6 @@ class Hyp:
     sel: tuple = (Select(0),)  # the select list of each open query block, innermost last
 
 
-def _allowed(h: Hyp, V: int, N: int, Q: int, vocab_ok: np.ndarray, item_ok: np.ndarray, q_ok: np.ndarray,
-             ids: dict, q_start: np.ndarray | None = None, items: list[SchemaItem] | None = None,
-             itos: list[str] | None = None, fks: dict[int, set[int]] | None = None) -> np.ndarray:
-    """Additive mask (V + N + Q,) of the actions valid after ``h``."""
-    m = np.full(V + N + Q, -np.inf, dtype=np.float32)
-    q_start = q_ok if q_start is None else q_start & q_ok
-    if h.need == 2:
-        m[V + N:][q_start] = 0
-    elif h.need == 1:
-        lo, hi = h.start, min(Q, h.start + MAX_SPAN)
-        sel = np.zeros(Q, bool)
-        sel[lo:hi] = True
-        m[V + N:][sel & q_ok] = 0
-    else:
-        m[:V][vocab_ok] = 0
-        last = itos[h.actions[-1][1]] if h.actions[-1][0] == VOCAB else None
-        if items is not None:  # FROM-first: tables right after from/join, else visible columns
-            named = h.blocks[-1]
-            visible = set(named)  # a column of this block's tables (not an enclosing block's)
-            ok = np.zeros(N, bool)
-            for j, it in enumerate(items):
-                if it.column is None:
-                    ok[j] = last in ("from", "join") and it.table_index not in named
-                else:
-                    ok[j] = it.table_index in visible and last not in ("from", "join")
-            if last == "=" and len(h.actions) >= 3 and h.actions[-2][0] == ITEM and _tok_id(h.actions[-3], itos) == "on":
-                # a join condition relates two different tables: "on a.x = a.y" never joins
-                first = h.actions[-2][1]
-                same = items[first].table_index
-                other = np.zeros(N, bool)
-                other[:len(items)] = [it.column is not None and it.table_index != same for it in items]
-                ok &= other
-                partners = np.zeros(N, bool)
-                for p in (fks or {}).get(first, ()):
-                    partners[p] = True
-                if (ok & partners).any():  # 96% of Spider's join conditions follow a foreign key
-                    ok &= partners
-                m[:V] = -np.inf
-            elif last == "on" and fks and len(h.actions) >= 2 and h.actions[-2][0] == ITEM:
-                joined = items[h.actions[-2][1]].table_index
-                before = set(named) - {joined}
-                linked = np.zeros(N, bool)
-                for a_idx, partners in fks.items():
-                    ta = items[a_idx].table_index
-                    for p in partners:
-                        tb = items[p].table_index
-                        if (ta == joined and tb in before) or (tb == joined and ta in before):
-                            linked[a_idx] = True
-                if (ok & linked).any():
-                    ok &= linked
-            top = h.sel[-1]
-            if top.phase == 1 and h.depth == top.base and _item_start(h, itos):
-                for j in top.seen:  # no select item twice
-                    ok[j] = False
-            m[V:V + N][item_ok & ok] = 0
-            if last in ("from", "join", "on"):  # a table, or the join condition's first column
-                m[:V] = -np.inf
-        else:
-            m[V:V + N][item_ok] = 0
-        _select_rules(h, m, ids, itos)
-        if h.depth == 0:
-            m[ids[")"]] = -np.inf
-        if h.depth > 0 or len(h.actions) < 2 or last in DANGLING:
-            m[ids[EOS]] = -np.inf
-    if not np.isfinite(m).any():
-        m[ids[EOS]] = 0
-    return m
-
-
 def _item_start(h: Hyp, itos: list[str]) -> bool:
     """The next action starts a select item (right after SELECT, SELECT DISTINCT or a comma)."""
     last = _tok_id(h.actions[-1], itos)
@@ -269,8 +200,94 @@ class SQLActionsProcessor:
 
     def mask(self, generated: Sequence[int]) -> np.ndarray:
         """Additive mask (V + N + Q,) of the actions allowed after ``generated``."""
-        return _allowed(self.state(generated), self.V, self.N, self.Q, self.vocab_ok, self.item_ok, self.q_ok,
-                        self.ids, self.q_start, self.items, self.itos, self.fks)
+        return self.allowed(self.state(generated))
+
+    def allowed(self, h: Hyp) -> np.ndarray:
+        """Additive mask (V + N + Q,) of the actions valid after ``h``: inside a value span its
+        question pieces, else keywords and schema items."""
+        V, N, Q = self.V, self.N, self.Q
+        m = np.full(V + N + Q, -np.inf, dtype=np.float32)
+        if h.need == 2:  # a value's first piece: one that starts a word
+            m[V + N:][self.q_start & self.q_ok] = 0
+        elif h.need == 1:  # its last piece: at most MAX_SPAN pieces on
+            sel = np.zeros(Q, bool)
+            sel[h.start:min(Q, h.start + MAX_SPAN)] = True
+            m[V + N:][sel & self.q_ok] = 0
+        else:
+            self._allow_words_and_items(h, m)
+        if not np.isfinite(m).any():
+            m[self.ids[EOS]] = 0
+        return m
+
+    def _allow_words_and_items(self, h: Hyp, m: np.ndarray) -> None:
+        """Unmask in ``m`` the keywords and schema items valid after ``h`` (outside a value)."""
+        V, N, ids = self.V, self.N, self.ids
+        m[:V][self.vocab_ok] = 0
+        last = _tok_id(h.actions[-1], self.itos)
+        if self.items is not None:  # FROM-first: tables right after from/join, else visible columns
+            ok = self._items_after(h, last, m)
+            top = h.sel[-1]
+            if top.phase == 1 and h.depth == top.base and _item_start(h, self.itos):
+                for j in top.seen:  # no select item twice
+                    ok[j] = False
+            m[V:V + N][self.item_ok & ok] = 0
+            if last in ("from", "join", "on"):  # a table, or the join condition's first column
+                m[:V] = -np.inf
+        else:
+            m[V:V + N][self.item_ok] = 0
+        _select_rules(h, m, ids, self.itos)
+        if h.depth == 0:
+            m[ids[")"]] = -np.inf
+        if h.depth > 0 or len(h.actions) < 2 or last in DANGLING:
+            m[ids[EOS]] = -np.inf
+
+    def _items_after(self, h: Hyp, last: str | None, m: np.ndarray) -> np.ndarray:
+        """Which schema items may follow ``h``: a table right after FROM/JOIN that its block has
+        not named, else a column of the block's tables (not an enclosing block's); in a join
+        condition, the columns that relate the joined table to the others. Right after ``on a.x =``
+        no keyword may come either (``m``)."""
+        named = h.blocks[-1]
+        ok = np.zeros(self.N, bool)
+        for j, it in enumerate(self.items):
+            if it.column is None:
+                ok[j] = last in ("from", "join") and it.table_index not in named
+            else:
+                ok[j] = it.table_index in named and last not in ("from", "join")
+        if last == "=" and len(h.actions) >= 3 and h.actions[-2][0] == ITEM and _tok_id(h.actions[-3], self.itos) == "on":
+            ok = self._join_partner_columns(h.actions[-2][1], ok)
+            m[:self.V] = -np.inf
+        elif last == "on" and self.fks and len(h.actions) >= 2 and h.actions[-2][0] == ITEM:
+            joined = self.items[h.actions[-2][1]].table_index
+            linked = self._columns_linking(joined, set(named) - {joined})
+            if (ok & linked).any():
+                ok &= linked
+        return ok
+
+    def _join_partner_columns(self, first: int, ok: np.ndarray) -> np.ndarray:
+        """``ok`` narrowed to the second column of ``on <first> =``: one of another table (``on
+        a.x = a.y`` never joins), along a foreign key of ``first`` where one fits."""
+        same = self.items[first].table_index
+        other = np.zeros(self.N, bool)
+        other[:len(self.items)] = [it.column is not None and it.table_index != same for it in self.items]
+        ok = ok & other
+        partners = np.zeros(self.N, bool)
+        for p in (self.fks or {}).get(first, ()):
+            partners[p] = True
+        if (ok & partners).any():  # 96% of Spider's join conditions follow a foreign key
+            ok &= partners
+        return ok
+
+    def _columns_linking(self, joined: int, before: set) -> np.ndarray:
+        """The column items of a foreign key between table ``joined`` and one of the tables
+        ``before`` (the first column of its join condition)."""
+        linked = np.zeros(self.N, bool)
+        for a_idx, partners in self.fks.items():
+            ta = self.items[a_idx].table_index
+            for p in partners:
+                tb = self.items[p].table_index
+                if (ta == joined and tb in before) or (tb == joined and ta in before):
+                    linked[a_idx] = True
+        return linked
 
     def host_masks(self, generated: Sequence[Sequence[int]], width: int) -> np.ndarray:
         """Additive masks (B, V + N + Q) for each row; ``width``: what the model scores."""
