@@ -128,6 +128,16 @@ def test_unexpected_plugin_parameter_lists_accepted(tmp_path, reg):
         load_config(path, registry=reg)
 
 
+def test_a_parameter_of_the_linked_encoder_is_checked_against_its_settings(tmp_path):
+    """The linked schema encoder takes its parameters as LinkedSettings: a misspelt one is still
+    an error at its file line that lists every field it accepts."""
+    path = write(tmp_path, "model:\n  schema_encoder:\n    name: linked\n    n_layer: 2\n")
+    with pytest.raises(ConfigError, match=rf"{path}:4: model.schema_encoder.n_layer: schema_encoder 'linked' takes "
+                                          r"no parameter 'n_layer'; it accepts: cache_dir, description_weight, dropout, hidden, "
+                                          r"link_features, max_question, n_heads, n_layers, path, relations$"):
+        load_config(path)
+
+
 def test_bad_override_names_the_override(reg):
     with pytest.raises(ConfigError, match=r"--set model.router.name=nope: model.router.name: unknown router 'nope'"):
         load_config(None, ["model.router.name=nope"], registry=reg)

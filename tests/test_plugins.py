@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-
+from dataclasses import dataclass
 from pathlib import Path
 
 import pluggy
@@ -56,6 +56,38 @@ def test_unexpected_parameter_lists_accepted(fresh_pm):
     fresh_pm.register(RoutersA(), name="a")
     with pytest.raises(PluginError, match=r"router 'toy' takes no parameter 'kk'; it accepts: jitter, k"):
         Registry(fresh_pm).build("router", "toy", 32, 4, kk=1)
+
+
+@dataclass(frozen=True)
+class ToyExpertSettings:
+    width: int = 8
+    gated: bool = True
+
+
+class ToyExpert:
+    """An expert taking its parameters as one dataclass."""
+
+    params_type = ToyExpertSettings
+
+    def __init__(self, d_model, hidden, num_experts, **params):
+        self.settings = ToyExpertSettings(**params)
+
+
+class Experts:
+    @hookimpl
+    def register_experts(self, register):
+        register("toy", ToyExpert)
+
+
+def test_parameters_of_a_factory_with_a_params_type_are_its_fields(fresh_pm):
+    """A factory that takes ``**params`` and names their dataclass in ``params_type`` accepts
+    exactly that dataclass's fields: an unknown key lists them."""
+    fresh_pm.register(Experts(), name="e")
+    reg = Registry(fresh_pm)
+    assert list(reg.get("expert", "toy").parameters()) == ["width", "gated"]
+    assert reg.build("expert", "toy", 32, 64, 4, width=3).settings == ToyExpertSettings(width=3)
+    with pytest.raises(PluginError, match=r"expert 'toy' takes no parameter 'widht'; it accepts: gated, width$"):
+        reg.build("expert", "toy", 32, 64, 4, widht=3)
 
 
 def test_duplicate_name_names_both_plugins(fresh_pm):

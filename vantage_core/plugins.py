@@ -52,7 +52,10 @@ class PluginEntry:
 
 
 def accepted_parameters(factory: Callable[..., Any], core_args: Iterable[str] = ()) -> dict[str, inspect.Parameter]:
-    target = factory.__init__ if inspect.isclass(factory) else factory
+    """The parameters ``factory`` takes, those in ``core_args`` left out: its signature's, or,
+    for a factory that takes them as ``**params`` and names their dataclass in its
+    ``params_type`` attribute, that dataclass's fields."""
+    target = getattr(factory, "params_type", None) or (factory.__init__ if inspect.isclass(factory) else factory)
     params = dict(inspect.signature(target).parameters)
     params.pop("self", None)
     for name in core_args:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -253,50 +254,69 @@ class RelationEncoder(nn.Module):
         return unpack(packing, self.ln(x))
 
 
+@dataclass(frozen=True)
+class LinkedSettings:
+    """The linked encoder's parameters (``model.schema_encoder`` of a config)."""
+
+    n_layers: int = 2  # mixer layers (0: no mixer)
+    n_heads: int = 4
+    hidden: int = 512  # the mixer's feed-forward width
+    dropout: float = 0.1
+    link_features: bool = True  # embed the schema linker's matches
+    max_question: int = 128  # question pieces read
+    path: str | None = None  # a MiniLM folder (default: the installed one)
+    cache_dir: str | None = None  # where the frozen states are cached (default: $VANTAGE_CACHE or ~/.cache/vantage)
+    relations: bool = False  # a relation-aware mixer (RAT-SQL)
+    description_weight: float = 0.5  # a described item's state: (1 - w) * its name's + w * its description's
+
+
 class LinkedSchemaEncoder(nn.Module):
     """Frozen MiniLM states of the question and the item names, linking features, and a
     trainable mixer over [question pieces; items]; with ``relations``, a relation-aware mixer
     (RAT-SQL): its attention also reads how each pair of positions relates (question distance,
-    name or value links, column-in-table, primary and foreign keys)."""
+    name or value links, column-in-table, primary and foreign keys). ``params``: the fields of
+    :class:`LinkedSettings`."""
 
     provides_states = True
     provides_items = True  # pointer and copy heads can use it
+    params_type = LinkedSettings  # what the registry checks a config's parameters against
 
-    def __init__(self, d_model: int, tokenizer=None, n_layers: int = 2, n_heads: int = 4, hidden: int = 512,
-                 dropout: float = 0.1, link_features: bool = True, max_question: int = 128,
-                 path: str | None = None, cache_dir: str | None = None, relations: bool = False,
-                 description_weight: float = 0.5):
+    def __init__(self, d_model: int, tokenizer=None, **params):
         super().__init__()
-        if d_model % n_heads:
-            raise ConfigError(f"model.schema_encoder.n_heads: {n_heads} must divide d_model ({d_model})")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"model.schema_encoder.dropout: {dropout}; valid: 0 <= dropout < 1")
-        if not 0 <= description_weight <= 1:
-            raise ConfigError(f"model.schema_encoder.description_weight: {description_weight}; valid: 0 to 1")
-        self.description_weight = description_weight
+        cfg = LinkedSettings(**params)
+        if d_model % cfg.n_heads:
+            raise ConfigError(f"model.schema_encoder.n_heads: {cfg.n_heads} must divide d_model ({d_model})")
+        if not 0 <= cfg.dropout < 1:
+            raise ConfigError(f"model.schema_encoder.dropout: {cfg.dropout}; valid: 0 <= dropout < 1")
+        if not 0 <= cfg.description_weight <= 1:
+            raise ConfigError(f"model.schema_encoder.description_weight: {cfg.description_weight}; valid: 0 to 1")
+        self.description_weight = cfg.description_weight
+        cache_dir = cfg.cache_dir
         if cache_dir is None:
             cache_dir = str(Path(os.environ.get("VANTAGE_CACHE") or Path.home() / ".cache" / "vantage"))
-        object.__setattr__(self, "frozen", FrozenMiniLM(path, max_question, cache_dir))
-        self.link_features = link_features
-        self.max_question = max_question
+        object.__setattr__(self, "frozen", FrozenMiniLM(cfg.path, cfg.max_question, cache_dir))
+        self.link_features = cfg.link_features
+        self.max_question = cfg.max_question
         width = 384  # MiniLM's
         self.q_proj = nn.Linear(width, d_model)
         self.name_proj = nn.Linear(width, d_model)
         self.table_proj = nn.Linear(width, d_model)
-        self.q_pos = nn.Embedding(max_question, d_model)
+        self.q_pos = nn.Embedding(cfg.max_question, d_model)
         self.segment = nn.Embedding(2, d_model)
         self.item_type = nn.Embedding(ITEM_TYPES, d_model)
         self.item_key = nn.Embedding(4, d_model)  # primary * 1 + foreign * 2
-        if link_features:
+        if cfg.link_features:
             self.links = LinkEmbedding(d_model)
-        self.relations = bool(relations and n_layers)
+        self.relations = bool(cfg.relations and cfg.n_layers)
         if self.relations:
             from vantage_core.api import RELATIONS
 
-            self.mixer = RelationEncoder(n_layers, d_model, n_heads, hidden, len(RELATIONS), dropout)
+            self.mixer = RelationEncoder(cfg.n_layers, d_model, cfg.n_heads, cfg.hidden, len(RELATIONS), cfg.dropout)
+        elif cfg.n_layers:
+            self.mixer = nn.TransformerEncoder(cfg.n_layers, d_model, cfg.n_heads, cfg.hidden, dropout=cfg.dropout)
         else:
-            self.mixer = nn.TransformerEncoder(n_layers, d_model, n_heads, hidden, dropout=dropout) if n_layers else None
-        self.drop = Dropout(dropout)
+            self.mixer = None
+        self.drop = Dropout(cfg.dropout)
 
     @property
     def question_tokenizer(self):
