@@ -155,11 +155,20 @@ def dropout(x: mx.array, p: float) -> mx.array:
     return (keep * x) * (1 / (1 - p))
 
 
+@dataclass(frozen=True)
+class AdamWSettings:
+    """The constants of an AdamW step (as ``mlx.optimizers.AdamW`` names them)."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+
+
 def adamw(params: list[mx.array], grads: list[mx.array], m: list[mx.array], v: list[mx.array], lr: mx.array,
-          scale: mx.array, betas: tuple[float, float], eps: float, weight_decay: float):
+          scale: mx.array, settings: AdamWSettings):
     """One AdamW step (``mlx.optimizers.AdamW`` without bias correction) of every tensor, the
     gradients multiplied by ``scale`` first -> (new params, new m, new v), three lists."""
-    b1, b2 = betas
+    (b1, b2), eps, weight_decay = settings.betas, settings.eps, settings.weight_decay
     if params and _native_for(*params, *grads, *m, *v):
         out = _native.adamw(params, grads, m, v, lr, scale, b1, b2, eps, weight_decay)
         n = len(params)

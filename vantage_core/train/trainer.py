@@ -56,10 +56,10 @@ class AdamW(optim.AdamW):
         grads = tree_flatten(gradients)
         params = dict(tree_flatten(parameters))
         states = [_leaf(self.state, key) for key, _ in grads]
+        settings = kernels.AdamWSettings(tuple(self.betas), self.eps, self.weight_decay)
         new_p, new_m, new_v = kernels.adamw([params[k] for k, _ in grads], [g for _, g in grads],
                                             [st["m"] for st in states], [st["v"] for st in states],
-                                            self.learning_rate, mx.array(scale, mx.float32), self.betas, self.eps,
-                                            self.weight_decay)
+                                            self.learning_rate, mx.array(scale, mx.float32), settings)
         for st, m, v in zip(states, new_m, new_v):
             st["m"], st["v"] = m, v
         return tree_unflatten(list(zip((k for k, _ in grads), new_p)))
