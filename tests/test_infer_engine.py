@@ -193,3 +193,17 @@ def test_result_cells_as_strict_json():
     text = json.dumps(g.to_json(), allow_nan=False)
     assert json.loads(text)["rows"] == [[{"$base64": "AA=="}, "NaN"]]
     assert json.loads(text)["candidates"][0]["logprob"] is None
+
+
+def test_generate_takes_a_question_with_its_database_and_extras(engine, paths):
+    """A Question (its database and a dataset example's extras) is answered as generate_many
+    answers it; a database given beside it as well is refused."""
+    from vantage_core.inference.engine import Question
+
+    _, db = paths
+    q = Question("how many singers?", db, extras={"evidence": "a singer is a person who sings"})
+    one = engine.generate(q, decoding="beam")
+    together = engine.generate_many([q], options=engine.options(decoding="beam"))[0]
+    assert one.candidates == together.candidates and one.sql == together.sql
+    with pytest.raises(TypeError, match="give the database and schema in the Question"):
+        engine.generate(q, db_path=db)

@@ -312,21 +312,26 @@ class Engine:
                           f"Constraints that fit it: {valid}")
 
     # -- one request -----------------------------------------------------------------------
-    def generate(self, question: str, *, db_path: str | Path | None = None, schema: Schema | None = None,
+    def generate(self, question: str | Question, *, db_path: str | Path | None = None, schema: Schema | None = None,
                  run: bool = False, routing: bool = False, options: InferenceConfig | None = None,
-                 extras: dict | None = None, cancel: Any = None, **overrides: Any) -> Generation:
+                 cancel: Any = None, **overrides: Any) -> Generation:
         """SQL for ``question`` over the database at ``db_path`` or the given ``schema``.
 
+        ``question``: its text, or a :class:`Question` (its database, schema and a dataset
+        example's extras: BIRD's ``evidence`` goes into the prompt) instead of ``db_path`` and
+        ``schema``.
         ``run``: execute the chosen SQL read-only and return its rows (needs ``db_path``).
         ``routing``: record per generated token the experts each MoE layer chose.
-        ``extras``: a dataset example's extras (BIRD's ``evidence`` goes into the prompt).
         ``cancel``: a ``threading.Event``; once set, decoding stops at its next step
         (:class:`~vantage_core.errors.Cancelled`).
         ``overrides``: any :class:`~vantage_core.config.InferenceConfig` field for this call.
         """
         opts = options or self.options(**overrides)
-        return self.generate_many([Question(question, db_path, schema, extras)], run=run, routing=routing,
-                                  options=opts, cancel=cancel)[0]
+        if not isinstance(question, Question):
+            question = Question(question, db_path, schema)
+        elif db_path is not None or schema is not None:
+            raise TypeError("generate: give the database and schema in the Question, not beside it")
+        return self.generate_many([question], run=run, routing=routing, options=opts, cancel=cancel)[0]
 
     def generate_many(self, questions: list["Question"], *, run: bool = False, routing: bool = False,
                       options: InferenceConfig | None = None, cancel: Any = None) -> list[Generation]:
