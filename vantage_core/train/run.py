@@ -285,7 +285,7 @@ class Run:
     data: TrainingData
     model: Any
     trainer: Trainer
-    batches: Iterator[dict]  # this rank's rows of the global batches, from the one after batches_drawn
+    batches: Iterator[dict]  # this rank's rows of each global batch, from batch number batches_drawn on
     telemetry: Telemetry
     callbacks: list[Callback]  # what fit does around the steps: standard_callbacks()
     parameters: tuple[int, int]  # total, trainable
