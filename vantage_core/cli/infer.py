@@ -2,26 +2,49 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+from dataclasses import dataclass
 
 import click
 
-from vantage_core.cli.options import FiniteFloat, allow_privileged_option, positive_seconds
+from vantage_core.cli.options import FiniteFloat, allow_privileged_option, options_into, positive_seconds
 
 DECODING = click.Choice(["greedy", "beam", "sample"])
 
 
-def _inference_overrides(decoding, beam_size, constraint, execution_guided, max_new_tokens, temperature, top_p) -> dict:
-    out = {"decoding": decoding, "beam_size": beam_size, "max_new_tokens": max_new_tokens,
-           "temperature": temperature, "top_p": top_p}
-    if constraint is not None:
-        out["constraint"] = "none" if constraint == "none" else {"name": constraint}
-    if execution_guided is not None:
-        out["execution_guided"] = execution_guided
-    return out
+@dataclass
+class DecodingOptions:
+    """How to decode, as the command line asked (None: as the model's config says)."""
+
+    decoding: str | None
+    beam_size: int | None
+    constraint: str | None  # a registered constraint, or "none" to turn the config's off
+    execution_guided: bool | None
+    max_new_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+
+    def overrides(self) -> dict:
+        """These options as overrides of the config's ``inference`` section."""
+        out = {"decoding": self.decoding, "beam_size": self.beam_size, "max_new_tokens": self.max_new_tokens,
+               "temperature": self.temperature, "top_p": self.top_p}
+        if self.constraint is not None:
+            out["constraint"] = "none" if self.constraint == "none" else {"name": self.constraint}
+        if self.execution_guided is not None:
+            out["execution_guided"] = self.execution_guided
+        return out
 
 
 def decoding_options(func):
+    """The decoding options, handed to the command as one :class:`DecodingOptions` in ``decoding``."""
+    names = [f.name for f in dataclasses.fields(DecodingOptions)]
+
+    @functools.wraps(func)
+    def command(**params):
+        return func(decoding=DecodingOptions(**{name: params.pop(name) for name in names}), **params)
+
     for opt in reversed([
         click.option("--decoding", type=DECODING, default=None, help="Default: the model's config (inference.decoding)."),
         click.option("--beam-size", type=click.IntRange(1, 64), default=None),
@@ -33,8 +56,8 @@ def decoding_options(func):
         click.option("--temperature", type=FiniteFloat(0, 10), default=None),
         click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), default=None),
     ]):
-        func = opt(func)
-    return func
+        command = opt(command)
+    return command
 
 
 def database_option(value: str | None) -> str | None:
@@ -62,6 +85,21 @@ def _table(rows: list[list], max_rows: int = 20, width: int = 32) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class GenerateOptions:
+    """What ``vantage generate`` was given (its options below say what each means)."""
+
+    checkpoints: tuple[str, ...]
+    db: str
+    question: str | None
+    questions: str | None
+    notes: str | None
+    run_sql: bool
+    show_candidates: bool
+    as_json: bool
+    decoding: DecodingOptions
+
+
 @click.command()
 @click.option("--checkpoint", "-m", "checkpoints", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
               help="A run directory, a checkpoint folder or a `vantage export` folder; repeated, their ensemble.")
@@ -79,7 +117,8 @@ def _table(rows: list[list], max_rows: int = 20, width: int = 32) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per question.")
 @decoding_options
 @allow_privileged_option
-def generate(checkpoints, db, question, questions, notes, run_sql, show_candidates, as_json, **decoding) -> None:
+@options_into(GenerateOptions)
+def generate(options: GenerateOptions) -> None:
     """Turn a question about a database (SQLite file or URL) into SQL.
 
     Exits with status 1 when a question got no SQL or, with --run, its SQL failed to run."""
@@ -87,54 +126,77 @@ def generate(checkpoints, db, question, questions, notes, run_sql, show_candidat
     from vantage_core.data.notes import notes_beside
     from vantage_core.errors import VantageError
     from vantage_core.inference.engine import Engine
-    from vantage_core.sql.format import formatted_sql
     from vantage_core.textfiles import read_utf8
 
-    asked = [question] if question else []
-    if questions:
-        lines = text_lines(read_utf8(questions))
+    asked = [options.question] if options.question else []
+    if options.questions:
+        lines = text_lines(read_utf8(options.questions))
         asked += [q.strip() for q in lines if q.strip() and not q.lstrip().startswith("#")]
     if not asked:
         raise click.UsageError("give a QUESTION or --questions FILE")
-    engine = Engine.load(list(checkpoints))
-    opts = engine.options(**_inference_overrides(**decoding))
-    if notes:
-        engine.notes_files[db] = notes
-    if notes or notes_beside(db):
+    db = options.db
+    engine = Engine.load(list(options.checkpoints))
+    opts = engine.options(**options.decoding.overrides())
+    if options.notes:
+        engine.notes_files[db] = options.notes
+    if options.notes or notes_beside(db):
         engine.schema_of(db)  # the notes are read and checked before any question is answered
     failed = 0
     for q in asked:
         try:
-            g = engine.generate(q, db_path=db, run=run_sql, options=opts)
+            g = engine.generate(q, db_path=db, run=options.run_sql, options=opts)
         except VantageError as exc:
             if len(asked) == 1:
                 raise
             click.echo(f"error: {q!r}: {exc}", err=True)
             failed += 1
             continue
-        failed += bool(run_sql and g.error)
-        if as_json:
-            d = g.to_json()
-            d.pop("tokens", None)
-            click.echo(json.dumps({"question": q, **d}, allow_nan=False))
-            continue
-        if len(asked) > 1:
-            click.echo(f"-- {q}")
-        click.echo(formatted_sql(g.sql))
-        if g.executed_sql:  # what ran on the database's own engine
-            click.echo(f"-- as run on {g.dialect}: {g.executed_sql}", err=True)
-        if show_candidates:
-            for i, c in enumerate(g.candidates):
-                mark = "*" if i == g.chosen else " "
-                extra = "" if c.ok is None else (" ran" if c.ok else f" error: {c.error}")
-                click.echo(f"  {mark} {c.logprob:9.3f}  {formatted_sql(c.sql)}{extra}", err=True)
-        if run_sql:
-            if g.error:
-                click.echo(f"error: the SQL did not run: {g.error}", err=True)
-            else:
-                click.echo(_table(g.rows or []))
+        failed += bool(options.run_sql and g.error)
+        echo_generation(q, g, options, several=len(asked) > 1)
     if failed:
         raise click.exceptions.Exit(1)
+
+
+def echo_generation(question: str, g, options: GenerateOptions, several: bool) -> None:
+    """One answer as ``vantage generate`` prints it: a JSON object, or the SQL (with the candidates
+    and the rows where asked)."""
+    if options.as_json:
+        d = g.to_json()
+        d.pop("tokens", None)
+        click.echo(json.dumps({"question": question, **d}, allow_nan=False))
+        return
+    from vantage_core.sql.format import formatted_sql
+
+    if several:
+        click.echo(f"-- {question}")
+    click.echo(formatted_sql(g.sql))
+    if g.executed_sql:  # what ran on the database's own engine
+        click.echo(f"-- as run on {g.dialect}: {g.executed_sql}", err=True)
+    if options.show_candidates:
+        for i, c in enumerate(g.candidates):
+            mark = "*" if i == g.chosen else " "
+            extra = "" if c.ok is None else (" ran" if c.ok else f" error: {c.error}")
+            click.echo(f"  {mark} {c.logprob:9.3f}  {formatted_sql(c.sql)}{extra}", err=True)
+    if options.run_sql:
+        if g.error:
+            click.echo(f"error: the SQL did not run: {g.error}", err=True)
+        else:
+            click.echo(_table(g.rows or []))
+
+
+@dataclass
+class ServeOptions:
+    """What ``vantage serve`` was given (its options below say what each means)."""
+
+    checkpoints: tuple[str, ...]
+    host: str
+    port: int
+    db_dir: tuple[str, ...]
+    db_urls: tuple[str, ...]
+    notes: tuple[str, ...]
+    max_concurrency: int
+    timeout_s: float
+    max_schema_items: int
 
 
 @click.command()
@@ -156,14 +218,16 @@ def generate(checkpoints, db, question, questions, notes, run_sql, show_candidat
 @click.option("--max-schema-items", default=1000, show_default=True, type=click.IntRange(1),
               help="Tables and columns a request's schema may have in all; larger ones get 400.")
 @allow_privileged_option
-def serve(checkpoints, host, port, db_dir, db_urls, notes, max_concurrency, timeout_s, max_schema_items) -> None:
+@options_into(ServeOptions)
+def serve(options: ServeOptions) -> None:
     """Serve the model over HTTP (OpenAPI document at /docs, playground at /, and the OpenAI-compatible
     /v1/models and /v1/chat/completions)."""
     from vantage_core.inference.serve import ServeSettings, create_app, run_server
 
-    settings = ServeSettings(db_dirs=list(db_dir), db_urls=list(db_urls), notes=list(notes), max_concurrency=max_concurrency,
-                             timeout_s=timeout_s, max_schema_items=max_schema_items)
-    run_server(create_app(list(checkpoints), settings), settings, host, port)
+    settings = ServeSettings(db_dirs=list(options.db_dir), db_urls=list(options.db_urls), notes=list(options.notes),
+                             max_concurrency=options.max_concurrency, timeout_s=options.timeout_s,
+                             max_schema_items=options.max_schema_items)
+    run_server(create_app(list(options.checkpoints), settings), settings, options.host, options.port)
 
 
 @click.command()
@@ -174,13 +238,13 @@ def serve(checkpoints, host, port, db_dir, db_urls, notes, max_concurrency, time
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier export at --out, once the new one is complete.")
 @decoding_options
-def export(checkpoint, out, quantize, group_size, overwrite, **decoding) -> None:
+def export(checkpoint, out, quantize, group_size, overwrite, decoding: DecodingOptions) -> None:
     """Write a self-contained model folder: config.json, model.safetensors, vantage_tokenizer/, a model card.
 
     --out may not be, contain or lie inside --checkpoint."""
     from vantage_core.inference.export import export_model
 
-    inference = {k: v for k, v in _inference_overrides(**decoding).items() if v is not None}
+    inference = {k: v for k, v in decoding.overrides().items() if v is not None}
     if inference.get("constraint") == "none":
         inference["constraint"] = None
     rec = export_model(checkpoint, out, bits=int(quantize) if quantize else None, group_size=int(group_size),
