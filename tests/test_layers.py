@@ -175,6 +175,61 @@ def test_no_circle_between_layers():
     assert not report, "\n".join(report)
 
 
+def module_of(parts: list[str]) -> str | None:
+    """The ``vantage_core`` module (file) a dotted import names: its longest prefix that is a
+    ``.py`` file or a package; None outside ``vantage_core``."""
+    if parts[0] != "vantage_core":
+        return None
+    for n in range(len(parts), 1, -1):
+        path = PACKAGE.joinpath(*parts[1:n])
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+            return ".".join(parts[:n])
+    return None
+
+
+def typing_only(tree: ast.AST) -> set[ast.AST]:
+    """The imports under ``if TYPE_CHECKING:``, read by type checkers and never run."""
+    blocks = [n for n in ast.walk(tree) if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)]
+    return {n for block in blocks for stmt in block.body for n in ast.walk(stmt)}
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Module -> the ``vantage_core`` modules it imports when it runs (every import, at the top or
+    in a function; not those only type checkers read)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(["vantage_core", *path.relative_to(PACKAGE).with_suffix("").parts]).removesuffix(".__init__")
+        targets = graph.setdefault(name, set())
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        skipped = typing_only(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and node not in skipped:
+                targets |= {m for parts in imported_modules(node, path) if (m := module_of(parts)) and m != name}
+    return graph
+
+
+def module_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import one another, each sorted (a package importing its own
+    submodules, as ``__init__`` files do, is not a circle unless a submodule imports it back)."""
+    return sorted({tuple(sorted(m for m in graph if m in reachable(graph, start) and start in reachable(graph, m)))
+                   for start in graph if start in reachable(graph, start)})
+
+
+def test_no_circle_between_modules():
+    """No two modules of ``vantage_core`` import each other, directly or through others, at the top
+    of a file or inside a function."""
+    circles = module_circles(module_imports())
+    assert not circles, "modules that import one another:\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_finds_a_planted_circle():
+    """The module walk catches a circle planted in a copy of the import graph."""
+    graph = module_imports()
+    graph["vantage_core.sql.names"].add("vantage_core.sql.policy")
+    graph["vantage_core.sql.policy"].add("vantage_core.sql.names")
+    assert ["vantage_core.sql.names", "vantage_core.sql.policy"] in [list(c) for c in module_circles(graph)]
+
+
 def test_the_walk_sees_every_kind_of_import():
     """The walk resolves ``import x``, ``from x import y``, relative imports and imports inside
     functions to their layers (checked on source text placed, as if, in ``vantage_core/data/``)."""

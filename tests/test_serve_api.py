@@ -11,7 +11,8 @@ import uvicorn
 
 from infer_fixture import first_table_engine, make_db, make_model_dir, make_pointer_model_dir
 from vantage_core.inference.engine import Engine
-from vantage_core.inference.serve import ServeSettings, create_app, schema_from_ddl, server_config
+from vantage_core.inference.request_schema import schema_from_ddl
+from vantage_core.inference.serve import ServeSettings, create_app, server_config
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from vantage_core.inference.serve import Name, utf8_str
+from vantage_core.inference.request_schema import Name, check_schema_size, schema_from_ddl, utf8_str
 from vantage_core.sql.format import formatted_sql
 
 MessageText = utf8_str()
@@ -184,7 +184,6 @@ def add_openai_routes(app: FastAPI, engine: Any, databases: dict, settings: Any,
                       run_generation: Callable, public_message: Callable[[str | None], str | None]) -> None:
     """Add ``GET /v1/models`` and ``POST /v1/chat/completions`` to the server's ``app``."""
     from vantage_core.inference.engine import json_rows
-    from vantage_core.inference.serve import check_schema_size, schema_from_ddl
 
     _openai_errors(app)
 
