@@ -3,8 +3,11 @@ column (instead of a UnicodeDecodeError traceback)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
+from typing import Any, Iterator
 
 from vantage_core.errors import DataError, VantageError
 
@@ -34,3 +37,25 @@ def decode_line(raw: bytes, path: str | os.PathLike, lineno: int,
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"{path}:{lineno}:{exc.start + 1}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+
+
+LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def text_lines(text: str) -> list[str]:
+    """The lines of ``text`` split at line ends only; ``str.splitlines`` would also split at a
+    form feed, a vertical tab or U+2028 inside a query, turning one prediction into two."""
+    lines = LINE_END.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def json_lines(text: str, path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of JSON Lines ``text`` read from ``path``;
+    :class:`DataError` naming the file and line that is not JSON."""
+    for lineno, line in enumerate(text_lines(text), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None

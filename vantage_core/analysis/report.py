@@ -28,7 +28,7 @@ import numpy as np
 from vantage_core.errors import DataError
 from vantage_core.evaluate.metric import HARDNESS_ORDER
 from vantage_core.folders import check_output_folder, new_folder, refuse_overlap
-from vantage_core.textfiles import read_utf8
+from vantage_core.textfiles import json_lines, read_utf8
 
 REPORT_FILE = "report.md"
 LABELS = {"execution": "EX", "exact_match": "EM", "valid_sql": "valid SQL"}
@@ -196,13 +196,7 @@ def error_breakdown(results: Path) -> dict[str, int]:
     number of SELECT items, GROUP BY differs, a gold string value the question does not spell.
     An answer is wrong when its ``execution`` score is 0; empty without that metric."""
     out = Counter({"wrong": 0, **{k: 0 for k in ERROR_KINDS}})
-    for lineno, line in enumerate(read_utf8(results).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{results}:{lineno}: not valid JSON: {exc.msg}") from None
+    for _, row in json_lines(read_utf8(results), results):
         execution = (row.get("scores") or {}).get("execution") if isinstance(row, dict) else None
         if not isinstance(execution, dict):
             return {}  # not scored by execution: no verdict to break down

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ def read_predictions(path: str | Path) -> list[str]:
     Lines end at ``\n``, ``\r\n`` or ``\r`` only (as the official evaluator reads them): a form
     feed or other separator inside a query stays in that query.
     """
-    from vantage_core.textfiles import read_utf8
+    from vantage_core.textfiles import json_lines, read_utf8, text_lines
 
     path = Path(path)
     if not path.is_file():
@@ -47,13 +46,7 @@ def read_predictions(path: str | Path) -> list[str]:
         raise DataError(f"{path}: expected BIRD's {{index: SQL}} object or a list of SQL strings")
     if path.suffix == ".jsonl":
         out = []
-        for lineno, line in enumerate(text_lines(text), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+        for lineno, row in json_lines(text, path):
             if isinstance(row, str):
                 out.append(row)
                 continue
@@ -64,16 +57,6 @@ def read_predictions(path: str | Path) -> list[str]:
             out.append(str(row[field]))
         return out
     return text_lines(text)
-
-
-_LINE_END = re.compile(r"\r\n|\r|\n")
-
-
-def text_lines(text: str) -> list[str]:
-    """The lines of ``text`` split at line ends only; ``str.splitlines`` would also split at a
-    form feed, a vertical tab or U+2028 inside a query, turning one prediction into two."""
-    lines = _LINE_END.split(text)
-    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 ALIGN_MODES = ("auto", "order", "row")

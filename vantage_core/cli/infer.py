@@ -122,7 +122,7 @@ def generate(options: GenerateOptions) -> None:
     """Turn a question about a database (SQLite file or URL) into SQL.
 
     Exits with status 1 when a question got no SQL or, with --run, its SQL failed to run."""
-    from vantage_core.cli.evaluate import text_lines
+    from vantage_core.textfiles import text_lines
     from vantage_core.data.notes import notes_beside
     from vantage_core.errors import VantageError
     from vantage_core.inference.engine import Engine
