@@ -57,6 +57,7 @@ class DataSource(PluginSpec):
     split: str | None = None  # None: the slot's own split (train / validation / test)
     weight: float = Field(1.0, gt=0, allow_inf_nan=False)
     limit: int | None = Field(None, gt=0)  # keep the first N examples (for quick runs)
+    sample: int | None = Field(None, gt=0)  # keep N examples drawn at random, the same N every time
 
 
 class RunConfig(Section):
@@ -222,6 +223,9 @@ class TrainConfig(Section):
     compile: bool = True
     loggers: list[PluginSpec] = [PluginSpec(name="jsonl")]
     distill: DistillConfig = DistillConfig()
+    # A run, checkpoint or export folder whose weights and tokenizer start this run (fine-tuning,
+    # as `vantage adapt` does); the model section must build the same shapes. null: fresh weights.
+    init_from: str | None = Field(None, min_length=1)
 
 
 class EvaluateConfig(Section):
@@ -293,7 +297,7 @@ PLUGIN_FIELDS: list[tuple[tuple, str]] = [
     (("evaluate", "metrics", "*"), "metric"),
     (("inference", "constraint"), "constraint"),
 ]
-NOT_PLUGIN_PARAMS = {"name", "split", "weight", "limit"}
+NOT_PLUGIN_PARAMS = {"name", "split", "weight", "limit", "sample"}
 
 
 # ---------------------------------------------------------------------------- YAML with lines

@@ -24,6 +24,7 @@ COMMANDS = {
     "tokenizer": "vantage_core.cli.data:tokenizer",
     "params": "vantage_core.cli.model:params",
     "train": "vantage_core.cli.train:train",
+    "adapt": "vantage_core.cli.train:adapt",
     "plot": "vantage_core.cli.train:plot",
     "sweep": "vantage_core.cli.train:sweep",
     "quickstart": "vantage_core.cli.train:quickstart",

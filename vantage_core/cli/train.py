@@ -1,10 +1,10 @@
-"""``vantage train``, ``vantage plot``, ``vantage sweep`` and ``vantage quickstart``."""
+"""``vantage train``, ``vantage adapt``, ``vantage plot``, ``vantage sweep`` and ``vantage quickstart``."""
 
 from __future__ import annotations
 
 import click
 
-from vantage_core.cli.options import config_options, load_from_options
+from vantage_core.cli.options import FiniteFloat, config_options, load_from_options
 
 
 @click.command()
@@ -25,6 +25,40 @@ def train(resume: bool, overwrite: bool, no_progress: bool, **options) -> None:
                            echo=lambda m: click.echo(m, err=True))
     if summary and not summary.get("stopped"):
         click.echo(f"{cfg.run.path}: done; report at {cfg.run.path / 'report.md'}")
+
+
+@click.command()
+@click.option("--checkpoint", "-m", "model", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The trained model: a run directory, a checkpoint folder or a float `vantage export` folder.")
+@click.option("--db", required=True, help="The SQLite file to adapt the model to.")
+@click.option("--examples", type=click.Path(exists=True, dir_okay=False), default=None,
+              help='Question/SQL pairs over --db, one JSON object per line: {"question": "...", "sql": "..."}. '
+                   "Default: none (synthetic pairs only).")
+@click.option("--notes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Schema notes for --db (docs/databases.md). Default: the file beside it (shop.notes.yaml).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="The adapted run's folder; neither the model's folder, nor inside or around it.")
+@click.option("--synthetic", default=200, show_default=True, type=click.IntRange(0),
+              help="Pairs the synthetic templates write over --db's tables (0: none).")
+@click.option("--replay", default=0.2, show_default=True, type=FiniteFloat(0, 1, max_open=True),
+              help="Share of each batch drawn from the model's own training data, where it loads (0: none).")
+@click.option("--steps", default=200, show_default=True, type=click.IntRange(1))
+@click.option("--lr", type=FiniteFloat(0, 1, min_open=True), default=None,
+              help="Peak learning rate. Default: 0.3 x the one the model was trained at.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run at --out, once the adapted one is complete.")
+@click.option("--no-progress", is_flag=True)
+def adapt(no_progress: bool, **options) -> None:
+    """Fine-tune a trained model to one database from a few question/SQL pairs (minutes on a CPU).
+
+    Every pair is checked first (its SQL runs on --db; the model can write it); one that fails is
+    named by its line and nothing is written. The result is an ordinary run folder."""
+    from vantage_core.train.adapt import AdaptRequest, adapt as run_adapt
+
+    summary = run_adapt(AdaptRequest(**options, progress=not no_progress), echo=lambda m: click.echo(m, err=True))
+    record = summary["adapt"]
+    click.echo(f"{options['out']}: adapted in {record['wall_s']:.0f} s ({summary['steps']} steps, final loss "
+               f"{summary['final_loss']:.4f}); use it as any run: vantage generate -m {options['out']} --db {options['db']}")
 
 
 @click.command()

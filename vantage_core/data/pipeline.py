@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,10 +80,20 @@ def load_source(spec: Any, slot: str, registry: Any = None) -> tuple[LoadReport,
     limit = getattr(spec, "limit", None)
     if limit is not None:
         report.examples = report.examples[:limit]
+    report.examples = sampled(report.examples, getattr(spec, "sample", None), f"{spec.name}/{split}")
     for i, ex in enumerate(report.examples):
         ex.source = ex.source or spec.name
         ex.id = ex.id or f"{spec.name}/{split}/{i}"
     return report, split
+
+
+def sampled(examples: list[Example], n: int | None, stream: str) -> list[Example]:
+    """``n`` of ``examples`` drawn at random (in their own order), the same ones every time for
+    the same ``stream`` name; all of them where ``n`` is None or not below their number."""
+    if n is None or n >= len(examples):
+        return examples
+    keep = sorted(random.Random(f"sample:{stream}").sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
 
 
 def load_split(data_cfg: Any, slot: str, registry: Any = None, echo: Callable[[str], None] | None = None) -> SplitData:

@@ -134,11 +134,17 @@ def load_model(path: str | Path, quantized: str | None = None) -> tuple[Any, Any
     """``(model, tokenizer, config, info)`` from a checkpoint, run or export folder, in eval mode;
     quantized layers in the form ``quantized`` says (default: the config's ``inference.quantized``).
     ``info`` holds the export's record (quantization, sizes) where there is one, and ``folder``."""
-    folder = resolve_model_dir(path)
-    read = _read_export if is_export(folder) else _read_checkpoint
-    cfg, tokenizer, info, quantization = read(folder)
+    folder, cfg, tokenizer, info, quantization = read_model_folder(path)
     model = model_with_weights(cfg, tokenizer, folder, quantization, quantized)
     return model, tokenizer, cfg, {**info, "folder": str(folder)}
+
+
+def read_model_folder(path: str | Path) -> tuple[Path, Config, Any, dict, dict | None]:
+    """What a checkpoint, run or export folder says about its model, without reading the
+    weights: ``(folder holding model.safetensors, config, tokenizer, export record, quantization)``."""
+    folder = resolve_model_dir(path)
+    read = _read_export if is_export(folder) else _read_checkpoint
+    return (folder, *read(folder))
 
 
 def _read_checkpoint(folder: Path) -> tuple[Config, Any, dict, dict | None]:

@@ -35,7 +35,8 @@ from mlx.utils import tree_flatten
 from vantage_core.config import Config, dump_config
 from vantage_core.errors import ConfigError, VantageError
 from vantage_core.folders import check_output_folder, output_path, swap_in
-from vantage_core.model.io import load_trainer_state, plugin_list, resolve_checkpoint, save_checkpoint
+from vantage_core.model.io import (load_trainer_state, load_weights, plugin_list, read_model_folder, resolve_checkpoint,
+                                   save_checkpoint)
 from vantage_core.train.callbacks import Callback, Outcome, standard_callbacks
 from vantage_core.train.distill import TEACHER_FIELDS, teacher_folders, teacher_targets
 from vantage_core.train.distributed import World, init_world
@@ -335,15 +336,18 @@ def build_run(cfg: Config, *, resume: bool = False, overwrite: bool = False, pro
     registry = default_registry()
     folder = prepare_run_dir(cfg, resume, overwrite, world)
     teacher_folders(cfg)  # a missing teacher: an error before any work
+    init = None if resume else initial_model(cfg)  # on resume, the last checkpoint holds the weights
     started = time.perf_counter()
     mx.random.seed(cfg.run.seed)
     with staged_start(folder, resume, world) as start_dir:
         if world.is_main and not resume:
             (start_dir / "config.yaml").write_text(dump_config(cfg))
             (start_dir / "plugins.json").write_text(json.dumps(plugin_list(registry), indent=2))
+        if init is not None:  # the run keeps the tokenizer its first weights were trained with
+            _main_first(world, lambda: init.tokenizer.save(start_dir / "tokenizer"))
         # rank 0 first: it fills the caches the others then read
         data = training_data(cfg, registry, world, start_dir / "tokenizer", say, progress)
-        model = training_model(cfg, data, registry, world, progress)
+        model = training_model(cfg, data, registry, world, progress, init.folder if init else None)
         # train.distill: the teachers' distributions on the training split (cached), carried by the batches
         teachers = _main_first(world, lambda: teacher_targets(cfg, data, start_dir, resume, progress))
     if world.is_main:
@@ -378,12 +382,19 @@ def training_data(cfg: Config, registry: Any, world: World, tok_dir: Path, say: 
     return data
 
 
-def training_model(cfg: Config, data: TrainingData, registry: Any, world: World, progress: bool) -> Any:
-    """The model, initialized; a schema encoder with frozen parts computes their states once for
-    both splits, through its content-keyed cache."""
+def training_model(cfg: Config, data: TrainingData, registry: Any, world: World, progress: bool,
+                   init_folder: Path | None = None) -> Any:
+    """The model, initialized (with the weights in ``init_folder`` where given: ``train.init_from``);
+    a schema encoder with frozen parts computes their states once for both splits, through its
+    content-keyed cache."""
     from vantage_core.model import build_model
 
     model = build_model(cfg.model, data.tokenizer, registry)
+    if init_folder is not None:
+        try:
+            load_weights(model, init_folder)
+        except VantageError as exc:
+            raise ConfigError(f"train.init_from: {exc}; the model section must be the one it was trained with") from None
     mx.eval(model.parameters())
     if hasattr(model.schema_encoder, "precompute"):
         splits = [data.train] + ([data.validation] if data.validation is not None else [])
@@ -391,6 +402,33 @@ def training_model(cfg: Config, data: TrainingData, registry: Any, world: World,
         _main_first(world, lambda: model.schema_encoder.precompute(
             [q for qs, _ in texts for q in qs], [n for _, ns in texts for n in ns], progress=progress))
     return model
+
+
+@dataclass
+class InitialModel:
+    """``train.init_from``: the folder holding the weights a run starts from, and their tokenizer."""
+
+    folder: Path
+    tokenizer: Any
+
+
+def initial_model(cfg: Config) -> InitialModel | None:
+    """The weights and tokenizer ``train.init_from`` names (None where it is not set), checked
+    before any work: a folder that is missing, quantized or writes another ``data.target`` is one
+    error line."""
+    if cfg.train.init_from is None:
+        return None
+    try:
+        folder, init_cfg, tokenizer, _, quantization = read_model_folder(cfg.train.init_from)
+    except VantageError as exc:
+        raise ConfigError(f"train.init_from: {exc}") from None
+    if quantization:
+        raise ConfigError(f"train.init_from: {folder} holds {quantization.get('bits')}-bit weights; start from "
+                          f"the float run or checkpoint it was exported from")
+    if init_cfg.data.target != cfg.data.target:
+        raise ConfigError(f"train.init_from: {folder} writes data.target {init_cfg.data.target!r}, this config "
+                          f"{cfg.data.target!r}; set data.target: {init_cfg.data.target}")
+    return InitialModel(folder, tokenizer)
 
 
 def record_start(folder: Path, cfg: Config, data: TrainingData, resume: bool) -> None:

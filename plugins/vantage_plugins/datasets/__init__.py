@@ -12,7 +12,9 @@ def register_datasets(register):
     from vantage_plugins.datasets.spider import BirdDataset, SpiderDataset
     from vantage_plugins.datasets.gretel import GretelDataset
     from vantage_plugins.datasets.outside import OutsideDataset
+    from vantage_plugins.datasets.pairs import PairsDataset
     from vantage_plugins.datasets.synthetic import SyntheticDataset
+    from vantage_plugins.datasets.templated import TemplatedDataset
     from vantage_plugins.datasets.wikisql import WikiSQLDataset
 
     register("spider", SpiderDataset)
@@ -21,3 +23,5 @@ def register_datasets(register):
     register("gretel", GretelDataset)
     register("synthetic", SyntheticDataset)
     register("outside", OutsideDataset)
+    register("pairs", PairsDataset)
+    register("templated", TemplatedDataset)

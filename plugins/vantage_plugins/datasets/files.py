@@ -1,12 +1,13 @@
 """The core's JSON readers with one clear error for a file that is not UTF-8 (the line and
-column of its first bad byte), and the check that a row's text fields hold text."""
+column of its first bad byte), the check that a row's text fields hold text, and the schema of a
+user's SQLite file as the model sees it (with its notes)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Iterator
 
-from vantage_core.api import DataError, read_json, read_jsonl, utf8_error
+from vantage_core.api import DataError, Schema, apply_notes, read_json, read_jsonl, read_notes, schema_from_sqlite, utf8_error
 
 
 def not_utf8(path: Path) -> DataError:
@@ -55,3 +56,15 @@ def read_yaml_data(path: Path, what: str, kind: type, shape: str) -> Any:
     if not isinstance(data, kind):
         raise DataError(f"{path}: expected {shape}")
     return data
+
+
+def database_schema(dataset: str, db: str, notes: str | None) -> Schema:
+    """The schema of the SQLite file ``db`` with the notes in the file ``notes`` applied (hidden
+    tables and columns gone, descriptions and synonyms kept), where given; a missing file is one
+    :class:`DataError` naming the ``dataset`` and the parameter."""
+    if not db:
+        raise DataError(f"{dataset}: give db, the SQLite file the examples are about")
+    if not Path(db).is_file():
+        raise DataError(f"{dataset}: db {db}: no such SQLite file")
+    schema = schema_from_sqlite(db)
+    return schema if notes is None else apply_notes(schema, read_notes(notes, schema))

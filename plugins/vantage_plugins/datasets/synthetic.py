@@ -19,6 +19,7 @@ import random
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from vantage_core.api import Column, DataError, Example, ForeignKey, LoadReport, Schema, Table
 
@@ -137,7 +138,8 @@ class TableInstance:
     cat: str
     nums: list[str]
     rows: list[dict]
-    fk: str | None = None
+    fk: str | None = None  # a child's column that refers to its parent
+    key: str = "id"  # a parent's column that the child's ``fk`` refers to
 
 
 def _pick_names(rng: random.Random, spec: TableSpec) -> tuple[str, str, str, list[str]]:
@@ -231,8 +233,11 @@ def _between(rng: random.Random, values: list[int]) -> int:
     return s[rng.randint(1, len(s) - 2)] if len(s) > 2 else s[0]
 
 
-def make_pair(rng: random.Random, parent: TableInstance, child: TableInstance) -> tuple[str, str, str]:
-    """One (template name, question, SQL) drawn at random."""
+def make_pair(rng: random.Random, parent: TableInstance, child: TableInstance,
+              allowed: frozenset[str] | None = None) -> tuple[str, str, str]:
+    """One (template name, question, SQL) drawn at random among the templates ``allowed`` (default:
+    all); those that join the two tables only where ``child`` refers to ``parent`` (its ``fk``)."""
+    allowed = TEMPLATES if allowed is None else allowed
     t = rng.choice([parent, child, child])  # the child table has more rows and columns
     num = rng.choice(t.nums)
     nums = [r[num] for r in t.rows]
@@ -247,7 +252,7 @@ def make_pair(rng: random.Random, parent: TableInstance, child: TableInstance) -
     cnum = rng.choice(C.nums)
     cv = _between(rng, [r[cnum] for r in C.rows])
     k = rng.randint(2, 4)
-    join = f"FROM {C.name} AS T1 JOIN {P.name} AS T2 ON T1.{C.fk} = T2.id"
+    join = f"FROM {C.name} AS T1 JOIN {P.name} AS T2 ON T1.{C.fk} = T2.{P.key}"
     templates = {
         "select": (f"List the {lab} of all {T}.", f"SELECT {lab} FROM {T}"),
         "filter_gt": (f"List the {lab} of {T} with {num} above {v}.", f"SELECT {lab} FROM {T} WHERE {num} > {v}"),
@@ -288,33 +293,44 @@ def make_pair(rng: random.Random, parent: TableInstance, child: TableInstance) -
         "join_agg": (f"What is the {agg_word} {cnum} of {C.name} in {P.name} whose {P.cat} is {pcat_x}?",
                      f"SELECT {agg}(T1.{cnum}) {join} WHERE T2.{P.cat} = {_q(pcat_x)}"),
         "not_in": (f"List the {P.label} of {P.name} that have no {C.name}.",
-                   f"SELECT {P.label} FROM {P.name} WHERE id NOT IN (SELECT {C.fk} FROM {C.name})"),
+                   f"SELECT {P.label} FROM {P.name} WHERE {P.key} NOT IN (SELECT {C.fk} FROM {C.name})"),
         "in": (f"List the {P.label} of {P.name} that have {C.name} with {cnum} above {cv}.",
-               f"SELECT {P.label} FROM {P.name} WHERE id IN (SELECT {C.fk} FROM {C.name} WHERE {cnum} > {cv})"),
+               f"SELECT {P.label} FROM {P.name} WHERE {P.key} IN (SELECT {C.fk} FROM {C.name} WHERE {cnum} > {cv})"),
     }
-    name = rng.choice(sorted(templates))
+    usable = sorted(n for n in templates if (C.fk is not None or n not in JOIN_TEMPLATES) and n in allowed)
+    name = rng.choice(usable)
     return (name, *templates[name])
 
 
-def generate_pairs(db_path: Path, parent: TableInstance, child: TableInstance, n: int,
-                   rng: random.Random) -> list[tuple[str, str, str]]:
-    """``n`` distinct (template, question, SQL) whose SQL runs on the database and returns rows."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+JOIN_TEMPLATES = frozenset({"join_eq", "join_label", "join_pair", "join_group", "join_agg", "not_in", "in"})
+TEMPLATES = frozenset({"select", "filter_gt", "filter_lt", "filter_eq", "filter_and", "count", "count_gt", "count_eq",
+                       "agg", "agg_eq", "group_count", "group_agg", "having", "argmax", "argmin", "top_k", "order",
+                       "distinct", "above_avg"}) | JOIN_TEMPLATES
+ROWS_CHECKED = 1000  # rows of a generated query's result looked at (it must have a value)
+
+
+def generate_pairs(conn: sqlite3.Connection, draw: Callable[[], tuple[str, str, str]], n: int,
+                   skip_errors: bool = False) -> list[tuple[str, str, str]]:
+    """``n`` distinct (template, question, SQL) from ``draw`` whose SQL runs on the database of
+    ``conn`` and returns a value. ``skip_errors``: a query that fails is passed over (on a
+    database of the user's); otherwise it raises (on a generated database, a generator bug)."""
     out, seen = [], set()
-    try:
-        for _ in range(n * 20):
-            if len(out) >= n:
-                break
-            name, question, sql = make_pair(rng, parent, child)
-            if question in seen:
-                continue
-            rows = conn.execute(sql).fetchall()  # an error here is a generator bug: let it raise
-            if not rows or all(v is None for r in rows for v in r):
-                continue
-            seen.add(question)
-            out.append((name, question, sql))
-    finally:
-        conn.close()
+    for _ in range(n * 20):
+        if len(out) >= n:
+            break
+        name, question, sql = draw()
+        if question in seen:
+            continue
+        try:
+            rows = conn.execute(sql).fetchmany(ROWS_CHECKED)
+        except sqlite3.Error:
+            if not skip_errors:
+                raise
+            continue
+        if not rows or all(v is None for r in rows for v in r):
+            continue
+        seen.add(question)
+        out.append((name, question, sql))
     return out
 
 
@@ -358,8 +374,12 @@ class SyntheticDataset:
                     write_database(path, parent, child)
                 schema = schema_of(db_id, parent, child)
                 rng = random.Random(f"synthetic-pairs:{self.seed}:{i}")
-                for j, (template, question, sql) in enumerate(
-                        generate_pairs(path, parent, child, self.examples_per_db, rng)):
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                try:
+                    pairs = generate_pairs(conn, lambda: make_pair(rng, parent, child), self.examples_per_db)
+                finally:
+                    conn.close()
+                for j, (template, question, sql) in enumerate(pairs):
                     examples.append(Example(question, sql, db_id, schema, [str(path)], source="synthetic",
                                             extras={"domain": domain, "template": template},
                                             id=f"synthetic/{db_id}/{j}"))
