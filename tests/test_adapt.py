@@ -208,6 +208,22 @@ def test_an_existing_output_is_kept_without_overwrite(base_run, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
 
 
+def test_an_interrupted_adaptation_leaves_the_earlier_run(base_run, tmp_path, monkeypatch):
+    """Ctrl-C during the steps of an --overwrite: the earlier adapted run at -o stays whole, and no
+    temporary folder is left beside it."""
+    from test_train_run import interrupt_after
+    from vantage_core.train.adapt import adapt
+
+    db, out = planets_db(tmp_path), tmp_path / "out"
+    adapt(request(base_run, db, out, synthetic=10, steps=2), **QUIET_ECHO)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    interrupt_after(monkeypatch, 2)
+    with pytest.raises(VantageError, match=f"adaptation interrupted at step 2; {re.escape(str(out))} is as it was"):
+        adapt(request(base_run, db, out, synthetic=10, steps=4, seed=1, overwrite=True), **QUIET_ECHO)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+
+
 def test_a_token_model_is_adapted_too(cache, tmp_path):
     """A token model (data.target: tokens): its pairs are checked against its lengths, and the
     adapted run loads."""
