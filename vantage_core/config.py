@@ -10,7 +10,7 @@ import copy
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -20,6 +20,12 @@ from vantage_core.errors import ConfigError
 from vantage_core.textfiles import read_utf8
 
 Lines = dict[tuple, int]  # path of keys/indices -> 1-based line in the source file
+
+
+DecodingMode = Literal["greedy", "beam", "sample"]
+"""How candidates are searched for: one greedy path, a beam search, or samples (``inference.decoding``;
+:mod:`vantage_core.inference.decoding` runs each)."""
+DECODING_MODES: tuple[str, ...] = get_args(DecodingMode)
 
 
 class Section(BaseModel):
@@ -236,7 +242,7 @@ class EvaluateConfig(Section):
 
 
 class InferenceConfig(Section):
-    decoding: str = "greedy"  # greedy | beam | sample
+    decoding: DecodingMode = "greedy"
     beam_size: int = Field(4, ge=1)
     temperature: float = Field(1.0, ge=0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)

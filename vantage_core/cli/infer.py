@@ -9,16 +9,17 @@ from dataclasses import dataclass
 
 import click
 
+from vantage_core.config import DECODING_MODES, DecodingMode
 from vantage_core.cli.options import FiniteFloat, allow_privileged_option, options_into, positive_seconds
 
-DECODING = click.Choice(["greedy", "beam", "sample"])
+DECODING = click.Choice(DECODING_MODES)
 
 
 @dataclass
 class DecodingOptions:
     """How to decode, as the command line asked (None: as the model's config says)."""
 
-    decoding: str | None
+    decoding: DecodingMode | None
     beam_size: int | None
     constraint: str | None  # a registered constraint, or "none" to turn the config's off
     execution_guided: bool | None

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import mlx.core as mx
 import numpy as np
 
+from vantage_core.config import DECODING_MODES, DecodingMode
 from vantage_core.model.schema import Memory
 
 LogitsProcessor = Callable[[Sequence[Sequence[int]], mx.array], mx.array]
@@ -24,7 +25,7 @@ LogitsProcessor = Callable[[Sequence[Sequence[int]], mx.array], mx.array]
 class Search:
     """How to search for candidates (the decoding fields of ``inference`` in a config)."""
 
-    mode: str = "greedy"  # greedy, beam or sample
+    mode: DecodingMode = "greedy"
     beam_size: int = 4  # beams kept; in sample mode, the samples drawn
     max_new_tokens: int = 160
     temperature: float = 1.0  # sample mode
@@ -409,4 +410,4 @@ def decode(model: Any, prompt: Sequence[int], *, eos_id: int, search: Search = S
         return sample(model, prompt, **inputs)
     from vantage_core.errors import ConfigError
 
-    raise ConfigError(f"unknown decoding mode {search.mode!r}; valid: greedy, beam, sample")
+    raise ConfigError(f"unknown decoding mode {search.mode!r}; valid: {', '.join(DECODING_MODES)}")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
 
-from vantage_core.config import Config, InferenceConfig, plugin_params
+from vantage_core.config import DECODING_MODES, Config, InferenceConfig, plugin_params
 from vantage_core.data.example import Example
 from vantage_core.sql.names import quoted
 from vantage_core.sql.schema import Schema
@@ -64,12 +64,12 @@ class Generation:
     routing: list[list[dict]] | None = None  # per token: per MoE layer {"experts", "weights"}
     seconds: float = 0.0
     n_tokens: int = 0
-    # how the SQL was chosen: top (the model's first), rows / runs (execution-guided), retry-rows /
-    # retry-runs (after the wider search), fallback, none (nothing ran: the model's first)
-    choice: str = "top"
     # with run=True on a database of another engine: the chosen SQL as transpiled and run there
     executed_sql: str | None = None
     dialect: str | None = None
+    # how the SQL was chosen: top (the model's first), rows / runs (execution-guided), retry-rows /
+    # retry-runs (after the wider search), fallback, none (nothing ran: the model's first)
+    choice: str = "top"
     note: str | None = None  # what the engine left out of what was asked (execution-guided choice without a database)
     _results: dict = field(default_factory=dict, repr=False)  # executed candidates (not serialized)
 
@@ -271,12 +271,12 @@ class Engine:
         data.update({k: v for k, v in overrides.items() if v is not None})
         if data.get("constraint") in ("none", {"name": "none"}):
             data["constraint"] = None
+        if data.get("decoding") not in DECODING_MODES:
+            raise ConfigError(f"inference.decoding: {data.get('decoding')!r}; valid: {', '.join(DECODING_MODES)}")
         try:
             opts = InferenceConfig.model_validate(data)
         except Exception as exc:
             raise ConfigError(f"inference options: {exc}") from None
-        if opts.decoding not in ("greedy", "beam", "sample"):
-            raise ConfigError(f"inference.decoding: {opts.decoding!r}; valid: greedy, beam, sample")
         if opts.beam_size < 1 or opts.max_new_tokens < 1:
             raise ConfigError("inference.beam_size and inference.max_new_tokens must be at least 1")
         if opts.constraint is not None:

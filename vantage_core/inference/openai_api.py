@@ -42,6 +42,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from vantage_core.config import DecodingMode
 from vantage_core.inference.request_schema import Name, check_schema_size, schema_from_ddl, utf8_str
 from vantage_core.sql.format import formatted_sql
 
@@ -83,7 +84,7 @@ class ChatRequest(BaseModel):
     # Vantage's extra fields (send them with the openai package's extra_body=)
     database: Name | None = Field(None, description="a served database's id")
     run: bool = Field(False, description="run the SQL read-only; rows in the response's `vantage` field")
-    decoding: Literal["greedy", "beam", "sample"] | None = None
+    decoding: DecodingMode | None = None
 
 
 _CREATE_TABLE = re.compile(r"\bCREATE\s+(?:TEMP(?:ORARY)?\s+)?TABLE\b", re.IGNORECASE)

@@ -1,13 +1,20 @@
 """What a request may send the server: text types that refuse lone surrogates, a schema given as
 fields (:class:`SchemaIn`) or as CREATE TABLE statements (:func:`schema_from_ddl`), and the limit on
 a schema's size. Used by the server's routes (:mod:`vantage_core.inference.serve`) and the
-OpenAI-compatible ones (:mod:`vantage_core.inference.openai_api`)."""
+OpenAI-compatible ones (:mod:`vantage_core.inference.openai_api`).
+
+The server's request and response models are derived from the engine's own types
+(:func:`option_fields` from the config's ``inference`` section, :func:`dataclass_model` from a
+dataclass such as :class:`~vantage_core.inference.engine.Generation`), so a field added there
+reaches the API without being written twice."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any, Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from vantage_core.errors import DataError
 from vantage_core.sql.schema import Column, ForeignKey, Schema, Table
@@ -178,3 +185,48 @@ def check_schema_size(schema: Schema, max_items: int, what: str) -> None:
     if n > max_items:
         raise DataError(f"{what}: {len(schema.tables)} tables and {n - len(schema.tables)} columns; "
                         f"{limit_text(max_items)}")
+
+
+# ---------------------------------------------------------------------------- models derived from the engine's types
+
+BOUNDS = ("ge", "gt", "le", "lt", "min_length", "max_length", "allow_inf_nan")  # what a field's metadata may bound
+
+
+def field_bounds(info: Any) -> dict[str, Any]:
+    """The bounds a pydantic field declares (``ge``, ``le``, ``allow_inf_nan``, ...), as ``Field`` takes them."""
+    return {name: getattr(m, name) for m in info.metadata for name in BOUNDS if getattr(m, name, None) is not None}
+
+
+def option_fields(section: type[BaseModel], names: typing.Sequence[str], limits: dict[str, dict],
+                  replaced: dict[str, tuple]) -> dict[str, tuple]:
+    """Request fields for the fields ``names`` of a config section, in that order: each of the
+    section's type with its bounds, optional (None: the model's configured value); ``limits``
+    adds or tightens a field's bounds; ``replaced`` gives a field its own ``(type, Field)``
+    (a constraint is asked for by name, not as a plugin spec)."""
+    out = {}
+    for name in names:
+        if name in replaced:
+            out[name] = replaced[name]
+            continue
+        info = section.model_fields[name]
+        out[name] = (info.annotation | None, Field(None, **{**field_bounds(info), **limits.get(name, {})}))
+    return out
+
+
+def dataclass_model(cls: type, name: str, *, types: dict[str, Any] | None = None,
+                    required: typing.Sequence[str] = ()) -> type[BaseModel]:
+    """A pydantic model ``name`` with the public fields of dataclass ``cls``, in its order,
+    with its types and defaults: ``types`` gives a field the type it has on the wire, a field in
+    ``required`` is always sent though ``cls`` gives it a default."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name.startswith("_"):
+            continue
+        default: Any = ...
+        if f.name not in required and f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.name not in required and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()  # a fresh value: the model copies it per instance
+        fields[f.name] = ((types or {}).get(f.name, hints[f.name]), default)
+    return create_model(name, **fields)

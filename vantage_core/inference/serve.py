@@ -23,18 +23,20 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import h11
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from vantage_core.config import InferenceConfig
+from vantage_core.inference.engine import Candidate, Generation
 from vantage_core.inference.request_schema import (DDL, ConstraintName, Name, SchemaIn, check_schema_size,
-                                                   schema_from_ddl)
+                                                   dataclass_model, option_fields, schema_from_ddl)
 from vantage_core.sql.schema import Schema
 from vantage_core.errors import ConfigError, DataError, VantageError
 
@@ -59,10 +61,7 @@ class ServeSettings:
 
 # ---------------------------------------------------------------------------- request / response
 
-class GenerateRequest(BaseModel):
-    """A question and a database: a known ``db_id``, a ``schema`` object or ``schema_sql``
-    (CREATE TABLE statements). Unset decoding fields take the model's configured values."""
-
+class QuestionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1, max_length=2000)
     db_id: Name | None = None
@@ -70,42 +69,26 @@ class GenerateRequest(BaseModel):
     schema_sql: DDL | None = None
     run: bool = False
     routing: bool = False
-    decoding: Literal["greedy", "beam", "sample"] | None = None
-    beam_size: int | None = Field(None, ge=1, le=64)
-    max_new_tokens: int | None = Field(None, ge=1, le=4096)
-    temperature: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
-    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
-    constraint: ConstraintName | None = Field(None, description="a registered constraint, or 'none'")
-    execution_guided: bool | None = None
-    require_rows: bool | None = None
 
 
-class CandidateOut(BaseModel):
-    sql: str
-    logprob: float | None  # None where it is not finite (no token was left to choose)
-    finished: bool
-    executed: bool = False
-    ok: bool | None = None
-    n_rows: int | None = None
-    error: str | None = None
+# The inference options a request may set, in the config's types and bounds, within these limits.
+REQUEST_OPTIONS = ("decoding", "beam_size", "max_new_tokens", "temperature", "top_p", "constraint",
+                   "execution_guided", "require_rows")
+REQUEST_LIMITS = {"beam_size": {"le": 64}, "max_new_tokens": {"le": 4096}, "temperature": {"le": 10}}
 
+GenerateRequest = create_model(
+    "GenerateRequest", __base__=QuestionIn,
+    __doc__="""A question and a database: a known ``db_id``, a ``schema`` object or ``schema_sql``
+    (CREATE TABLE statements). Unset decoding fields take the model's configured values.""",
+    **option_fields(InferenceConfig, REQUEST_OPTIONS, REQUEST_LIMITS, replaced={
+        "constraint": (ConstraintName | None, Field(None, description="a registered constraint, or 'none'"))}))
 
-class GenerateResponse(BaseModel):
-    sql: str
-    candidates: list[CandidateOut]
-    chosen: int
-    # cells as JSON: bytes as {"$base64": "..."}, non-finite floats as "Infinity", "-Infinity", "NaN"
-    rows: list[list[Any]] | None = None
-    error: str | None = None
-    truncated: bool = False
-    tokens: list[str] = []
-    routing: list[list[dict[str, Any]]] | None = None
-    seconds: float
-    n_tokens: int
-    executed_sql: str | None = None  # with run on another engine: the SQL as transpiled and run there
-    dialect: str | None = None
-    choice: str = "top"  # how the SQL was chosen (top, rows, runs, retry-rows, retry-runs, fallback, none)
-    note: str | None = None  # e.g. execution-guided choice skipped for a schema without a database
+# The answer is a Generation as JSON (Generation.to_json): a candidate's log-probability is None
+# where it is not finite; cells as JSON: bytes as {"$base64": "..."}, non-finite floats as
+# "Infinity", "-Infinity", "NaN".
+CandidateOut = dataclass_model(Candidate, "CandidateOut", types={"logprob": float | None})
+GenerateResponse = dataclass_model(Generation, "GenerateResponse", types={"candidates": list[CandidateOut]},
+                                   required=("seconds", "n_tokens"))  # filled in on every answer
 
 
 def find_databases(db_dirs: list[str], db_urls: list[str] = ()) -> dict[str, Path | str]:
@@ -483,8 +466,7 @@ def request_options(req: GenerateRequest, engine: Any, settings: ServeSettings) 
             engine.check_constraint(req.constraint)
         except ConfigError as exc:
             raise HTTPException(422, str(exc)) from None
-    overrides = {k: getattr(req, k) for k in ("decoding", "beam_size", "max_new_tokens", "temperature",
-                                              "top_p", "execution_guided", "require_rows")}
+    overrides = {k: getattr(req, k) for k in REQUEST_OPTIONS if k != "constraint"}
     if req.constraint is not None:
         overrides["constraint"] = "none" if req.constraint == "none" else {"name": req.constraint}
     opts = engine.options(**overrides)
