@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from vantage_core.analysis.atlas import collect_routing, init_baseline, load_examples, summarize, write_atlas
+    from vantage_core.data.targets import target_format
     from vantage_core.model.io import load_model
 
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="atlas-bench-"))
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         examples = load_examples(cfg, args.dataset, args.split, args.examples)
         t_load = time.perf_counter() - t0
-        record = collect_routing(model, tok, examples, cfg.data.serialization, batch_size=args.batch_size,
+        record = collect_routing(model, tok, examples, target_format(cfg.data), batch_size=args.batch_size,
                                  progress=False)
         t1 = time.perf_counter()
         atlas = summarize(record, name=name)

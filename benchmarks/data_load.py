@@ -20,7 +20,8 @@ import numpy as np
 
 import vantage_core  # noqa: F401  (BLAS first)
 from vantage_core.config import DataConfig
-from vantage_core.data.pipeline import load_split, prepare_split, train_tokenizer
+from vantage_core.data.pipeline import load_split, train_tokenizer
+from vantage_core.data.targets import target_format
 from vantage_core.data.serialize import serialize_schema
 
 
@@ -52,7 +53,7 @@ def main() -> None:
         timings = {}
         for label in ("cold", "cached"):
             t = time.perf_counter()
-            prepared = [prepare_split(cfg, s, tok, max_seq_len=None) for s in ("train", "validation")]
+            prepared = [target_format(cfg).prepare(s, tok) for s in ("train", "validation")]
             timings[label] = time.perf_counter() - t
             assert all(p.from_cache == (label == "cached") for p in prepared)
         n = sum(len(p) for p in prepared)

@@ -20,7 +20,7 @@ from vantage_core.config import load_config
 from vantage_core.data.batching import TrainBatches
 from vantage_core.plugins import registry
 from vantage_core.train.distributed import init_world
-from vantage_core.train.run import action_data, token_data
+from vantage_core.train.run import training_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +33,7 @@ def main() -> None:
     cfg = load_config(args.config, [*args.overrides, "data.validation=[]"])
     reg = registry()
     with tempfile.TemporaryDirectory() as tmp:
-        make = action_data if cfg.data.target == "actions" else token_data
-        data = make(cfg, reg, init_world(), Path(tmp), lambda *_: None)
+        data = training_data(cfg, reg, init_world(), Path(tmp), lambda *_: None)
         batches = TrainBatches(data.train, cfg.train.batch_size, seed=cfg.run.seed,
                                bucket_batches=cfg.train.bucket_batches).epoch_batches(0)
         real = {"decoder": 0, "encoder": 0}

@@ -17,8 +17,9 @@ from vantage_core.model.moe import capture_routing
 from vantage_core.analysis.atlas import (collect_routing, count_matrix, entropy,
                                          expert_specialization, moe_blocks, mutual_information,
                                          shuffled_baseline, summarize, write_atlas)
-from vantage_core.analysis.roles import ROLES, piece_roles, sql_token_roles
+from vantage_core.data.sql_roles import ROLES, piece_roles, sql_token_roles
 from vantage_core.data.example import Example
+from vantage_core.data.targets import target_format
 from vantage_core.sql.schema import Column, ForeignKey, Schema, Table
 
 SCHEMA = Schema("music", [
@@ -233,7 +234,7 @@ def test_atlas_on_a_tiny_model(tiny_run, tmp_path):
     model, tok, cfg, _ = load_model(tiny_run)
     examples = [Example(question="how many singers?", sql=s, db_id="music", schema=SCHEMA, db_paths=[])
                 for s in SQLS] * 3
-    record = collect_routing(model, tok, examples, cfg.data.serialization, batch_size=4, progress=False)
+    record = collect_routing(model, tok, examples, target_format(cfg.data), batch_size=4, progress=False)
     n_pieces = sum(len(tok.encode(s)) for s in SQLS) * 3
     assert record.roles.shape == (n_pieces,) and record.n_examples == 15
     assert [e.shape for e in record.experts] == [(n_pieces, 2)] * 2
@@ -258,8 +259,8 @@ def test_routing_does_not_depend_on_batching(tiny_run):
 
     model, tok, cfg, _ = load_model(tiny_run)
     ex = [Example(question="how many singers?", sql=s, db_id="music", schema=SCHEMA, db_paths=[]) for s in SQLS]
-    together = collect_routing(model, tok, ex, cfg.data.serialization, batch_size=8, progress=False)
-    alone = [collect_routing(model, tok, [e], cfg.data.serialization, batch_size=1, progress=False) for e in ex]
+    together = collect_routing(model, tok, ex, target_format(cfg.data), batch_size=8, progress=False)
+    alone = [collect_routing(model, tok, [e], target_format(cfg.data), batch_size=1, progress=False) for e in ex]
     # collect_routing orders examples by length; match them by their piece sequences
     offset = 0
     order = sorted(range(len(ex)), key=lambda i: len(tok.encode(ex[i].sql)) + len(tok.encode(ex[i].question)))

@@ -118,11 +118,11 @@ def test_serialize_cuts_least_relevant_tables_and_reports_them():
 
 def test_prepare_caches_and_batches_mask_only_sql(data_cfg, tokenizer):
     from vantage_core.data.batching import eval_batches, train_batches
-    from vantage_core.data.pipeline import prepare_split
+    from vantage_core.data.targets import target_format
     from vantage_core.data.tokenizer import SQL
 
-    cold = prepare_split(data_cfg, "train", tokenizer, max_seq_len=512)
-    warm = prepare_split(data_cfg, "train", tokenizer, max_seq_len=512)
+    cold = target_format(data_cfg).prepare("train", tokenizer, max_seq_len=512)
+    warm = target_format(data_cfg).prepare("train", tokenizer, max_seq_len=512)
     assert not cold.from_cache and warm.from_cache and len(cold) == len(warm) > 100
     assert [t.tolist() for t in cold.tokens] == [t.tolist() for t in warm.tokens]
     batches = iter(train_batches(warm, batch_size=8, seed=1))
@@ -150,9 +150,9 @@ def test_prepare_caches_and_batches_mask_only_sql(data_cfg, tokenizer):
 
 def test_whole_epoch_buckets_pad_least_and_keep_every_row(data_cfg, tokenizer):
     from vantage_core.data.batching import train_batches
-    from vantage_core.data.pipeline import prepare_split
+    from vantage_core.data.targets import target_format
 
-    split = prepare_split(data_cfg, "train", tokenizer, max_seq_len=512)
+    split = target_format(data_cfg).prepare("train", tokenizer, max_seq_len=512)
     lengths = split.lengths
 
     def padded(bucket_batches):
@@ -167,12 +167,12 @@ def test_whole_epoch_buckets_pad_least_and_keep_every_row(data_cfg, tokenizer):
 def test_mixture_follows_weights_and_records_sources(data_cfg, tokenizer, synthetic):
     from vantage_core.config import DataConfig
     from vantage_core.data.batching import train_batches
-    from vantage_core.data.pipeline import prepare_split
+    from vantage_core.data.targets import target_format
 
     base = data_cfg.train[0].model_dump()
     mix = DataConfig(train=[{**base, "weight": 0.75}, {**base, "weight": 0.25, "split": "test", "limit": 20}],
                      cache_dir=data_cfg.cache_dir)
-    p = prepare_split(mix, "train", tokenizer)
+    p = target_format(mix).prepare("train", tokenizer)
     assert [s.loaded for s in p.sources] == [len(synthetic.load("train").examples), 20]
     it = train_batches(p, 10, seed=0)
     for _, _ in zip(range(len(p) // 10), it):

@@ -79,11 +79,11 @@ def targets(teachers, tmp_path_factory):
     """The student's training data and the teachers' targets at temperature 2 (top 16)."""
     from vantage_core.plugins import registry
     from vantage_core.train.distributed import init_world
-    from vantage_core.train.run import action_data
+    from vantage_core.train.run import training_data
 
     root = tmp_path_factory.mktemp("targets")
     cfg = student(root / "run", *with_teachers(teachers, temperature=2.0))
-    data = action_data(cfg, registry(), init_world(), root / "tokenizer", lambda *_: None, progress=False)
+    data = training_data(cfg, registry(), init_world(), root / "tokenizer", lambda *_: None, progress=False)
     (root / "run").mkdir()
     return cfg, data, distill.teacher_targets(cfg, data, root / "run", progress=False)
 
@@ -142,8 +142,7 @@ def test_targets_survive_another_item_padding(teachers, targets):
     cfg, data, _ = targets
     i = next(i for i, f in enumerate(data.train.feats) if any(k == QUESTION for k, _ in f["actions"]))
     ex = data.train.examples[i]
-    split = ActionSplit("train", [ex, ex], [data.train.feats[i], with_schema_twice(data.train.feats[i])], [],
-                        np.zeros(2, np.int64))
+    split = ActionSplit.of_features("train", [ex, ex], [data.train.feats[i], with_schema_twice(data.train.feats[i])])
     spec = cfg.train.distill.model_copy(update={"top_k": 128})  # every entry: pieces included
     tt = distill.compute_targets([load_teacher(t) for t in teachers], split,
                                  lambda rows: collate_rows(split, rows, data.tokenizer), data.tokenizer.vocab_size,
@@ -283,14 +282,14 @@ def test_a_token_model_distills_too(tmp_path, cache):
     from vantage_core.data.batching import make_batch
     from vantage_core.plugins import registry
     from vantage_core.train.distributed import init_world
-    from vantage_core.train.run import token_data, train
+    from vantage_core.train.run import train, training_data
 
     tokens = Path(__file__).parent / "fixtures" / "train_tiny.yaml"
     train(load_config(tokens, [f"run.dir={tmp_path / 'teacher'}", *PLAIN, "train.steps=4"]), **QUIET)
     sets = [f"run.dir={tmp_path / 'student'}", *PLAIN, "train.steps=3", f"train.distill.teachers={tmp_path / 'teacher'}",
             "train.distill.top_k=4", "train.distill.temperature=1.5"]
     cfg = load_config(tokens, sets)
-    data = token_data(cfg, registry(), init_world(), tmp_path / "teacher" / "tokenizer", lambda *_: None)
+    data = training_data(cfg, registry(), init_world(), tmp_path / "teacher" / "tokenizer", lambda *_: None)
     (tmp_path / "scratch").mkdir()
     tt = distill.teacher_targets(cfg, data, tmp_path / "scratch", progress=False)
     batch = make_batch(data.train, np.array([0, 3, 7]), data.tokenizer.pad_id)

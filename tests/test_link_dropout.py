@@ -105,7 +105,7 @@ def data(tmp_path_factory):
     """The tiny pointer config's training data without and with link dropout (one feature cache)."""
     from vantage_core.plugins import registry
     from vantage_core.train.distributed import init_world
-    from vantage_core.train.run import action_data
+    from vantage_core.train.run import training_data
 
     root = tmp_path_factory.mktemp("link_dropout")
     out = {}
@@ -113,7 +113,7 @@ def data(tmp_path_factory):
         mp.setenv("VANTAGE_CACHE", str(root / "cache"))
         for p in (0.0, 0.5):
             cfg = load_config(POINTER, [f"data.link_dropout={p}"])
-            out[p] = action_data(cfg, registry(), init_world(), root / f"tok{p}", lambda *_: None, progress=False)
+            out[p] = training_data(cfg, registry(), init_world(), root / f"tok{p}", lambda *_: None, progress=False)
     return out
 
 

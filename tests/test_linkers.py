@@ -117,18 +117,17 @@ def test_config_rejects_an_unknown_linker_or_parameter():
 def test_featurized_cache_belongs_to_its_linker(tmp_path, monkeypatch):
     """Features are cached by content, the linker included: another linker never reads them."""
     from vantage_core.config import load_config
-    from vantage_core.data.actions import prepare_action_split
-    from vantage_core.train.run import question_tokenizer
+    from vantage_core.data.targets import ActionTarget, target_format
     from vantage_core.plugins import registry
 
     monkeypatch.setenv("VANTAGE_CACHE", str(tmp_path))
     sets = ["data.train=[{name: synthetic, n_databases: 3, examples_per_db: 2}]", "data.validation=[]"]
     cfg = load_config(REPO / "configs" / "spider.yaml", sets)
-    qtok = question_tokenizer(cfg, registry())
-    first = prepare_action_split(cfg.data, "train", qtok, progress=False)
-    again = prepare_action_split(cfg.data, "train", qtok, progress=False)
-    other = prepare_action_split(load_config(REPO / "configs" / "spider.yaml", sets + ["data.linker={name: none}"]).data,
-                                 "train", qtok, progress=False)
+    qtok = ActionTarget.question_tokenizer(cfg, registry())
+    first = target_format(cfg.data).prepare("train", qtok, progress=False)
+    again = target_format(cfg.data).prepare("train", qtok, progress=False)
+    other = target_format(load_config(REPO / "configs" / "spider.yaml", sets + ["data.linker={name: none}"]).data) \
+        .prepare("train", qtok, progress=False)
     assert not first.from_cache and again.from_cache and again.feats == first.feats
     assert not other.from_cache and other.cache_file != first.cache_file
     assert any(f["item_link_name"] != [0] * len(f["item_link_name"]) for f in first.feats)

@@ -57,14 +57,14 @@ def model_and_batch(tmp_path_factory):
     from vantage_core.model import build_model
     from vantage_core.plugins import registry
     from vantage_core.train.distributed import init_world
-    from vantage_core.train.run import action_data
+    from vantage_core.train.run import training_data
 
     root = tmp_path_factory.mktemp("packing")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VANTAGE_CACHE", str(root / "cache"))  # this module's own frozen-state cache
         cfg = load_config(base=TINY)
         reg = registry()
-        data = action_data(cfg, reg, init_world(), Path(root / "tok"), lambda *_: None, progress=False)
+        data = training_data(cfg, reg, init_world(), Path(root / "tok"), lambda *_: None, progress=False)
         mx.random.seed(0)
         model = build_model(cfg.model, data.tokenizer, reg)
         # rows of different schema sizes, questions and SQL lengths: padding on every axis

@@ -180,7 +180,7 @@ def test_export_quantized_and_reload(trained):
 
 def test_expert_atlas_of_a_pointer_model(trained):
     from vantage_core.analysis.atlas import AtlasOptions, analyze_run
-    from vantage_core.analysis.roles import ROLES
+    from vantage_core.data.sql_roles import ROLES
 
     root, _, _, _ = trained
     atlas, files = analyze_run(root / "run", "synthetic", "validation",

@@ -2,7 +2,7 @@
 
 A trained model reads every example of a split teacher-forced (the gold SQL after the prompt);
 each MoE layer's router decision is captured for the SQL tokens, and each token is tagged with
-its SQL role (:mod:`vantage_core.analysis.roles`). Per layer this gives a count matrix
+its SQL role (:mod:`vantage_core.data.sql_roles`). Per layer this gives a count matrix
 ``C[e, r]``: token-slots of role ``r`` routed to expert ``e`` (a top-k router gives k slots per
 token). From it:
 
@@ -13,7 +13,7 @@ token). From it:
   value a model with no specialization would show on this many tokens (finite samples bias
   mutual information upwards, so the baseline is not zero).
 
-    record = collect_routing(model, tokenizer, examples, ser_cfg)
+    record = collect_routing(model, tokenizer, examples, target_format(cfg.data))
     atlas = summarize(record)
     write_atlas(atlas, "runs/quickstart/analysis/experts-synthetic-test")
 """
@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vantage_core.analysis.roles import ROLE_INDEX, ROLES, piece_roles
+from vantage_core.data.sql_roles import ROLE_INDEX, ROLES
 from vantage_core.errors import DataError, VantageError
 from vantage_core.model.moe import capture_routing, moe_blocks
 
@@ -119,45 +119,34 @@ class RoutingRecord:
         return len(self.experts)
 
 
-def collect_routing(model: Any, tokenizer: Any, examples: Sequence[Any], ser_cfg: Any = None, *,
+def collect_routing(model: Any, tokenizer: Any, examples: Sequence[Any], target: Any, *,
                     batch_size: int = 16, progress: bool = True) -> RoutingRecord:
-    """Run ``model`` teacher-forced over ``examples`` and record the routing of their SQL tokens."""
+    """Run ``model`` teacher-forced over ``examples`` (their gold SQL written in ``target``'s
+    format, a :class:`~vantage_core.data.targets.TargetFormat`) and record the routing of every
+    output piece at the position that reads it."""
     import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
-
-    from vantage_core.data.pipeline import encode_example
 
     if not moe_blocks(model):
         raise VantageError("the model has no MoE layer (model.moe_every is 0): there is no routing to analyse")
     t0 = time.perf_counter()
-    encoded, skipped = [], Counter()
+    golds, skipped = [], Counter()
     for ex in examples:
-        enc = encode_example(ex, tokenizer, ser_cfg)
-        max_len = getattr(getattr(model, "args", None), "max_seq_len", None)
-        if max_len and enc["length"] > max_len:
-            skipped["longer than max_seq_len"] += 1
-            continue
-        sql_ids = enc["tokens"][enc["sql_start"] + 1:enc["sql_start"] + 1 + enc["n_sql"]]
-        try:
-            pieces = piece_roles(tokenizer, ex.sql, ex.schema, ids=sql_ids)
-        except ValueError:
-            skipped["SQL pieces do not match the tokenizer"] += 1
-            continue
-        encoded.append((enc, pieces))
-    if not encoded:
+        gold = target.teacher_forced(ex, tokenizer, model)
+        if isinstance(gold, str):
+            skipped[gold] += 1
+        else:
+            golds.append(gold)
+    if not golds:
         raise DataError(f"none of the {len(examples)} examples could be analysed: {dict(skipped)}")
-    encoded.sort(key=lambda e: e[0]["length"])  # similar lengths together: little padding
+    golds.sort(key=lambda g: g.sort_key)  # similar lengths together: little padding
 
     def batches():
-        for i in range(0, len(encoded), batch_size):
-            batch = encoded[i:i + batch_size]
-            T = max(e["length"] for e, _ in batch)
-            tokens = np.full((len(batch), T), tokenizer.pad_id, dtype=np.int32)
-            for b, (e, _) in enumerate(batch):
-                tokens[b, :e["length"]] = e["tokens"]
-            yield tokens, {"encoder_texts": [e["encoder_text"] for e, _ in batch]}, \
-                [(e["sql_start"] + 1, pieces) for e, pieces in batch]  # the SQL tokens, as inputs
+        for i in range(0, len(golds), batch_size):
+            batch = golds[i:i + batch_size]
+            tokens, host = target.teacher_forced_batch(batch, tokenizer)
+            yield tokens, host, [(g.start, g.pieces) for g in batch]
 
-    return _routing_record(model, batches(), -(-len(encoded) // batch_size), progress, len(encoded), skipped, t0)
+    return _routing_record(model, batches(), -(-len(golds) // batch_size), progress, len(golds), skipped, t0)
 
 
 def _routing_record(model: Any, batches: Any, n_batches: int, progress: bool, n_examples: int,
@@ -196,49 +185,12 @@ def _routing_record(model: Any, batches: Any, n_batches: int, progress: bool, n_
                          n_examples=n_examples, seconds=time.perf_counter() - t0, skipped=dict(skipped))
 
 
-def collect_action_routing(model: Any, vocab: Any, examples: Sequence[Any], data_cfg: Any, *,
-                           batch_size: int = 16, progress: bool = True) -> RoutingRecord:
-    """:func:`collect_routing` for a pointer model (``data.target: actions``): the gold actions
-    as inputs, each action's routing at the position that reads it."""
-    import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
-
-    from vantage_core.analysis.roles import action_roles
-    from vantage_core.config import plugin_params
-    from vantage_core.data.actions import collate, featurize_request
-    from vantage_core.data.linking import schema_items
-    from vantage_core.plugins import registry
-
-    if not moe_blocks(model):
-        raise VantageError("the model has no MoE layer (model.moe_every is 0): there is no routing to analyse")
-    t0 = time.perf_counter()
-    linker = registry().build("schema_linker", data_cfg.linker.name, **plugin_params(data_cfg.linker))
-    qtok = model.schema_encoder.question_tokenizer
-    encoded, skipped = [], Counter()
-    for ex in examples:
-        feats = featurize_request(ex, qtok, linker)
-        if feats["actions"] is None:
-            skipped[f"SQL the action codec cannot express: {feats['codec_error']}"[:80]] += 1
-            continue
-        encoded.append((ex, feats, action_roles(feats["actions"], schema_items(ex.schema))))
-    if not encoded:
-        raise DataError(f"none of the {len(examples)} examples could be analysed: {dict(skipped)}")
-    encoded.sort(key=lambda e: (len(e[1]["item_texts"]), len(e[1]["actions"])))
-
-    def batches():
-        for i in range(0, len(encoded), batch_size):
-            batch = encoded[i:i + batch_size]
-            host = collate([f for _, f, _ in batch], [ex for ex, _, _ in batch], vocab)
-            yield host["tokens"], host, [(1, pieces) for _, _, pieces in batch]  # each action as an input, after <s>
-
-    return _routing_record(model, batches(), -(-len(encoded) // batch_size), progress, len(encoded), skipped, t0)
-
-
 def route_examples(model: Any, tokenizer: Any, examples: Sequence[Any], cfg: Any, *, batch_size: int = 16,
                    progress: bool = True) -> RoutingRecord:
-    """The routing record of ``examples`` for either target format of ``cfg``."""
-    if cfg.data.target == "actions":
-        return collect_action_routing(model, tokenizer, examples, cfg.data, batch_size=batch_size, progress=progress)
-    return collect_routing(model, tokenizer, examples, cfg.data.serialization, batch_size=batch_size,
+    """The routing record of ``examples`` for the target format of ``cfg``."""
+    from vantage_core.data.targets import target_format
+
+    return collect_routing(model, tokenizer, examples, target_format(cfg.data), batch_size=batch_size,
                            progress=progress)
 
 

@@ -51,6 +51,14 @@ def _tokenizer(cfg, directory: str | None, echo):
     return train_tokenizer(cfg.data, path, echo=echo), path
 
 
+def _token_split(cfg, slot: str, tokenizer, cache: bool = True, echo=None):
+    """One slot serialized and tokenized (the rows of ``data.target: tokens``), through the data cache."""
+    from vantage_core.data.pipeline import TokenRows, prepare_split
+
+    rows = TokenRows(tokenizer, cfg.data.serialization, cfg.model.max_seq_len)
+    return prepare_split(cfg.data, slot, rows, cache=cache, echo=echo)
+
+
 @click.group()
 def data() -> None:
     """Load, cache and inspect the datasets a config names."""
@@ -63,15 +71,13 @@ def data() -> None:
 @click.option("--no-cache", is_flag=True, help="Re-tokenize even when a cached copy exists.")
 def prepare(tokenizer_dir: str | None, no_cache: bool, **options) -> None:
     """Serialize and tokenize every split of the config and cache the result."""
-    from vantage_core.data.pipeline import prepare_split
-
     cfg = _load_data_config(options)
     tok, path = _tokenizer(cfg, tokenizer_dir, click.echo)
     click.echo(f"tokenizer: {path} (vocabulary {tok.vocab_size})")
     for slot in SLOTS:
         if not getattr(cfg.data, slot):
             continue
-        p = prepare_split(cfg.data, slot, tok, max_seq_len=cfg.model.max_seq_len, cache=not no_cache, echo=click.echo)
+        p = _token_split(cfg, slot, tok, cache=not no_cache, echo=click.echo)
         state = "read from cache" if p.from_cache else "written"
         click.echo(f"{slot}: {len(p)} examples ready; {state}: {p.cache_file}")
 
@@ -92,8 +98,6 @@ def stats(tokenizer_dir: str | None, plot: str | None, as_json: bool, **options)
     """Counts per split and source, and token lengths of question, schema and SQL."""
     import numpy as np
 
-    from vantage_core.data.pipeline import prepare_split
-
     cfg = _load_data_config(options)
     echo = (lambda s: None) if as_json else click.echo
     tok, _ = _tokenizer(cfg, tokenizer_dir, echo)
@@ -101,7 +105,7 @@ def stats(tokenizer_dir: str | None, plot: str | None, as_json: bool, **options)
     for slot in SLOTS:
         if not getattr(cfg.data, slot):
             continue
-        p = prepare_split(cfg.data, slot, tok, max_seq_len=cfg.model.max_seq_len, echo=echo)
+        p = _token_split(cfg, slot, tok, echo=echo)
         row = {"examples": len(p), "databases": len({e.db_id for e in p.examples}),
                "sources": [s.to_dict() for s in p.sources]}
         for part in ("n_question", "n_schema", "n_sql", "length"):

@@ -1,8 +1,9 @@
 """Examples for a pointer model (``data.target: actions``): question pieces, schema items,
 schema-linking features and the gold SQL as actions, prepared once per split and cached on disk
-by content (as the token pipeline caches its encodings).
+by content through the one pipeline (:func:`vantage_core.data.pipeline.prepare_split` with
+:class:`ActionRows`).
 
-    split = prepare_action_split(cfg.data, "train", question_tokenizer, registry=registry)
+    split = target_format(cfg.data).prepare("train", question_tokenizer)   # an ActionSplit
     batch = collate(split.feats[:32], split.examples[:32], vocab)   # numpy arrays and texts
 
 The question is cut into the word pieces of the schema encoder's tokenizer (its states and the
@@ -12,19 +13,15 @@ the ``schema_linker`` plugin ``data.linker`` gives the linking features.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
-import os
-from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
 
 from vantage_core.data.example import Example
 from vantage_core.data.linking import NAME_EXACT, NAME_PARTIAL, PAIR_VALUE, column_values, pair_links, schema_items
-from vantage_core.data.pipeline import SourceReport, SplitData, default_cache_dir, load_split
+from vantage_core.data.pipeline import PreparedSplit
 from vantage_core.data.sql_actions import ITEM, QUESTION, VOCAB, SQLCodecError, encode_sql
 
 ACTIONS_VERSION = 2  # bump when the features below change, so caches are rebuilt
@@ -106,37 +103,28 @@ def featurize_request(ex: Example, tokenizer: Any, linker: Any, items: list | No
 
 
 @dataclass
-class ActionSplit:
-    """A split ready for batching: per example, its features (aligned with ``examples``)."""
+class ActionSplit(PreparedSplit):
+    """The rows of a pointer model: per example its features (:func:`featurize`, aligned with
+    ``examples``), stored as JSON in the ``features`` column."""
 
-    slot: str
-    examples: list[Example]
-    feats: list[dict]
-    sources: list[SourceReport]
-    source_index: np.ndarray
-    cache_file: str | None = None
-    from_cache: bool = False
+    target: ClassVar[str] = "actions"
 
-    def __len__(self) -> int:
-        return len(self.feats)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.feats: list[dict] = [json.loads(text) for text in self.table.column("features").to_pylist()]
 
-    @property
-    def lengths(self) -> np.ndarray:
-        """The sort key of length-bucketed batches."""
-        # schema size first, then SQL length: batches pad little in either
-        return np.array([1000 * len(f["item_texts"]) + len(f["actions"] or ()) for f in self.feats], dtype=np.int32)
+    @classmethod
+    def of_features(cls, slot: str, examples: list[Example], feats: list[dict]) -> "ActionSplit":
+        """A split of given features (one source), as the pipeline would hold them; not cached."""
+        import hashlib
 
-    @property
-    def weights(self) -> list[float]:
-        return [s.weight for s in self.sources]
+        import pyarrow as pa
 
-    @property
-    def ids(self) -> list[str]:
-        return [e.id for e in self.examples]
-
-    def record(self) -> dict[str, Any]:
-        return {"slot": self.slot, "examples": len(self), "from_cache": self.from_cache, "target": "actions",
-                "sources": [s.to_dict() for s in self.sources]}
+        columns = feature_columns(feats)
+        table = pa.table({"row": np.arange(len(feats), dtype=np.int64), "id": [e.id for e in examples],
+                          "source": np.zeros(len(feats), dtype=np.int64), **columns})
+        key = hashlib.sha1("\n".join(columns["features"]).encode()).hexdigest()[:20]
+        return cls(slot, table, list(examples), [], key)
 
     def frozen_texts(self) -> tuple[list[str], list[str]]:
         """The questions and the distinct item names, for encoders that precompute states."""
@@ -146,71 +134,46 @@ class ActionSplit:
         return [e.question for e in self.examples], names
 
 
-def _cache_key(split: SplitData, tokenizer: Any, linker_spec: Any) -> str:
-    h = hashlib.sha1()
-    fp = tokenizer.get_vocab_size() if hasattr(tokenizer, "get_vocab_size") else repr(tokenizer)
-    spec = linker_spec.model_dump() if hasattr(linker_spec, "model_dump") else linker_spec
-    h.update(json.dumps([ACTIONS_VERSION, fp, spec], sort_keys=True, default=str).encode())
-    schemas: dict[int, bytes] = {}  # adapters share one schema object per database: serialize it once
-    for ex in split.examples:  # the content, so a changed release never reads a stale cache
-        h.update(f"{ex.id}\x00{ex.question}\x00{ex.sql}\x00{ex.db_id}\x00{ex.db_paths}\n".encode())
-        if id(ex.schema) not in schemas:
-            schemas[id(ex.schema)] = json.dumps(ex.schema.to_dict() if hasattr(ex.schema, "to_dict") else repr(ex.schema),
-                                                sort_keys=True, default=str).encode()
-        h.update(schemas[id(ex.schema)])
-    return h.hexdigest()[:20]
+def feature_columns(feats: list[dict]) -> dict[str, list]:
+    """The ``features`` (JSON), ``written`` (the codec wrote the gold SQL as actions) and
+    ``sort_key`` columns of featurized examples."""
+    # schema size first, then SQL length: batches pad little in either
+    return {"features": [json.dumps(f) for f in feats], "written": [f["actions"] is not None for f in feats],
+            "sort_key": [1000 * len(f["item_texts"]) + len(f["actions"] or ()) for f in feats]}
 
 
-def prepare_action_split(data_cfg: Any, slot: str, tokenizer: Any, *, registry: Any = None, cache: bool = True,
-                         echo: Callable[[str], None] | None = None, split: SplitData | None = None,
-                         progress: bool = True) -> ActionSplit:
-    """Load one slot and featurize every example (cached on disk by content).
+CODEC_DROP = "SQL the action codec cannot express (self-joins, unknown names)"
 
-    In the train slot, examples the codec cannot express are dropped (counted per source in
-    ``dropped``); in the other slots they are kept (they are scored, and count as wrong when
-    the model cannot write them).
-    """
-    from tqdm.auto import tqdm
 
-    from vantage_core.config import plugin_params
+@dataclass
+class ActionRows:
+    """:class:`~vantage_core.data.pipeline.RowEncoder` of ``data.target: actions``: :func:`featurize`
+    with the schema encoder's question ``tokenizer`` and the schema ``linker`` (built from
+    ``linker_spec``); a training row is dropped when the codec cannot write its SQL."""
 
-    if registry is None:
-        from vantage_core.plugins import registry as default_registry
-        registry = default_registry()
-    split = split or load_split(data_cfg, slot, registry, echo)
-    linker = registry.build("schema_linker", data_cfg.linker.name, **plugin_params(data_cfg.linker))
-    key = _cache_key(split, tokenizer, data_cfg.linker)
-    cache_file = default_cache_dir(data_cfg) / "prepared" / f"{slot}-actions-{key}.json.gz"
-    from_cache = cache and cache_file.is_file()
-    if from_cache:
-        with gzip.open(cache_file, "rt", encoding="utf-8") as f:
-            feats = json.load(f)
-    else:
+    tokenizer: Any
+    linker: Any
+    linker_spec: Any
+
+    name: ClassVar[str] = "actions"
+    split_type: ClassVar[type[PreparedSplit]] = ActionSplit
+    columns: ClassVar[tuple[str, ...]] = ("features", "written")
+
+    def fingerprint(self) -> Any:
+        tok = self.tokenizer
+        spec = self.linker_spec.model_dump() if hasattr(self.linker_spec, "model_dump") else self.linker_spec
+        return [self.name, ACTIONS_VERSION, tok.get_vocab_size() if hasattr(tok, "get_vocab_size") else repr(tok), spec]
+
+    def encode(self, examples: list[Example], desc: str, progress: bool) -> dict[str, list]:
+        from tqdm.auto import tqdm
+
         feats = []
-        for ex in tqdm(split.examples, desc=f"featurizing {slot}", unit="ex", disable=not progress,
-                       dynamic_ncols=True):
-            values = column_values(ex.db_paths[0], ex.schema) if linker.uses_values and ex.db_paths else None
-            feats.append(featurize(ex, tokenizer, linker, values))
-        if cache:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(cache_file.name + f".tmp-{os.getpid()}")
-            with gzip.open(tmp, "wt", encoding="utf-8") as f:
-                json.dump(feats, f)
-            os.replace(tmp, cache_file)
-    examples, source_index = list(split.examples), np.asarray(split.source_index, dtype=np.int64)
-    if slot == "train":
-        keep = [i for i, f in enumerate(feats) if f["actions"] is not None]
-        dropped = Counter(int(source_index[i]) for i, f in enumerate(feats) if f["actions"] is None)
-        for s, report in enumerate(split.sources):
-            report.dropped = {"SQL the action codec cannot express (self-joins, unknown names)": dropped[s]} \
-                if dropped[s] else {}
-            if echo and dropped[s]:
-                echo(f"{report.name}/{report.split}: dropped {dropped[s]} whose SQL the action codec cannot express")
-        feats, examples, source_index = [feats[i] for i in keep], [examples[i] for i in keep], source_index[keep]
-    for s, report in enumerate(split.sources):
-        report.kept = int((source_index == s).sum())
-    return ActionSplit(slot, examples, feats, split.sources, source_index,
-                       str(cache_file) if cache else None, from_cache)
+        for ex in tqdm(examples, desc=desc, unit="ex", disable=not progress, dynamic_ncols=True):
+            feats.append(featurize_request(ex, self.tokenizer, self.linker))
+        return feature_columns(feats)
+
+    def drops(self, table: Any) -> dict[str, np.ndarray]:
+        return {CODEC_DROP: ~table.column("written").to_numpy(zero_copy_only=False).astype(bool)}
 
 
 def vocab_corpus(split: ActionSplit) -> Iterator[str]:
@@ -396,6 +359,5 @@ def collate_rows(split: ActionSplit, rows: np.ndarray, vocab: Any, link_dropout:
     return batch
 
 
-__all__ = ["RELATIONS", "ActionSplit", "collate", "collate_rows", "featurize", "featurize_request",
-           "hidden_items", "prepare_action_split", "relation_matrix", "to_actions", "unified_ids", "vocab_corpus",
-           "without_name_links"]
+__all__ = ["RELATIONS", "ActionRows", "ActionSplit", "collate", "collate_rows", "featurize", "featurize_request",
+           "hidden_items", "relation_matrix", "to_actions", "unified_ids", "vocab_corpus", "without_name_links"]

@@ -1,12 +1,17 @@
-"""From a DataConfig to tokenized splits: load each source through the registry, mix them with
-weights, serialize and tokenize every example once, and cache the result with ``datasets``.
+"""From a DataConfig to prepared splits: load each source through the registry, mix them with
+weights, encode every example once in the rows of the config's target format, and cache the rows
+on disk (one Arrow file per split, named by a key of its content).
 
-    prepared = prepare_split(cfg.data, "train", tokenizer, max_seq_len=cfg.model.max_seq_len)
-    for batch in train_batches(prepared, batch_size=16, seed=0): ...
+    target = target_format(cfg.data)                       # vantage_core.data.targets
+    prepared = target.prepare("train", tokenizer, max_seq_len=cfg.model.max_seq_len)
+    batch = target.batch(prepared, rows, tokenizer)
 
-A prepared split keeps, per example, the token ids of ``<bos> question <sep> schema <sql> SQL
-<eos>``, the position of ``<sql>``, the encoder's schema text, and the :class:`Example` itself
-(for execution and metrics).
+:func:`prepare_split` is the one pipeline: a :class:`RowEncoder` (the format's) says what a row
+holds, and :func:`cache_key` names the cache from the examples and the encoder's fingerprint. The
+rows of ``data.target: tokens`` (:class:`TokenRows`, :class:`TokenSplit`) keep, per example, the
+token ids of ``<bos> question <sep> schema <sql> SQL <eos>``, the position of ``<sql>`` and the
+encoder's schema text; those of ``actions`` are in :mod:`vantage_core.data.actions`. Every
+prepared split keeps the :class:`Example` of each row (for execution and metrics).
 """
 
 from __future__ import annotations
@@ -15,10 +20,9 @@ import hashlib
 import json
 import os
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Protocol
 
 import numpy as np
 
@@ -27,7 +31,9 @@ from vantage_core.data.serialize import serialize_for, question_text
 from vantage_core.data.tokenizer import SEP, SQL, Tokenizer
 from vantage_core.errors import DataError
 
-PREPARE_VERSION = 1  # bump when the encoding below changes, so caches are rebuilt
+# Bump when a cached row changes, so caches are rebuilt: a cache of another version has another
+# name (1: token rows written by ``datasets``, and action features as gzip JSON beside them).
+PREPARE_VERSION = 2
 
 
 @dataclass
@@ -167,40 +173,34 @@ def encode_example(example: Example, tokenizer: Tokenizer, ser_cfg: Any = None, 
             "schema_cut": len(ser.cut), "sql_truncated": sql_truncated}
 
 
-def column(ds: Any, name: str, numpy: bool = True):
-    """A column of a ``datasets.Dataset`` read through Arrow in one go (row-wise access is slow)."""
-    col = ds.with_format("arrow")[name]
-    return col.to_numpy() if numpy else col.to_pylist()
-
-
 @dataclass
 class PreparedSplit:
-    """A split ready for batching: the ``datasets.Dataset`` of encoded rows, and the examples."""
+    """A split ready for batching: the encoded rows (an Arrow table, one row per example) and the
+    examples, aligned. Every format's rows have ``row`` (the example's index in the loaded
+    split), ``id``, ``source`` (the index of the source that gave it) and ``sort_key`` (what
+    length-bucketed batches sort by); the format's subclass reads its own columns."""
+
+    target: ClassVar[str] = ""  # the format's name, as data.target spells it
 
     slot: str
-    dataset: Any  # datasets.Dataset: id, source, tokens, sql_start, encoder_text, n_question, ...
-    examples: list[Example]  # aligned with dataset rows
+    table: Any  # pyarrow.Table
+    examples: list[Example]
     sources: list[SourceReport]
+    key: str = ""  # the content key (cache_key) the rows were encoded under
     cache_file: str | None = None
     from_cache: bool = False
 
     def __post_init__(self) -> None:
-        tokens = self.dataset.with_format("arrow")["tokens"].combine_chunks()
-        flat = tokens.values.to_numpy(zero_copy_only=False).astype(np.int32)
-        offsets = tokens.offsets.to_numpy()
-        self.tokens = np.split(flat, offsets[1:-1]) if len(tokens) else []
-        self.sql_start = column(self.dataset, "sql_start").astype(np.int32)
-        self.encoder_texts: list[str] = column(self.dataset, "encoder_text", numpy=False)
-        self.ids: list[str] = column(self.dataset, "id", numpy=False)
-        self.source_index = column(self.dataset, "source").astype(np.int32)
-        self.lengths = np.diff(offsets).astype(np.int32)
+        self.ids: list[str] = self.table.column("id").to_pylist()
+        self.source_index = self.column("source").astype(np.int64)
+        self.lengths = self.column("sort_key").astype(np.int32)
 
     def column(self, name: str) -> np.ndarray:
-        """One scalar column of the encoded rows (n_question, n_schema, n_sql, length, ...)."""
-        return column(self.dataset, name)
+        """One scalar column of the encoded rows (for tokens: n_question, n_schema, n_sql, length, ...)."""
+        return self.table.column(name).to_numpy()
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return self.table.num_rows
 
     @property
     def weights(self) -> list[float]:
@@ -208,77 +208,178 @@ class PreparedSplit:
 
     def record(self) -> dict[str, Any]:
         """What a run writes beside its results: per source, what was loaded, skipped and kept."""
-        return {"slot": self.slot, "examples": len(self), "from_cache": self.from_cache,
+        return {"slot": self.slot, "examples": len(self), "from_cache": self.from_cache, "target": self.target,
                 "sources": [s.to_dict() for s in self.sources]}
 
 
-def _cache_key(split: SplitData, tokenizer: Tokenizer, ser_cfg: Any, max_seq_len: int | None, training: bool) -> str:
-    h = hashlib.sha1()
-    ser = ser_cfg.model_dump() if hasattr(ser_cfg, "model_dump") else dict(getattr(ser_cfg, "__dict__", {}) or {})
-    fp = tokenizer.fingerprint() if hasattr(tokenizer, "fingerprint") else repr(tokenizer.vocab_size)
-    h.update(json.dumps([PREPARE_VERSION, ser, fp, max_seq_len, training], sort_keys=True, default=str).encode())
-    for ex in split.examples:  # the content, so a changed release never reads a stale cache
+class RowEncoder(Protocol):
+    """What one target format puts in a prepared split's rows (what differs between formats)."""
+
+    name: str  # the format's name, part of the cache file's name
+    split_type: type[PreparedSplit]  # the split that reads these rows
+    columns: tuple[str, ...]  # the columns encode gives besides sort_key
+
+    def fingerprint(self) -> Any:
+        """What decides the rows besides the examples (JSON-able): a version, settings, the tokenizer."""
+
+    def encode(self, examples: list[Example], desc: str, progress: bool) -> dict[str, list]:
+        """The format's columns and ``sort_key``, one entry per example, in order."""
+
+    def drops(self, table: Any) -> dict[str, np.ndarray]:
+        """Per reason a training row is dropped, which rows (bool, disjoint; in reporting order)."""
+
+
+def cache_key(split: SplitData, fingerprint: Any) -> str:
+    """The content key of a prepared split: the version, the encoder's fingerprint and every
+    example (its text, SQL, database and schema), so a changed release never reads a stale cache."""
+    h = hashlib.sha1(json.dumps([PREPARE_VERSION, fingerprint], sort_keys=True, default=str).encode())
+    schemas: dict[int, bytes] = {}  # adapters share one schema object per database: serialize it once
+    for ex in split.examples:
         h.update(f"{ex.id}\x00{ex.question}\x00{ex.sql}\x00{ex.db_id}\x00{ex.db_paths}\x00"
                  f"{ex.extras.get('evidence', '')}\n".encode())
+        if id(ex.schema) not in schemas:
+            schemas[id(ex.schema)] = json.dumps(ex.schema.to_dict() if hasattr(ex.schema, "to_dict") else repr(ex.schema),
+                                                sort_keys=True, default=str).encode()
+        h.update(schemas[id(ex.schema)])
     return h.hexdigest()[:20]
 
 
-def prepare_split(data_cfg: Any, slot: str, tokenizer: Tokenizer, *, max_seq_len: int | None = None,
-                  registry: Any = None, cache: bool = True, echo: Callable[[str], None] | None = None,
-                  split: SplitData | None = None) -> PreparedSplit:
-    """Load, serialize and tokenize one slot, through a ``datasets`` map cached on disk.
+COMMON_COLUMNS = ("row", "id", "source", "sort_key")
 
-    In the train slot, examples whose SQL is longer than ``max_sql_tokens`` or whose sequence
-    is longer than ``max_seq_len`` are dropped (counted per source in ``dropped``); in the
-    other slots they are kept (evaluation decodes from the prompt).
+
+def encoded_table(split: SplitData, rows: RowEncoder, desc: str, progress: bool) -> Any:
+    """The rows of every example of ``split`` as an Arrow table."""
+    import pyarrow as pa
+
+    columns = rows.encode(split.examples, desc, progress)
+    return pa.table({"row": np.arange(len(split.examples), dtype=np.int64), "id": [e.id for e in split.examples],
+                     "source": np.asarray(split.source_index, dtype=np.int64), **columns})
+
+
+def read_cached_rows(path: Path, rows: RowEncoder, n_examples: int) -> Any | None:
+    """The table cached at ``path`` (memory-mapped), or None when there is none or it is not one
+    this encoder wrote for these examples (unreadable, cut short, other columns): it is rebuilt."""
+    import pyarrow as pa
+
+    if not path.is_file():
+        return None
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    except (OSError, pa.ArrowException):
+        return None
+    wanted = set(COMMON_COLUMNS) | set(rows.columns)
+    return table if table.num_rows == n_examples and wanted <= set(table.column_names) else None
+
+
+def write_cached_rows(path: Path, table: Any) -> None:
+    """Write ``table`` to ``path`` whole or not at all (a temporary file renamed into place)."""
+    import pyarrow as pa
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
+
+
+def prepare_split(data_cfg: Any, slot: str, rows: RowEncoder, *, registry: Any = None, cache: bool = True,
+                  echo: Callable[[str], None] | None = None, split: SplitData | None = None,
+                  progress: bool = True) -> PreparedSplit:
+    """Load one slot (unless ``split`` is given) and encode every example in ``rows``' format,
+    cached on disk by content (:func:`cache_key`).
+
+    In the train slot, the rows ``rows.drops`` names are dropped (counted per source in
+    ``dropped``); in the other slots they are kept (evaluation decodes from the prompt, and an
+    example the format cannot write counts as wrong).
     """
-    import datasets
-
     split = split or load_split(data_cfg, slot, registry, echo)
-    ser_cfg = data_cfg.serialization
-    training = slot == "train"
-    key = _cache_key(split, tokenizer, ser_cfg, max_seq_len, training)
-    cache_dir = default_cache_dir(data_cfg) / "prepared"
-    cache_file = cache_dir / f"{slot}-{key}.arrow"
-    from_cache = cache and cache_file.is_file()
-    if from_cache:
-        encoded = datasets.Dataset.from_file(str(cache_file))
-    else:
-        raw = datasets.Dataset.from_dict({"row": list(range(len(split.examples))),
-                                          "id": [e.id for e in split.examples],
-                                          "source": split.source_index})
-        schema_cache: dict = {}  # per schema: rendered pieces, cell values, token counts
-
-        def encode(batch: dict[str, list]) -> dict[str, list]:
-            out: dict[str, list] = {}
-            for row in batch["row"]:
-                enc = encode_example(split.examples[row], tokenizer, ser_cfg, cache=schema_cache)
-                for k, v in enc.items():
-                    out.setdefault(k, []).append(v)
-            return out
-
+    key = cache_key(split, rows.fingerprint())
+    cache_file = default_cache_dir(data_cfg) / "prepared" / f"{slot}-{rows.name}-{key}.arrow"
+    table = read_cached_rows(cache_file, rows, len(split.examples)) if cache else None
+    from_cache = table is not None
+    if table is None:
+        table = encoded_table(split, rows, f"encoding {slot}", progress)
         if cache:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-        encoded = raw.map(encode, batched=True, batch_size=256, new_fingerprint=key,
-                          cache_file_name=str(cache_file) if cache else None,
-                          desc=f"tokenizing {slot}", load_from_cache_file=False)
-    keep = np.ones(len(encoded), dtype=bool)
-    reasons = Counter()
-    if training:
-        trunc = column(encoded, "sql_truncated").astype(bool)
-        too_long = column(encoded, "length") > (max_seq_len + 1 if max_seq_len else 1 << 30)
-        src = column(encoded, "source")
-        for s in range(len(split.sources)):
-            reasons[(s, f"SQL longer than max_sql_tokens={getattr(ser_cfg, 'max_sql_tokens', None)}")] += int((trunc & (src == s)).sum())
-            reasons[(s, f"sequence longer than max_seq_len={max_seq_len}")] += int((too_long & ~trunc & (src == s)).sum())
-        keep = ~(trunc | too_long)
-    rows = column(encoded, "row")[keep]
-    examples = [split.examples[r] for r in rows]
-    if not keep.all():
-        encoded = encoded.select(np.nonzero(keep)[0])
+            write_cached_rows(cache_file, table)
+    if slot == "train":
+        table = without_dropped(table, rows.drops(table), split, echo)
+    examples = [split.examples[r] for r in table.column("row").to_numpy()]
     for s, report in enumerate(split.sources):
-        report.dropped = {why: n for (k, why), n in reasons.items() if k == s and n}
-        report.kept = int((np.asarray(split.source_index, dtype=np.int64)[rows] == s).sum()) if len(rows) else 0
+        report.kept = int((table.column("source").to_numpy() == s).sum())
+    return rows.split_type(slot, table, examples, split.sources, key, str(cache_file) if cache else None, from_cache)
+
+
+def without_dropped(table: Any, drops: dict[str, np.ndarray], split: SplitData,
+                    echo: Callable[[str], None] | None) -> Any:
+    """``table`` without the rows ``drops`` names; each source's report counts them by reason."""
+    source = table.column("source").to_numpy()
+    keep = np.ones(table.num_rows, dtype=bool)
+    for mask in drops.values():
+        keep &= ~mask
+    for s, report in enumerate(split.sources):
+        counts = {why: int((mask & (source == s)).sum()) for why, mask in drops.items()}
+        report.dropped = {why: n for why, n in counts.items() if n}
         if echo and report.dropped:
             echo(f"{report.name}/{report.split}: dropped " + "; ".join(f"{n} {w}" for w, n in report.dropped.items()))
-    return PreparedSplit(slot, encoded, examples, split.sources, str(cache_file) if cache else None, from_cache)
+    return table if keep.all() else table.filter(keep)
+
+
+# ---------------------------------------------------------------------------- the rows of data.target: tokens
+
+@dataclass
+class TokenSplit(PreparedSplit):
+    """The rows of a token model: per example its token ids (``tokens``, up to ``<eos>``), the
+    position of ``<sql>`` (``sql_start``) and the schema encoder's text (``encoder_texts``)."""
+
+    target: ClassVar[str] = "tokens"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.tokens: list[np.ndarray] = []
+        if len(self):
+            tokens = self.table.column("tokens").combine_chunks()
+            flat = tokens.values.to_numpy(zero_copy_only=False).astype(np.int32)
+            self.tokens = np.split(flat, tokens.offsets.to_numpy()[1:-1])
+        self.sql_start = self.column("sql_start").astype(np.int32)
+        self.encoder_texts: list[str] = self.table.column("encoder_text").to_pylist()
+
+
+@dataclass
+class TokenRows:
+    """:class:`RowEncoder` of ``data.target: tokens``: :func:`encode_example` with ``tokenizer``;
+    a training row is dropped when its SQL was cut at ``max_sql_tokens`` or its sequence is
+    longer than ``max_seq_len``."""
+
+    tokenizer: Tokenizer
+    ser_cfg: Any = None
+    max_seq_len: int | None = None
+
+    name: ClassVar[str] = "tokens"
+    split_type: ClassVar[type[PreparedSplit]] = TokenSplit
+    columns: ClassVar[tuple[str, ...]] = ("tokens", "sql_start", "encoder_text", "n_question", "n_schema", "n_sql",
+                                          "length", "schema_cut", "sql_truncated")
+
+    def fingerprint(self) -> Any:
+        ser = self.ser_cfg.model_dump() if hasattr(self.ser_cfg, "model_dump") \
+            else dict(getattr(self.ser_cfg, "__dict__", {}) or {})
+        tok = self.tokenizer
+        return [self.name, ser, tok.fingerprint() if hasattr(tok, "fingerprint") else repr(tok.vocab_size)]
+
+    def encode(self, examples: list[Example], desc: str, progress: bool) -> dict[str, list]:
+        from tqdm.auto import tqdm
+
+        schema_cache: dict = {}  # per schema: rendered pieces, cell values, token counts
+        out: dict[str, list] = {name: [] for name in self.columns}
+        for ex in tqdm(examples, desc=desc, unit="ex", disable=not progress, dynamic_ncols=True):
+            enc = encode_example(ex, self.tokenizer, self.ser_cfg, cache=schema_cache)
+            for name in self.columns:
+                out[name].append(enc[name])
+        return {**out, "sort_key": out["length"]}
+
+    def drops(self, table: Any) -> dict[str, np.ndarray]:
+        truncated = table.column("sql_truncated").to_numpy(zero_copy_only=False).astype(bool)
+        limit = self.max_seq_len + 1 if self.max_seq_len else 1 << 30
+        too_long = table.column("length").to_numpy() > limit
+        max_sql = getattr(self.ser_cfg, "max_sql_tokens", None)
+        return {f"SQL longer than max_sql_tokens={max_sql}": truncated,
+                f"sequence longer than max_seq_len={self.max_seq_len}": too_long & ~truncated}

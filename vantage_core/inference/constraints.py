@@ -28,11 +28,6 @@ class LogitsProcessor(Protocol):
         search then adds on the host instead of calling it."""
 
 
-# What each ``data.target`` decodes, for messages: a constraint masks one of these output spaces.
-OUTPUT_SPACES = {"tokens": "writes SQL text (data.target: tokens)",
-                 "actions": "points at schema items (data.target: actions)"}
-
-
 class Constraint(Protocol):
     """What a registered constraint factory returns.
 

@@ -2,9 +2,10 @@
 
 :meth:`Engine.load` reads a checkpoint folder, a run directory or a folder written by ``vantage
 export`` (through :func:`vantage_core.model.io.load_model`), or several of them as one ensemble.
-:class:`Engine` builds the request exactly as training did (for ``data.target: tokens`` the prompt
-of question and schema text; for ``actions`` the featurized question and schema, the database's
-schema encoded on the fly), decodes with the configured mode and constraint, and optionally picks
+:class:`Engine` builds the request exactly as training did, through the model's target format
+(:mod:`vantage_core.data.targets`: for ``tokens`` the prompt of question and schema text; for
+``actions`` the featurized question and schema, the database's schema encoded on the fly), decodes
+with the configured mode and constraint, and optionally picks
 among the candidates by executing them read-only through the database's connector
 (:mod:`vantage_core.sql`):
 a candidate with rows first (``require_rows``), then any that runs, then a wider search
@@ -21,12 +22,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
 
 from vantage_core.config import DECODING_MODES, Config, InferenceConfig, plugin_params
 from vantage_core.data.example import Example
+from vantage_core.data.targets import Request, output_space, target_format
 from vantage_core.sql.names import quoted
 from vantage_core.sql.schema import Schema
 from vantage_core.errors import ConfigError, DataError, VantageError
@@ -155,7 +157,7 @@ class Engine:
         # path or URL -> (the database's schema, the notes file and its signature, the schema with notes)
         self._noted: dict[str, tuple[Schema, tuple, Schema]] = {}
         self.notes_files: dict[str, str] = {}  # path or URL -> its notes file, where given (else the one beside it)
-        self._linker = None
+        self.target = target_format(config.data)  # what the model writes SQL as
 
     @classmethod
     def load(cls, path: str | Path | Sequence[str | Path], quantized: str | None = None) -> "Engine":
@@ -195,64 +197,15 @@ class Engine:
         return self._noted[key][2]
 
     def request(self, question: str, schema: Schema, db_path: str | None = None,
-                extras: dict | None = None) -> "Request":
-        """What decoding needs for one question, built as in training."""
+                extras: dict | None = None) -> Request:
+        """What decoding needs for one question, built as in training (by the model's target format)."""
         ex = Example(question=question, sql="", db_id=schema.db_id, schema=schema,
                      db_paths=[str(db_path)] if db_path else [], extras=dict(extras or {}))
-        if self.config.data.target == "actions":
-            return self._action_request(ex)
-        from vantage_core.data.pipeline import encode_example
+        return self.target.request(ex, self.tokenizer, self.model)
 
-        enc = encode_example(ex, self.tokenizer, self.config.data.serialization)
-        tokenizer = self.tokenizer
-        return Request(ex, list(enc["tokens"][:enc["sql_start"] + 1]), None, enc["encoder_text"],
-                       lambda ids: tokenizer.decode(ids).strip(), lambda ids: [tokenizer.decode([t]) for t in ids])
-
-    def _action_request(self, ex: Example) -> "Request":
-        from vantage_core.data.actions import featurize_request, to_actions
-        from vantage_core.data.linking import cased_values, schema_items
-        from vantage_core.data.notes import value_meanings
-        from vantage_core.data.sql_actions import ITEM, QUESTION, render_sql
-
-        if self._linker is None:
-            from vantage_core.plugins import registry
-
-            spec = self.config.data.linker
-            self._linker = registry().build("schema_linker", spec.name, **plugin_params(spec))
-        items = schema_items(ex.schema)
-        feats = featurize_request(ex, self.model.schema_encoder.question_tokenizer, self._linker, items)
-        values = cased_values(ex.db_paths[0]) if ex.db_paths else None
-        meanings = value_meanings(ex.schema)
-        if meanings:  # a question's "discontinued" is written as the stored value its notes give
-            values = {**meanings, **(values or {})}
-        vocab = self.tokenizer
-
-        def to_sql(ids: list[int]) -> str:
-            return render_sql(to_actions(ids, vocab, len(items)), items, ex.question, feats["offsets"], values)
-
-        def to_tokens(ids: list[int]) -> list[str]:  # what each action writes, for the routing view
-            out = []
-            for kind, value in to_actions(ids, vocab, len(items)):
-                if kind == ITEM:
-                    it = items[value]
-                    out.append(it.table if it.column is None else f"{it.table}.{it.column}")
-                elif kind == QUESTION:
-                    s, e = feats["offsets"][value]
-                    out.append(ex.question[s:e])
-                else:
-                    out.append(str(value))
-            return out
-
-        return Request(ex, [vocab.bos_id], feats, None, to_sql, to_tokens)
-
-    def host_batch(self, requests: list["Request"]) -> dict[str, Any]:
+    def host_batch(self, requests: list[Request]) -> dict[str, Any]:
         """The host-side batch the schema encoder reads for these requests (one row each)."""
-        if self.config.data.target == "actions":
-            from vantage_core.data.actions import collate
-
-            return collate([r.features for r in requests], [r.example for r in requests], self.tokenizer,
-                           with_targets=False)
-        return {"encoder_texts": [r.encoder_text for r in requests]}
+        return self.target.host_batch(requests, self.tokenizer)
 
     def constraint(self, spec: Any) -> Any:
         if spec is None:
@@ -289,13 +242,11 @@ class Engine:
 
         reg = registry()
         return [name for name in reg.names("constraint")
-                if self.config.data.target in getattr(reg.get("constraint", name).factory, "targets",
-                                                      (self.config.data.target,))]
+                if self.target.name in getattr(reg.get("constraint", name).factory, "targets", (self.target.name,))]
 
     def check_constraint(self, name: str) -> None:
         """:class:`ConfigError` naming the constraints that fit when ``name`` is unknown or masks
         another output space than this model's (a text grammar on a pointer model's actions)."""
-        from vantage_core.inference.constraints import OUTPUT_SPACES
         from vantage_core.plugins import registry
 
         fitting = self.fitting_constraints()
@@ -304,12 +255,10 @@ class Engine:
         valid = ", ".join(fitting + ["none"])
         if name not in registry().names("constraint"):
             raise ConfigError(f"unknown constraint {name!r}; the ones that fit this model: {valid}")
-        target = self.config.data.target
         theirs = getattr(registry().get("constraint", name).factory, "targets", ())
-        what = " or ".join(OUTPUT_SPACES.get(t, f"data.target: {t}") for t in theirs)
+        what = " or ".join(output_space(t) or f"data.target: {t}" for t in theirs)
         raise ConfigError(f"constraint {name!r} masks the output of a model that {what}; this model "
-                          f"{OUTPUT_SPACES.get(target, f'has data.target: {target}')}. "
-                          f"Constraints that fit it: {valid}")
+                          f"{self.target.output_space}. Constraints that fit it: {valid}")
 
     # -- one request -----------------------------------------------------------------------
     def generate(self, question: str | Question, *, db_path: str | Path | None = None, schema: Schema | None = None,
@@ -388,7 +337,7 @@ class Engine:
         if run and q.db_path is None:
             raise DataError("running the SQL (run) needs a database file or a database URL, not only a schema")
 
-    def _decode(self, reqs: list["Request"], opts: InferenceConfig, beam_size: int, routing: bool,
+    def _decode(self, reqs: list[Request], opts: InferenceConfig, beam_size: int, routing: bool,
                 cancel: Any) -> list[list[Any]]:
         """Candidate hypotheses per request (call with the lock held)."""
         from vantage_core.inference.decoding import beam_search_batch
@@ -403,8 +352,7 @@ class Engine:
                         temperature=opts.temperature, top_p=opts.top_p, length_penalty=opts.length_penalty)
         if opts.decoding == "beam" and len({len(r.prompt) for r in reqs}) == 1:
             memory = self.model.encode_schema(self.model.schema_inputs(self.host_batch(reqs)))
-            spaces = [(len(r.features["item_texts"]), len(r.features["q_ids"])) for r in reqs] \
-                if self.config.data.target == "actions" else None
+            spaces = self.target.output_spaces(reqs)
             return beam_search_batch(model, [r.prompt for r in reqs], eos_id=eos, search=search, memory=memory,
                                      processors=procs, spaces=spaces, cancel=cancel)
         out = []
@@ -414,7 +362,7 @@ class Engine:
                               cancel=cancel))
         return out
 
-    def _generation(self, q: "Question", req: "Request", hyps: list[Any], opts: InferenceConfig) -> Generation:
+    def _generation(self, q: "Question", req: Request, hyps: list[Any], opts: InferenceConfig) -> Generation:
         """The candidates of one request, and the one chosen (execution-guided where asked)."""
         candidates = [Candidate(req.to_sql(h.tokens), round(h.logprob, 4), h.finished) for h in hyps]
         chosen, how, results, note = 0, "top", {}, None
@@ -463,20 +411,6 @@ class Question:
     db_path: str | Path | None = None
     schema: Schema | None = None
     extras: dict | None = None
-
-
-@dataclass
-class Request:
-    """One question made ready for decoding: the example, the decoder's prompt ids, the
-    featurized question (pointer models: the schema encoder's and the constraint's input) or
-    the encoder's schema text (token models), and how output ids become SQL."""
-
-    example: Example
-    prompt: list[int]
-    features: dict | None
-    encoder_text: str | None
-    to_sql: Callable[[list[int]], str]
-    to_tokens: Callable[[list[int]], list[str]]  # what each output id writes (the routing view's labels)
 
 
 def fallback_sql(schema: Schema) -> str:

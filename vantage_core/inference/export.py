@@ -30,6 +30,7 @@ import vantage_core  # noqa: F401  (the optimized BLAS before mlx)
 import mlx.core as mx
 
 from vantage_core.config import Config, InferenceConfig
+from vantage_core.data.targets import target_format
 from vantage_core.errors import VantageError
 from vantage_core.folders import check_output_folder, new_folder, refuse_overlap
 from vantage_core.model.io import (FORMAT_VERSION, TOKENIZER_DIR, is_any_export, load_model, parameter_bytes,
@@ -113,8 +114,7 @@ def model_card(cfg: Config, record: dict, figures: dict) -> str:
             for s in cfg.data.train]
     quant = record.get("quantization")
     summary, quick = figures.get("summary.json", {}), figures.get("quickstart.json", {})
-    writes = ("as actions: keywords, pointers to schema items and copied question spans"
-              if cfg.data.target == "actions" else "as subword tokens")
+    writes = target_format(cfg.data).writes
     weights = f"quantized to {quant['bits']} bits (group size {quant['group_size']})" if quant else "float32"
     size = f", {summary['parameters']:,} parameters" if summary.get("parameters") else ""
     lines = [

@@ -81,17 +81,18 @@ class Evaluation(Callback):
 
     @staticmethod
     def scores(run: Run, final: bool = False) -> dict[str, float]:
-        """The validation scores (logged as an ``eval`` record): teacher-forced for pointer models,
-        else decoded and executed on ``train.eval_examples`` examples (all at the end if 0)."""
+        """The validation scores (logged as an ``eval`` record): decoded and executed on
+        ``train.eval_examples`` examples (all at the end if 0) where the target format decodes its
+        validation, else teacher-forced (pointer models)."""
         with run.trainer.averaged():
             t = time.perf_counter()
-            if run.cfg.data.target == "actions":
+            if run.data.target.decodes_validation:
+                scores, examples = decoded_scores(run, final)
+            else:
                 from vantage_core.train.evaluation import teacher_forced
 
                 scores = teacher_forced(run.model, run.data.validation, run.data.tokenizer)
                 examples = len(run.data.validation)
-            else:
-                scores, examples = decoded_scores(run, final)
             run.telemetry.log({"step": run.trainer.step, "kind": "eval", **scores, "examples": examples,
                                "seconds": time.perf_counter() - t})
         return scores

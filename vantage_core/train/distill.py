@@ -204,12 +204,9 @@ def file_digest(h: Any, folder: Path) -> None:
 
 
 def split_fingerprint(split: Any) -> str:
-    """What identifies a prepared training split: its content-keyed cache file and its examples."""
-    h = hashlib.sha1(json.dumps([Path(split.cache_file).name if split.cache_file else None, len(split)]).encode())
+    """What identifies a prepared training split: its format, its content key and its examples."""
+    h = hashlib.sha1(json.dumps([split.target, split.key, len(split)]).encode())
     h.update("\x00".join(e.id for e in split.examples).encode())
-    if not split.cache_file:  # no content key to lean on: the features themselves
-        h.update(json.dumps(getattr(split, "feats", None) or [t.tolist() for t in split.tokens],
-                            sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -265,7 +262,7 @@ def teacher_targets(cfg: Config, data: Any, run_folder: Path, resume: bool = Fal
     path = default_cache_dir(cfg.data) / "distill" / f"train-{key}.npz"
     targets = read_targets(path, key)
     if targets is None:
-        targets = compute_targets(teachers, data.train, lambda rows: plain_batch(cfg, data, rows),
+        targets = compute_targets(teachers, data.train, lambda rows: plain_batch(data, rows),
                                   data.tokenizer.vocab_size, spec, progress)
         targets.key = key
         write_targets(path, targets)
@@ -273,12 +270,6 @@ def teacher_targets(cfg: Config, data: Any, run_folder: Path, resume: bool = Fal
     return targets
 
 
-def plain_batch(cfg: Config, data: Any, rows: np.ndarray) -> dict:
+def plain_batch(data: Any, rows: np.ndarray) -> dict:
     """The batch of training rows ``rows`` as evaluation would see it (no link dropout)."""
-    if cfg.data.target == "actions":
-        from vantage_core.data.actions import collate_rows
-
-        return collate_rows(data.train, rows, data.tokenizer)
-    from vantage_core.data.batching import make_batch
-
-    return make_batch(data.train, rows, data.tokenizer.pad_id)
+    return data.target.batch(data.train, rows, data.tokenizer)

@@ -33,6 +33,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from vantage_core.config import Config, dump_config
+from vantage_core.data.targets import Preparation, TargetFormat, target_format
 from vantage_core.errors import ConfigError, VantageError
 from vantage_core.folders import check_output_folder, output_path, swap_in
 from vantage_core.model.io import (load_trainer_state, load_weights, plugin_list, read_model_folder, resolve_checkpoint,
@@ -192,81 +193,14 @@ def model_arrays(model: Any, batch: dict, pack: bool = True) -> dict:
 
 
 class TrainingData:
-    """What training reads, for either target format: the tokenizer (or action vocabulary),
-    the prepared train and validation splits, and how rows of the train split become a batch
+    """What training reads: the target format, the tokenizer (or action vocabulary), the prepared
+    train and validation splits, and how rows of the train split become a batch
     (``collate(rows, index)``; ``index``: the global training batch's, 0 by default)."""
 
-    def __init__(self, tokenizer: Any, train: Any, validation: Any, collate: Callable[[Any], dict]):
-        self.tokenizer, self.train, self.validation, self.collate = tokenizer, train, validation, collate
-
-
-def token_data(cfg: Config, registry: Any, world: World, tok_dir: Path, say: Callable[[str], None]) -> TrainingData:
-    """``data.target: tokens``: a tokenizer trained on the corpus, splits tokenized and cached."""
-    from vantage_core.config import plugin_params
-    from vantage_core.data.batching import make_batch
-    from vantage_core.data.pipeline import load_split, prepare_split, tokenizer_corpus
-    from vantage_core.data.tokenizer import load_tokenizer
-
-    train_split = _main_first(world, lambda: load_split(cfg.data, "train", registry, say))
-
-    def get_tokenizer():
-        if (tok_dir / "tokenizer.json").exists():
-            return load_tokenizer(tok_dir, registry)
-        tok = registry.build("tokenizer", cfg.data.tokenizer.name, **plugin_params(cfg.data.tokenizer))
-        say(f"training the {cfg.data.tokenizer.name} tokenizer on {len(train_split.examples)} examples")
-        return tok.train(list(tokenizer_corpus(train_split, cfg.data.serialization)), tok_dir)
-
-    tokenizer = _main_first(world, get_tokenizer)
-    prepared = _main_first(world, lambda: prepare_split(cfg.data, "train", tokenizer, registry=registry,
-                                                        max_seq_len=cfg.model.max_seq_len, split=train_split))
-    validation = None
-    if cfg.data.validation and world.is_main:
-        validation = prepare_split(cfg.data, "validation", tokenizer, registry=registry, echo=say)
-    return TrainingData(tokenizer, prepared, validation, lambda rows, index=0: make_batch(prepared, rows, tokenizer.pad_id))
-
-
-def question_tokenizer(cfg: Config, registry: Any) -> Any:
-    """The tokenizer of the schema encoder's question pieces (``data.target: actions``)."""
-    from vantage_core.config import plugin_params
-
-    spec = cfg.model.schema_encoder
-    encoder = registry.build("schema_encoder", spec.name, cfg.model.d_model, None, **plugin_params(spec))
-    if not hasattr(encoder, "question_tokenizer"):
-        raise ConfigError(f"model.schema_encoder: {spec.name!r} has no question_tokenizer; data.target: actions "
-                          f"needs a question-aware encoder (linked)")
-    return encoder.question_tokenizer
-
-
-def action_data(cfg: Config, registry: Any, world: World, tok_dir: Path, say: Callable[[str], None],
-                progress: bool = True) -> TrainingData:
-    """``data.target: actions``: featurized splits (cached) and the action vocabulary learned
-    from the training SQL."""
-    from vantage_core.config import plugin_params
-    from vantage_core.data.actions import collate_rows, prepare_action_split, vocab_corpus
-    from vantage_core.data.tokenizer import load_tokenizer
-
-    qtok = question_tokenizer(cfg, registry)
-    train_split = _main_first(world, lambda: prepare_action_split(cfg.data, "train", qtok, registry=registry,
-                                                                  echo=say, progress=progress))
-
-    def get_vocab():
-        if (tok_dir / "tokenizer.json").exists():
-            return load_tokenizer(tok_dir, registry)
-        tok = registry.build("tokenizer", cfg.data.tokenizer.name, **plugin_params(cfg.data.tokenizer))
-        return tok.train(vocab_corpus(train_split), tok_dir)
-
-    vocab = _main_first(world, get_vocab)
-    wrong = [t for t in set(vocab_corpus(train_split)) if len(vocab.encode(t)) != 1][:3]
-    if wrong:
-        raise ConfigError(f"data.tokenizer: {cfg.data.tokenizer.name!r} does not give one id per SQL action "
-                          f"({wrong}); data.target: actions needs an action vocabulary (name: sql_actions)")
-    validation = None
-    if cfg.data.validation and world.is_main:
-        validation = prepare_action_split(cfg.data, "validation", qtok, registry=registry, echo=say, progress=progress)
-    def collate(rows, index=0):  # training batches: data.link_dropout hides some name matches
-        return collate_rows(train_split, rows, vocab, cfg.data.link_dropout, cfg.run.seed, index)
-
-    return TrainingData(vocab, train_split, validation, collate)
+    def __init__(self, target: TargetFormat, tokenizer: Any, train: Any, validation: Any,
+                 collate: Callable[..., dict]):
+        self.target, self.tokenizer, self.train, self.validation = target, tokenizer, train, validation
+        self.collate = collate
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -371,12 +305,15 @@ def build_run(cfg: Config, *, resume: bool = False, overwrite: bool = False, pro
 
 
 def training_data(cfg: Config, registry: Any, world: World, tok_dir: Path, say: Callable[[str], None],
-                  progress: bool) -> TrainingData:
-    """The tokenizer and prepared splits of ``data.target`` (tokens or actions)."""
-    if cfg.data.target == "actions":
-        data = action_data(cfg, registry, world, tok_dir, say, progress)
-    else:
-        data = token_data(cfg, registry, world, tok_dir, say)
+                  progress: bool = True) -> TrainingData:
+    """The tokenizer and prepared splits of the config's target format (``data.target``); rank 0
+    prepares first (it fills the caches the others then read), and alone prepares validation."""
+    target = target_format(cfg.data)
+    prep = Preparation(registry, tok_dir, say, partial(_main_first, world), validation=world.is_main,
+                       progress=progress)
+    splits = target.training_splits(cfg, prep)
+    data = TrainingData(target, splits.vocab, splits.train, splits.validation,
+                        target.training_batches(splits.train, splits.vocab, cfg.run.seed))
     say(f"train: {len(data.train)} examples; validation: {len(data.validation) if data.validation else 0}; "
         f"vocabulary {data.tokenizer.vocab_size}; {world.size} process(es)")
     return data
