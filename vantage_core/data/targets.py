@@ -131,6 +131,11 @@ class TargetFormat:
         """The input ids (B, T) of ``golds`` and the host-side batch their schema encoder reads."""
         raise NotImplementedError
 
+    def codec_check(self, cfg: Any, vocab: Any, registry: Any) -> Callable[[Example], str | None]:
+        """``problem(example)``: why the model ``cfg`` describes (with ``vocab``) cannot learn to write
+        ``example.sql`` in this format (a sentence), or None when it can."""
+        raise NotImplementedError
+
 
 def trained_vocabulary(prep: Preparation, spec: Any, corpus: Callable[[], Iterable[str]],
                        note: str | None = None) -> Any:
@@ -205,6 +210,21 @@ class TokenTarget(TargetFormat):
         except ValueError:
             return "SQL pieces do not match the tokenizer"
         return TeacherForced(example, (enc["length"],), start, pieces, enc)  # the SQL tokens, as inputs
+
+    def codec_check(self, cfg: Any, vocab: Any, registry: Any) -> Callable[[Example], str | None]:
+        """The SQL must fit ``max_sql_tokens``, and question, schema and SQL ``model.max_seq_len``."""
+        ser, max_len = cfg.data.serialization, cfg.model.max_seq_len
+
+        def problem(example: Example) -> str | None:
+            encoded = encode_example(example, vocab, ser)
+            if encoded["sql_truncated"]:
+                return (f"the SQL is longer than the model writes (data.serialization.max_sql_tokens "
+                        f"{ser.max_sql_tokens} tokens)")
+            if encoded["length"] > max_len + 1:
+                return f"question, schema and SQL are longer than the model reads (model.max_seq_len {max_len})"
+            return None
+
+        return problem
 
     def teacher_forced_batch(self, golds: list[TeacherForced], vocab: Any) -> tuple[np.ndarray, dict[str, Any]]:
         T = max(g.encoded["length"] for g in golds)
@@ -321,6 +341,26 @@ class ActionTarget(TargetFormat):
         pieces = action_roles(feats["actions"], schema_items(example.schema))
         # each action as an input, after <s>
         return TeacherForced(example, (len(feats["item_texts"]), len(feats["actions"])), 1, pieces, feats)
+
+    def codec_check(self, cfg: Any, vocab: Any, registry: Any) -> Callable[[Example], str | None]:
+        """The action codec must express the SQL, with keywords and literals ``vocab`` has."""
+        from vantage_core.data.actions import featurize_request
+        from vantage_core.data.sql_actions import UNK_LIT, VOCAB
+
+        question_tokenizer, linker = self.question_tokenizer(cfg, registry), self.linker(registry)
+        unknown = vocab.encode(UNK_LIT)
+
+        def problem(example: Example) -> str | None:
+            features = featurize_request(example, question_tokenizer, linker)
+            if features["actions"] is None:
+                return f"the action codec cannot express this SQL ({features['codec_error']})"
+            missing = sorted({repr(str(v)) for kind, v in features["actions"] if kind == VOCAB and vocab.encode(v) == unknown})
+            if missing:
+                return (f"the model's action vocabulary has no {', '.join(missing[:4])}: it writes the keywords and the "
+                        f"literals it was trained on, and copies other values from the question (spell them there)")
+            return None
+
+        return problem
 
     def teacher_forced_batch(self, golds: list[TeacherForced], vocab: Any) -> tuple[np.ndarray, dict[str, Any]]:
         from vantage_core.data.actions import collate

@@ -127,17 +127,11 @@ class PairChecker:
     it), or None when it can."""
 
     def __init__(self, cfg: Config, vocab: Any, registry: Any):
-        from vantage_core.config import plugin_params
+        from vantage_core.data.targets import target_format
 
-        self.cfg, self.vocab = cfg, vocab
-        if cfg.data.target == "actions":
-            from vantage_core.data.sql_actions import UNK_LIT
-            from vantage_core.train.run import question_tokenizer
-
-            self.question_tokenizer = question_tokenizer(cfg, registry)
-            spec = cfg.data.linker
-            self.linker = registry.build("schema_linker", spec.name, **plugin_params(spec))
-            self.unknown = vocab.encode(UNK_LIT)
+        self.cfg = cfg
+        # why the model's codec cannot write example.sql, or None (its target format says)
+        self.codec_problem = target_format(cfg.data).codec_check(cfg, vocab, registry)
 
     def problem(self, example: Any) -> str | None:
         from vantage_core.sql.database import open_database
@@ -147,33 +141,6 @@ class PairChecker:
         if not result.ok:
             return f"the SQL does not run on {Path(example.db_paths[0]).name}: {result.error}"
         return self.codec_problem(example)
-
-    def codec_problem(self, example: Any) -> str | None:
-        """Why the model's codec cannot write ``example.sql``, or None."""
-        if self.cfg.data.target == "actions":
-            return self.action_problem(example)
-        from vantage_core.data.pipeline import encode_example
-
-        encoded = encode_example(example, self.vocab, self.cfg.data.serialization)
-        if encoded["sql_truncated"]:
-            return (f"the SQL is longer than the model writes (data.serialization.max_sql_tokens "
-                    f"{self.cfg.data.serialization.max_sql_tokens} tokens)")
-        if encoded["length"] > self.cfg.model.max_seq_len + 1:
-            return f"question, schema and SQL are longer than the model reads (model.max_seq_len {self.cfg.model.max_seq_len})"
-        return None
-
-    def action_problem(self, example: Any) -> str | None:
-        from vantage_core.data.actions import featurize_request
-        from vantage_core.data.sql_actions import VOCAB
-
-        features = featurize_request(example, self.question_tokenizer, self.linker)
-        if features["actions"] is None:
-            return f"the action codec cannot express this SQL ({features['codec_error']})"
-        missing = sorted({repr(str(v)) for kind, v in features["actions"] if kind == VOCAB and self.vocab.encode(v) == self.unknown})
-        if missing:
-            return (f"the model's action vocabulary has no {', '.join(missing[:4])}: it writes the keywords and the "
-                    f"literals it was trained on, and copies other values from the question (spell them there)")
-        return None
 
 
 def user_pairs(request: AdaptRequest, db: str, notes: str | None, checker: PairChecker, registry: Any) -> DataSource:
