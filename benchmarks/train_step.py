@@ -1,10 +1,13 @@
 """Training tokens/s of the whole model on the tiny config, beside mlx-lm's Mixtral and Hugging
 Face transformers' Mixtral on PyTorch (CPU) with the same dimensions, whichever are installed.
 
-    python benchmarks/train_step.py [--steps 8] [--only vantage,vantage_mlx_ops,vantage_glibc_malloc,vantage_schema,mlx_lm,torch]
+    python benchmarks/train_step.py [--steps 8] [--only vantage,vantage_bf16,vantage_mlx_ops,vantage_glibc_malloc,vantage_schema,mlx_lm,torch]
+    python benchmarks/train_step.py --precision     # vantage in fp32 and in bf16, and their ratio
 
 Each framework runs in its own subprocess (PyTorch and MLX load different BLAS libraries).
-``vantage`` uses the native CPU kernels (vantage_core/kernels) when they are built;
+``vantage`` uses the native CPU kernels (vantage_core/kernels) when they are built, in float32
+(``train.precision: fp32``); ``vantage_bf16`` is the same step in mixed precision
+(``train.precision: bf16``: bf16 GEMM inputs, float32 sums; docs/cpu.md);
 ``vantage_mlx_ops`` is the same model with them off (``VANTAGE_NATIVE_KERNELS=0``);
 ``vantage_glibc_malloc`` with glibc's own malloc thresholds (``VANTAGE_MALLOC=default``, see
 vantage_core/allocator.py).
@@ -23,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from quantized import cpu_line
+
 DIMS = dict(vocab=8192, d=256, layers=4, heads=4, experts=8, k=2, hidden=512, batch=8, seq=256)
 
 
@@ -36,7 +41,7 @@ def timed(step, steps: int) -> float:
     return statistics.median(times)
 
 
-def run_vantage(steps: int, schema: bool) -> float:
+def run_vantage(steps: int, schema: bool, precision: str = "fp32") -> float:
     import numpy as np
 
     import vantage_core  # noqa: F401
@@ -55,7 +60,8 @@ def run_vantage(steps: int, schema: bool) -> float:
                       else PluginSpec(name="none"))
     mx.random.seed(0)
     model = build_model(cfg, _VocabOnly(DIMS["vocab"]))
-    trainer = Trainer(model, loss, TrainConfig(lr=1e-3, warmup_steps=0, grad_clip=0.0, compile=True))
+    trainer = Trainer(model, loss, TrainConfig(lr=1e-3, warmup_steps=0, grad_clip=0.0, compile=True,
+                                               precision=precision))
     rng = np.random.default_rng(0)
     B, T = DIMS["batch"], DIMS["seq"]
     tokens = mx.array(rng.integers(0, DIMS["vocab"], (B, T + 1)).astype(np.int32))
@@ -124,6 +130,7 @@ def run_torch(steps: int) -> float:
 
 RUNNERS = {
     "vantage": ("vantage (topk+swiglu, no schema encoder)", lambda s: run_vantage(s, False)),
+    "vantage_bf16": ("vantage, train.precision: bf16", lambda s: run_vantage(s, False, "bf16")),
     "vantage_mlx_ops": ("vantage, native kernels off (MLX's own ops)", lambda s: run_vantage(s, False)),
     "vantage_glibc_malloc": ("vantage, glibc's malloc thresholds", lambda s: run_vantage(s, False)),
     "vantage_schema": ("vantage + transformer schema encoder, 128 schema tokens", lambda s: run_vantage(s, True)),
@@ -139,15 +146,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--only", default=",".join(RUNNERS))
+    ap.add_argument("--precision", action="store_true", help="only vantage in fp32 and in bf16, and their ratio")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         print(json.dumps({"seconds": RUNNERS[a.child][1](a.steps)}))
         return
     tokens = DIMS["batch"] * DIMS["seq"]
+    print(cpu_line())
     print(f"tiny config {DIMS}, median step of {a.steps} after 2 warm-up steps")
+    only = "vantage,vantage_bf16" if a.precision else a.only
     results = {}
-    for key in a.only.split(","):
+    for key in only.split(","):
         env = dict(os.environ, **ENV.get(key, {}))
         proc = subprocess.run([sys.executable, __file__, "--child", key, "--steps", str(a.steps)],
                               capture_output=True, text=True, env=env)
@@ -159,6 +169,8 @@ def main() -> None:
         results[key] = tokens / seconds
         print(f"  {RUNNERS[key][0]:58s} {seconds * 1e3:8.1f} ms/step  {tokens / seconds:8.0f} tokens/s")
     if "vantage" in results:
+        if "vantage_bf16" in results:
+            print(f"bf16 / fp32 tokens/s: {results['vantage_bf16'] / results['vantage']:.2f}x")
         for other in ("vantage_mlx_ops", "vantage_glibc_malloc", "mlx_lm", "torch"):
             if other in results:
                 print(f"vantage / {RUNNERS[other][0]}: {results['vantage'] / results[other]:.2f}x")

@@ -22,7 +22,11 @@ Routers (``register_routers``)
     ``Routing``, ``expert_load``.
 
 Experts (``register_experts``) and schema encoders
-    ``kernels``: the fused kernels (``kernels.swiglu``, ``kernels.attention``, ...).
+    ``kernels``: the fused kernels (``kernels.swiglu``, ``kernels.attention``, ...), and
+    ``kernels.matmul``: the product an expert's weights are applied with (bf16 inputs and float32
+    sums in mixed-precision training, ``train.precision``).
+    ``Linear``: ``mlx.nn.Linear`` (same parameters) whose product follows ``train.precision``
+    the same way.
 
 Schema encoders (``register_schema_encoders``)
     ``TextSchemaEncoder``, ``Memory``, ``pad_batch``, ``Dropout``, ``Packing``, ``pack``,
@@ -91,7 +95,7 @@ from vantage_core.inference.constraints import apply_mask, sqlite_prepare_error,
 from vantage_core.model.moe import Routing, expert_load
 from vantage_core.model.packing import Packing, pack, packing_arrays, unpack
 from vantage_core.model.schema import Memory, TextSchemaEncoder, pad_batch
-from vantage_core.model.transformer import Dropout
+from vantage_core.model.transformer import Dropout, Linear
 from vantage_core.sql.database import QueriedDatabase, describe, file_of_url, privileged_allowed
 from vantage_core.sql.names import quoted
 from vantage_core.sql.result import ExecutionResult, fetch_bounded, plain
@@ -107,7 +111,7 @@ __all__ = [
     # schemas and examples
     "Schema", "Table", "Column", "ForeignKey", "Example", "schema_from_sqlite", "connect_readonly", "quoted",
     # routers, experts
-    "Routing", "expert_load", "kernels",
+    "Routing", "expert_load", "kernels", "Linear",
     # schema encoders
     "TextSchemaEncoder", "Memory", "pad_batch", "Dropout", "Packing", "pack", "unpack", "packing_arrays",
     "RELATIONS",

@@ -227,6 +227,10 @@ class TrainConfig(Section):
     save_every: int = Field(250, ge=0)
     log_every: int = Field(1, gt=0)
     compile: bool = True
+    # The GEMMs of the forward and backward passes: fp32, or bf16 inputs with float32 sums
+    # (weights, optimizer state, norms, softmax and the loss stay float32); auto: bf16 where the
+    # CPU has AVX512-BF16, fp32 elsewhere. VANTAGE_PRECISION=fp32 forces fp32 (docs/cpu.md).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     loggers: list[PluginSpec] = [PluginSpec(name="jsonl")]
     distill: DistillConfig = DistillConfig()
     # A run, checkpoint or export folder whose weights and tokenizer start this run (fine-tuning,

@@ -45,6 +45,9 @@ def report(size: int = 1024) -> Iterator[str]:
     from vantage_core import kernels
 
     yield f"kernels       native {kernels.status().reason}"
+    from vantage_core.train.precision import describe
+
+    yield f"precision     {describe()}"
     from vantage_core import allocator
 
     yield f"allocator     {allocator.keep_freed_memory()}"

@@ -15,6 +15,8 @@ multi-threaded CPU kernels and native backward passes:
                                  transposed views in place; differentiable in the bias too
     adamw(params, grads, ...)    one AdamW step over many tensors in one threaded call
     moe_combine(rows, w, inv)    each token's expert outputs summed with its combine weights
+    matmul(x, w), linear(x, W)   x @ w and x @ W^T (+ bias); inside ``matmul_precision("bf16")``
+                                 with bf16-rounded inputs and float32 sums (mixed precision)
 
 Each function runs the native primitive when the extension loaded, the default device is the
 CPU, the inputs are float32 and native kernels are enabled; otherwise the same computation in
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -222,3 +225,94 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool 
         mask = bias if bias is not None else ("causal" if causal else None)
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     return _native.attention(q, k, v, scale, causal, bias).transpose(0, 2, 1, 3)
+
+
+# ------------------------------------------------------------------------------ mixed precision
+
+MATMUL_PRECISIONS = ("fp32", "bf16")
+_matmul_precision: ContextVar[str] = ContextVar("vantage_matmul_precision", default="fp32")
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str):
+    """Inside the block (this thread, this context), :func:`matmul` and :func:`linear` run in
+    ``name``: ``fp32`` (MLX's float32 matmul) or ``bf16`` (inputs rounded to bfloat16, products
+    summed in float32, in the backward pass too)."""
+    if name not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul precision {name!r}; valid: {', '.join(MATMUL_PRECISIONS)}")
+    token = _matmul_precision.set(name)
+    try:
+        yield
+    finally:
+        _matmul_precision.reset(token)
+
+
+def _has_bf16_gemm() -> bool:
+    # an extension built from sources older than the bf16 GEMM still serves the other kernels
+    return _native is not None and hasattr(_native, "matmul_bf16")
+
+
+def bf16_gemm() -> str:
+    """What a bf16 product runs on here, in words: the native tile kernel or MLX's ops."""
+    ops = "MLX's ops (bf16-rounded inputs, float32 matmul)"
+    if _native is None:
+        return f"{ops}: the native kernels are not loaded"
+    if not _has_bf16_gemm():
+        return f"{ops}: the native extension was built before the bf16 GEMM; reinstall Vantage to rebuild it"
+    if not _enabled:
+        return f"{ops}: the native kernels are switched off"
+    return f"the native bf16 GEMM, {_native.bf16_gemm_isa()} tile kernel"
+
+
+def bf16_gemm_isas() -> list[str]:
+    """The native bf16 GEMM's tile kernels this CPU and build run, best first (empty without it):
+    ``avx512bf16`` (VDPBF16PS), ``avx2``, ``generic``; they compute the same values."""
+    return list(_native.bf16_gemm_isas()) if _has_bf16_gemm() else []
+
+
+def _bf16_values(x: mx.array) -> mx.array:
+    return x.astype(mx.bfloat16).astype(mx.float32)
+
+
+@mx.custom_function
+def _bf16_matmul_ops(a: mx.array, b: mx.array) -> mx.array:
+    """(M, K) @ (K, N) with bf16-rounded inputs, in MLX's ops (the native GEMM's fallback)."""
+    return _bf16_values(a) @ _bf16_values(b)
+
+
+@_bf16_matmul_ops.vjp
+def _bf16_matmul_ops_vjp(primals, cotangent, output):
+    a, b = primals
+    g = _bf16_values(cotangent)
+    return g @ _bf16_values(b).T, _bf16_values(a).T @ g
+
+
+def _bf16_product(x: mx.array, w: mx.array, transpose_w: bool) -> mx.array:
+    """(..., K) times (K, N) (``transpose_w``: (N, K), used transposed) -> (..., N), bf16 inputs."""
+    rows = x.reshape(-1, x.shape[-1])
+    if _has_bf16_gemm() and _native_for(rows, w):
+        out = _native.matmul_bf16(rows, w, False, transpose_w)
+    else:
+        out = _bf16_matmul_ops(rows, w.T if transpose_w else w)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _bf16_wanted(x: mx.array, w: mx.array) -> bool:
+    # a model kept in another dtype (model.dtype) already chose its precision
+    return _matmul_precision.get() == "bf16" and x.dtype == mx.float32 and w.dtype == mx.float32
+
+
+def matmul(x: mx.array, w: mx.array) -> mx.array:
+    """(..., K) @ (K, N) -> (..., N): ``x @ w``, or in bf16 inside ``matmul_precision("bf16")``."""
+    if not _bf16_wanted(x, w):
+        return x @ w
+    return _bf16_product(x, w, transpose_w=False)
+
+
+def linear(x: mx.array, weight: mx.array, bias: mx.array | None = None) -> mx.array:
+    """(..., K) times a (N, K) weight, transposed, plus ``bias`` -> (..., N), as ``mlx.nn.Linear``
+    computes it; in bf16 inside ``matmul_precision("bf16")`` (the bias added in float32)."""
+    if not _bf16_wanted(x, weight):
+        return mx.addmm(bias, x, weight.T) if bias is not None else x @ weight.T
+    out = _bf16_product(x, weight, transpose_w=True)
+    return out + bias if bias is not None else out

@@ -82,6 +82,15 @@ class KVCache:
         return self.keys[..., :end, :], self.values[..., :end, :]
 
 
+class Linear(nn.Linear):
+    """``mlx.nn.Linear`` (same parameters, same checkpoints) whose product runs in the precision
+    :func:`vantage_core.kernels.matmul_precision` sets: float32, or in mixed-precision training
+    bf16 inputs with float32 sums."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return kernels.linear(x, self["weight"], self.get("bias"))
+
+
 class Attention(nn.Module):
     """Causal self-attention with rotary positions; grouped-query when n_kv_heads < n_heads."""
 
@@ -89,10 +98,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.scale = 1 / math.sqrt(args.head_dim)
-        self.q_proj = nn.Linear(args.d_model, args.n_heads * args.head_dim, bias=False)
-        self.k_proj = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
-        self.v_proj = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
-        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.d_model, bias=False)
+        self.q_proj = Linear(args.d_model, args.n_heads * args.head_dim, bias=False)
+        self.k_proj = Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
+        self.v_proj = Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
+        self.o_proj = Linear(args.n_heads * args.head_dim, args.d_model, bias=False)
         self.rope = nn.RoPE(args.head_dim, base=args.rope_theta)
 
     def __call__(self, x: mx.array, cache: KVCache | None = None, packing: Packing | None = None) -> mx.array:
@@ -128,10 +137,10 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads = args.n_heads, args.n_kv_heads
         self.scale = 1 / math.sqrt(args.head_dim)
-        self.q_proj = nn.Linear(args.d_model, args.n_heads * args.head_dim, bias=False)
-        self.k_proj = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
-        self.v_proj = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
-        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.d_model, bias=False)
+        self.q_proj = Linear(args.d_model, args.n_heads * args.head_dim, bias=False)
+        self.k_proj = Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
+        self.v_proj = Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
+        self.o_proj = Linear(args.n_heads * args.head_dim, args.d_model, bias=False)
 
     def keys_values(self, states: mx.array, packing: Packing | None = None) -> tuple[mx.array, mx.array]:
         """(B, S, d) schema states -> keys and values (B, H_kv, S, hd), reusable across steps
@@ -158,8 +167,8 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
-        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.gate_up = Linear(d_model, 2 * hidden, bias=False)
+        self.down = Linear(hidden, d_model, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.down(kernels.swiglu(self.gate_up(x)))
@@ -230,13 +239,13 @@ class Transformer(nn.Module):
                        for i in range(args.n_layers)]
         self.norm = RMSNorm(d, eps=args.norm_eps)
         if not args.tie_embeddings:
-            self.lm_head = nn.Linear(d, args.vocab_size, bias=False)
+            self.lm_head = Linear(d, args.vocab_size, bias=False)
         if "pointer" in args.heads:
-            self.item_in = nn.Linear(d, d, bias=False)  # an item's state as the next input
-            self.item_query = nn.Linear(d, d, bias=False)
+            self.item_in = Linear(d, d, bias=False)  # an item's state as the next input
+            self.item_query = Linear(d, d, bias=False)
         if "copy" in args.heads:
-            self.question_in = nn.Linear(d, d, bias=False)
-            self.question_query = nn.Linear(d, d, bias=False)
+            self.question_in = Linear(d, d, bias=False)
+            self.question_query = Linear(d, d, bias=False)
         self.drop = Dropout(args.dropout)
         self.schema_encoder = schema_encoder if schema_encoder is not None and schema_encoder.provides_states else None
 
@@ -319,11 +328,18 @@ class Transformer(nn.Module):
                 routings.append(routing)
         return self.norm(x), _collect_aux(routings)
 
+    def tied_head(self, h: mx.array) -> mx.array:
+        """(..., d) -> (..., V) scores against the embedding table (``model.tie_embeddings``), in
+        the precision of the other projections; a quantized table keeps its own product."""
+        if isinstance(self.embed, nn.Embedding):
+            return kernels.linear(h, self.embed.weight)
+        return self.embed.as_linear(h)
+
     def logits(self, h: mx.array, memory: Memory | None = None, packing: Packing | None = None) -> mx.array:
         """Final hidden states (..., d), or packed ones (n, d) with their ``packing`` -> scores
         over the unified output space (B, T, ...): the vocabulary, then (pointer) this
         database's items, then (copy) the question pieces. Padded items and pieces score -1e9."""
-        vocab = unpack(packing, self.embed.as_linear(h) if self.args.tie_embeddings else self.lm_head(h))
+        vocab = unpack(packing, self.tied_head(h) if self.args.tie_embeddings else self.lm_head(h))
         if len(self.args.heads) == 1:
             return vocab
         scale = 1 / math.sqrt(h.shape[-1])

@@ -292,6 +292,7 @@ def build_run(cfg: Config, *, resume: bool = False, overwrite: bool = False, pro
     loss_fn = partial(model_loss, distill_weight=distill.weight, temperature=distill.temperature) \
         if teachers is not None else model_loss
     trainer = Trainer(model, loss_fn, cfg.train, world, after_update=nudge_routers, seed=cfg.run.seed)
+    say(str(trainer.precision))
     drawn, best = 0, {"metric": cfg.train.select_metric, "value": None, "step": None}
     if resume:
         drawn, best = resume_trainer(trainer, folder, best, world, say)

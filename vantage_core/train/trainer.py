@@ -26,6 +26,7 @@ from vantage_core import kernels
 from vantage_core.config import TrainConfig
 from vantage_core.errors import VantageError
 from vantage_core.train.distributed import World
+from vantage_core.train.precision import resolve_precision
 
 
 class TrainingDiverged(VantageError):
@@ -133,6 +134,7 @@ class Trainer:
     def __init__(self, model: nn.Module, loss_fn: Callable, cfg: TrainConfig, world: World | None = None,
                  after_update: Callable[[nn.Module, dict], None] | None = None, seed: int = 0):
         self.model, self.loss_fn, self.cfg, self.seed = model, loss_fn, cfg, seed
+        self.precision = resolve_precision(cfg.precision)  # the GEMMs' precision, for every step
         self.world = world or World(None)
         self.after_update = after_update  # e.g. the aux-loss-free router's bias nudge
         self.schedule = lr_schedule(cfg)
@@ -146,12 +148,14 @@ class Trainer:
     def _build(self) -> None:
         """(Re)build the step functions; call again after replacing the optimizer state."""
         model, optimizer, world = self.model, self.optimizer, self.world
-        loss_fn = self.loss_fn
+        loss_fn, precision = self.loss_fn, self.precision.name
 
         def weighted_loss(model, arrays, n):
             # the token-weighted loss: its gradient is the micro-batch's share of the sum, with
-            # no pass over the gradients to scale them
-            loss, metrics = loss_fn(model, arrays)
+            # no pass over the gradients to scale them; the backward pass's GEMMs follow the
+            # forward pass's precision (the bf16 product's own vjp)
+            with kernels.matmul_precision(precision):
+                loss, metrics = loss_fn(model, arrays)
             return loss * n, (loss, metrics)
 
         loss_and_grad = nn.value_and_grad(model, weighted_loss)

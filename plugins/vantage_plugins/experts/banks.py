@@ -50,11 +50,12 @@ class QuantizableBank(nn.Module):
     bits: int | None = None
 
     def mm(self, x: mx.array, w) -> mx.array:
-        """``x @ w`` for a float (in, out) weight or a quantized one."""
+        """``x @ w`` for a float (in, out) weight (in ``train.precision``: ``kernels.matmul``) or a
+        quantized one."""
         if isinstance(w, dict):
             return mx.quantized_matmul(x, w["weight"], w["scales"], w["biases"], transpose=True,
                                        group_size=self.group_size, bits=self.bits)
-        return x @ w
+        return kernels.matmul(x, w)
 
     def size_of(self, w) -> int:
         """Parameter count of a weight; for a quantized one, of the float weight it stands for."""

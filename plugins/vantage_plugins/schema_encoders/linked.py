@@ -28,7 +28,7 @@ import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
 
-from vantage_core.api import ConfigError, Dropout, Memory, Packing, kernels, pack, packing_arrays, unpack
+from vantage_core.api import ConfigError, Dropout, Linear, Memory, Packing, kernels, pack, packing_arrays, unpack
 
 ITEM_TYPES = 6  # vantage_core.data.actions.ITEM_TYPES
 INPUTS = ("q_mask", "item_mask", "item_type", "item_key", "item_link_name", "item_link_value",
@@ -200,10 +200,10 @@ class RelationAttention(nn.Module):
     def __init__(self, dims: int, num_heads: int, n_relations: int):
         super().__init__()
         self.num_heads = num_heads
-        self.query_proj = nn.Linear(dims, dims, bias=False)
-        self.key_proj = nn.Linear(dims, dims, bias=False)
-        self.value_proj = nn.Linear(dims, dims, bias=False)
-        self.out_proj = nn.Linear(dims, dims, bias=False)
+        self.query_proj = Linear(dims, dims, bias=False)
+        self.key_proj = Linear(dims, dims, bias=False)
+        self.value_proj = Linear(dims, dims, bias=False)
+        self.out_proj = Linear(dims, dims, bias=False)
         self.rel_key = mx.zeros((n_relations, dims // num_heads))  # (R, dh); zeros: starts as plain attention
         self.rel_bias = mx.zeros((num_heads, n_relations))  # (H, R)
 
@@ -228,7 +228,7 @@ class RelationEncoderLayer(nn.Module):
         super().__init__()
         self.attention = RelationAttention(dims, num_heads, n_relations)
         self.ln1, self.ln2 = nn.LayerNorm(dims), nn.LayerNorm(dims)
-        self.linear1, self.linear2 = nn.Linear(dims, mlp_dims), nn.Linear(mlp_dims, dims)
+        self.linear1, self.linear2 = Linear(dims, mlp_dims), Linear(mlp_dims, dims)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
 
     def __call__(self, x: mx.array, rel: mx.array, mask: mx.array, packing: Packing | None = None) -> mx.array:
@@ -298,9 +298,9 @@ class LinkedSchemaEncoder(nn.Module):
         self.link_features = cfg.link_features
         self.max_question = cfg.max_question
         width = 384  # MiniLM's
-        self.q_proj = nn.Linear(width, d_model)
-        self.name_proj = nn.Linear(width, d_model)
-        self.table_proj = nn.Linear(width, d_model)
+        self.q_proj = Linear(width, d_model)
+        self.name_proj = Linear(width, d_model)
+        self.table_proj = Linear(width, d_model)
         self.q_pos = nn.Embedding(cfg.max_question, d_model)
         self.segment = nn.Embedding(2, d_model)
         self.item_type = nn.Embedding(ITEM_TYPES, d_model)

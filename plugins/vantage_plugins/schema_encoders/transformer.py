@@ -10,7 +10,7 @@ import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
 
-from vantage_core.api import ConfigError, TextSchemaEncoder, pad_batch
+from vantage_core.api import ConfigError, Linear, TextSchemaEncoder, pad_batch
 
 
 def padding_bias(mask: mx.array, dtype=mx.float32) -> mx.array:
@@ -25,11 +25,11 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.n_heads = n_heads
         self.attn_norm = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
+        self.qkv = Linear(dim, 3 * dim, bias=False)
+        self.out = Linear(dim, dim, bias=False)
         self.mlp_norm = nn.LayerNorm(dim)
-        self.up = nn.Linear(dim, hidden)
-        self.down = nn.Linear(hidden, dim)
+        self.up = Linear(dim, hidden)
+        self.down = Linear(hidden, dim)
 
     def __call__(self, x: mx.array, bias: mx.array) -> mx.array:
         B, S, D = x.shape
@@ -62,7 +62,7 @@ class TransformerSchemaEncoder(TextSchemaEncoder, nn.Module):
         self.position = nn.Embedding(max_len, dim)
         self.layers = [EncoderLayer(dim, n_heads, hidden or 4 * dim) for _ in range(n_layers)]
         self.norm = nn.LayerNorm(dim)
-        self.proj = nn.Linear(dim, d_model, bias=False)
+        self.proj = Linear(dim, d_model, bias=False)
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self._tokenizer is None:

@@ -1,6 +1,7 @@
 // Python bindings of the native kernels: vantage_core.kernels._native.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
 
@@ -30,6 +31,12 @@ NB_MODULE(_native, m) {
         "(M, d) rows by expert, (N, k) weights and row of each token-slot -> (N, d) weighted sums");
   m.def("dropout", &vantage::dropout, "x"_a, "seed"_a, "p"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x * keep / (1 - p): each element dropped with probability p by a hash of (seed, its index)");
+  m.def("matmul_bf16", &vantage::matmul_bf16, "a"_a, "b"_a, "trans_a"_a = false, "trans_b"_a = false, nb::kw_only(),
+        "stream"_a = nb::none(),
+        "op(a) op(b) with a and b rounded to bfloat16, float32 sums; a (M, K) or (K, M) transposed, b (K, N) or (N, K)");
+  m.def("bf16_gemm_isa", &vantage::bf16_gemm_isa, "the bf16 GEMM's tile kernel in use: avx512bf16, avx2 or generic");
+  m.def("bf16_gemm_isas", &vantage::bf16_gemm_isas, "the bf16 GEMM tile kernels this CPU and build run, best first");
+  m.def("set_bf16_gemm_isa", &vantage::set_bf16_gemm_isa, "name"_a, "use this tile kernel ('': the best this CPU runs)");
   m.def("num_threads", &vantage::num_threads, "threads the kernels split rows over");
   m.def("set_num_threads", &vantage::set_num_threads, "n"_a, "0: the default (the cores, at most 8)");
   m.def("isa", &vantage::isa, "the instruction set the vectorized loops run with on this CPU");

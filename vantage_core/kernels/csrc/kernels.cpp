@@ -6,6 +6,7 @@
 // the exponential is a Cephes-style polynomial with a 2^n scale built from the exponent bits,
 // about 2 ulp from expf, branch-free.
 #include "kernels.h"
+#include "common.h"
 
 #include <algorithm>
 #include <atomic>
@@ -18,9 +19,6 @@
 #include <thread>
 #include <tuple>
 #include <vector>
-
-#include "mlx/allocator.h"
-#include "mlx/backend/cpu/encoder.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VANTAGE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -83,31 +81,11 @@ const char* isa() {
 #endif
 }
 
-// How many parts parallel_rows splits `rows` rows of `row_size` elements of work into: up to
-// num_threads(), when the work is large enough that starting threads costs little beside it.
+// How many parts parallel_rows splits `rows` rows of `row_size` elements of work into.
 int64_t parts_for(int64_t rows, int64_t row_size) {
   constexpr int64_t min_work = 1 << 16;
   int64_t parts = std::min<int64_t>(num_threads(), std::max<int64_t>(1, rows * row_size / min_work));
   return std::max<int64_t>(1, std::min(parts, rows));
-}
-
-// fn(begin, end, part) over [0, rows), in parts_for(rows, row_size) parts on as many threads.
-template <typename F>
-void parallel_rows(int64_t rows, int64_t row_size, F&& fn) {
-  int64_t parts = parts_for(rows, row_size);
-  if (parts == 1) {
-    fn(int64_t{0}, rows, 0);
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(parts - 1);
-  int64_t step = (rows + parts - 1) / parts;
-  for (int64_t p = 1; p < parts; ++p) {
-    int64_t b = p * step, e = std::min(rows, b + step);
-    if (b < e) pool.emplace_back([&fn, b, e, p] { fn(b, e, static_cast<int>(p)); });
-  }
-  fn(int64_t{0}, std::min(rows, step), 0);
-  for (auto& t : pool) t.join();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -415,26 +393,11 @@ constexpr int kTimeMajor[4] = {0, 2, 1, 3};  // (B, T, H, hd)
 // ------------------------------------------------------------------------------------------
 // primitives
 
-static void allocate(std::vector<mx::array>& outputs) {
-  for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
-}
-
 static int64_t last_dim(const mx::array& a) { return a.ndim() ? a.shape(-1) : 1; }
 
 static int64_t rows_of(const mx::array& a) {
   int64_t c = last_dim(a);
   return c ? static_cast<int64_t>(a.size()) / c : 0;
-}
-
-// The encoder runs `task` on the CPU stream's thread once the inputs are ready; the arrays are
-// registered with it so their buffers live until then.
-template <typename F>
-static void dispatch(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
-                     F&& task) {
-  auto& encoder = mx::cpu::get_command_encoder(stream);
-  for (auto& a : inputs) encoder.set_input_array(a);
-  for (auto& a : outputs) encoder.set_output_array(a);
-  encoder.dispatch(std::forward<F>(task));
 }
 
 void Kernel::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
@@ -760,11 +723,6 @@ std::vector<mx::array> Dropout::vjp(const std::vector<mx::array>& primals, const
 
 // ------------------------------------------------------------------------------------------
 // ops
-
-static void require_float32(const mx::array& a, const char* op, const char* what) {
-  if (a.dtype() != mx::float32)
-    throw std::invalid_argument(std::string(op) + ": " + what + " must be float32");
-}
 
 mx::array swiglu(const mx::array& gate_up, mx::StreamOrDevice s) {
   require_float32(gate_up, "swiglu", "gate_up");

@@ -9,6 +9,8 @@
 #include "mlx/primitives.h"
 
 #include <optional>
+#include <string>
+#include <vector>
 
 namespace mx = mlx::core;
 
@@ -50,6 +52,18 @@ std::vector<mx::array> adamw(const std::vector<mx::array>& params, const std::ve
 // token-slot; M or more: a dropped slot) -> (N, d), out[n] = sum_j weights[n, j] * rows[inv[n, j]].
 // Each row serves one slot, so the backward pass writes rows without adding.
 mx::array moe_combine(const mx::array& rows, const mx::array& weights, const mx::array& inv, mx::StreamOrDevice s = {});
+
+// Mixed precision: op(a) op(b) with a and b rounded to bfloat16 and the products summed in float32
+// (gemm_bf16.cpp). a: (M, K), or (K, M) with trans_a; b: (K, N), or (N, K) with trans_b; float32.
+// Returns (M, N) float32. Differentiable in a and b: the vjp's two products run through it too
+// (dA = dC op(b)^T, dB = op(a)^T dC, the cotangent rounded to bf16 as well).
+mx::array matmul_bf16(const mx::array& a, const mx::array& b, bool trans_a, bool trans_b, mx::StreamOrDevice s = {});
+
+// The bf16 GEMM's tile kernel in use ("avx512bf16", "avx2" or "generic"), those this CPU and build
+// can run (best first), and a choice among them ("": the best).
+const char* bf16_gemm_isa();
+std::vector<std::string> bf16_gemm_isas();
+void set_bf16_gemm_isa(const std::string& name);
 
 // Shared plumbing of the primitives below: no jvp, no vmap.
 class Kernel : public mx::Primitive {
@@ -213,6 +227,21 @@ class MoECombineBackward : public Kernel {  // (rows, weights, inv, d out) -> (d
  public:
   using Kernel::Kernel;
   VANTAGE_PRIMITIVE(VantageMoECombineBackward)
+};
+
+class MatmulBF16 : public Kernel {  // (a, b) -> op(a) op(b)
+ public:
+  MatmulBF16(mx::Stream stream, bool trans_a, bool trans_b) : Kernel(stream), trans_a_(trans_a), trans_b_(trans_b) {}
+  VANTAGE_PRIMITIVE(VantageMatmulBF16)
+  std::vector<mx::array> vjp(const std::vector<mx::array>&, const std::vector<mx::array>&,
+                             const std::vector<int>&, const std::vector<mx::array>&) override;
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const MatmulBF16&>(other);
+    return trans_a_ == o.trans_a_ && trans_b_ == o.trans_b_;
+  }
+
+ private:
+  bool trans_a_, trans_b_;
 };
 
 // Threads the kernels split their rows over (default: the cores MLX's CPU may use, at most 8).
