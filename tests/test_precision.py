@@ -35,8 +35,10 @@ from vantage_core.train.precision import describe, resolve_precision
 from vantage_core.train.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_cli_errors import assert_one_error_line, run_cli  # noqa: E402
 from test_model import TinyTokenizer, baby_config, make_batch  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 U_BF16 = 2.0 ** -8
 U_FP32 = 2.0 ** -24
 
@@ -212,6 +214,18 @@ def test_a_bad_vantage_precision_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("VANTAGE_PRECISION", "bf16")
     with pytest.raises(ConfigError, match=r"^VANTAGE_PRECISION='bf16': the one valid value is fp32"):
         resolve_precision("auto")
+
+
+def test_vantage_train_refuses_a_bad_vantage_precision_before_any_work(tmp_path, monkeypatch, capsys):
+    """`vantage train` stops on a bad VANTAGE_PRECISION with one error line, before it reads data
+    or writes the run folder."""
+    monkeypatch.setenv("VANTAGE_PRECISION", "fp16")
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--set",
+                            f"run.dir={run_dir}"], capsys)
+    assert code != 0
+    assert_one_error_line(err, "VANTAGE_PRECISION='fp16'", "the one valid value is fp32")
+    assert "loaded" not in err and not run_dir.exists()
 
 
 def cpu_flags() -> set[str]:

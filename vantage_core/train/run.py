@@ -41,6 +41,7 @@ from vantage_core.model.io import (load_trainer_state, load_weights, plugin_list
 from vantage_core.train.callbacks import Callback, Outcome, standard_callbacks
 from vantage_core.train.distill import TEACHER_FIELDS, teacher_folders, teacher_targets
 from vantage_core.train.distributed import World, init_world
+from vantage_core.train.precision import resolve_precision
 from vantage_core.train.telemetry import Telemetry, trim_metrics
 from vantage_core.train.trainer import StopFlag, Trainer, TrainingDiverged
 
@@ -270,6 +271,7 @@ def build_run(cfg: Config, *, resume: bool = False, overwrite: bool = False, pro
     registry = default_registry()
     folder = prepare_run_dir(cfg, resume, overwrite, world)
     teacher_folders(cfg)  # a missing teacher: an error before any work
+    resolve_precision(cfg.train.precision)  # a bad VANTAGE_PRECISION too
     init = None if resume else initial_model(cfg)  # on resume, the last checkpoint holds the weights
     started = time.perf_counter()
     mx.random.seed(cfg.run.seed)
