@@ -230,7 +230,8 @@ class TrainConfig(Section):
     # The GEMMs of the forward and backward passes: fp32, or bf16 inputs with float32 sums
     # (weights, optimizer state, norms, softmax and the loss stay float32); auto: bf16 where the
     # CPU has AVX512-BF16, fp32 elsewhere. VANTAGE_PRECISION=fp32 forces fp32 (docs/cpu.md).
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # fp32 by default until the AVX512-BF16 kernel has been measured on a CPU that has it.
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     loggers: list[PluginSpec] = [PluginSpec(name="jsonl")]
     distill: DistillConfig = DistillConfig()
     # A run, checkpoint or export folder whose weights and tokenizer start this run (fine-tuning,
