@@ -192,3 +192,9 @@ def test_no_issue_numbers_in_code_tests_or_docs():
             for f in files for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1)
             if ISSUE_NUMBER.search(line)]
     assert not hits, "issue numbers (say what the thing does instead):\n" + "\n".join(hits)
+
+
+def test_the_readme_is_at_most_200_lines():
+    """README.md stays a short page: 200 lines at most (the details live in docs/)."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move details to docs/ to keep it at 200 or fewer"
