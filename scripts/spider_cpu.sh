@@ -5,7 +5,8 @@
 # long, 6 decoding variants about 10 min, six more seeds and two dropout runs trained two at
 # a time side by side (about 50 min a pair), the ensembles about 2 min each, the model ablations
 # about 50 min. SEEDS="0" trains one seed; PAIRS=0 skips the side-by-side runs and the ensembles;
-# SWEEP=0 skips the ablations; EMA=0 the moving-average seeds.
+# SWEEP=0 skips the ablations; EMA=0 the moving-average seeds; DISTILL=0 the students distilled
+# from them (about 34 min a pair of students side by side, after the moving-average pair).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CFG=configs/spider.yaml
@@ -73,6 +74,20 @@ if [ "${EMA:-1}" = 1 ]; then
     vantage evaluate --checkpoint runs/$run --dataset outside --split test --out runs/$run/eval_outside
   done
 fi
+if [ "${DISTILL:-1}" = 1 ]; then
+  # one model from two: each student learns from the moving-average pair's mean distribution
+  # (train.distill, weight 0.5, T 1, top 16), students two at a time side by side
+  teach=(--set "train.distill.teachers=[runs/spider_ema_seed0, runs/spider_ema_seed1]" --set train.minutes=null)
+  alongside spider_distill_seed2 2 "${teach[@]}" & a=$!
+  alongside spider_distill_seed3 3 "${teach[@]}" & b=$!; wait $a; wait $b
+  alongside spider_distill_seed4 4 "${teach[@]}"
+  for run in spider_distill_seed2 spider_distill_seed3 spider_distill_seed4; do
+    score $run
+    vantage evaluate --checkpoint runs/$run --dataset spider --split validation --dataset-param perturb=synonyms \
+      --out runs/$run/eval_synonyms
+    vantage evaluate --checkpoint runs/$run --dataset outside --split test --out runs/$run/eval_outside
+  done
+fi
 # tables and figures: each run, each system's mean ± std, the paired runs, the ensembles, the
 # further evaluations and the error breakdown (docs/results/spider_cpu.md gives their figures)
 report() { # OUT TITLE RUN... (the runs that were evaluated)
@@ -83,4 +98,5 @@ report() { # OUT TITLE RUN... (the runs that were evaluated)
 report docs/results/spider_cpu_report "Spider on this 2-core CPU" runs/spider_seed[0-9]* runs/spider_norel_seed[0-9]* \
   runs/spider_do[0-9]_seed[0-9]* runs/spider_pair[0-9]* runs/spider_ensemble_*
 if [ "${SWEEP:-1}" = 1 ]; then report docs/results/spider_ablations_report "Spider model ablations" runs/sweeps/spider_ablations/*/; fi
+if [ "${DISTILL:-1}" = 1 ]; then report docs/results/spider_distill_report "Spider, one model distilled from two" runs/spider_distill_seed[0-9]*; fi
 if [ "${EMA:-1}" = 1 ]; then report docs/results/spider_robustness_report "Spider with a moving average of the weights" runs/spider_ema_seed[0-9]*; fi
