@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -293,3 +294,15 @@ def test_plot_skips_a_metrics_line_that_is_not_utf8(tmp_path, capsys):
     assert code == 0 and "Traceback" not in err
     assert "line 3 not valid UTF-8, skipped" in err
     assert (run / "plots" / "loss.png").is_file()
+
+
+def test_validate_names_the_sweep_and_run_whose_value_is_wrong(tmp_path, capsys):
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {tiny}\nruns:\n  - {{name: a, model.num_experts: 4}}\n"
+                     "  - {name: b, model.num_experts: -3}\n")
+    code, _, err = run_cli(["config", "validate", "--config", str(sweep)], capsys)
+    assert code != 0
+    assert_one_error_line(err, "sweep.yaml: run 'b'", "model.num_experts")
+    code, out, _ = run_cli(["config", "validate", "--config", str(sweep), "--set", "model.num_experts=8"], capsys)
+    assert code == 0 and "valid sweep (2 runs" in out, out

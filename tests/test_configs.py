@@ -29,6 +29,8 @@ def test_every_sweep_run_validates(path):
     assert runs
     for run in runs:
         load_config(base, run.overrides)
+    res = CliRunner().invoke(cli, ["config", "validate", "--config", str(path)])
+    assert res.exit_code == 0 and f"valid sweep ({len(runs)} runs" in res.output, res.output
 
 
 def test_spider_script_overrides_validate():

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from vantage_core.errors import ConfigError
+from vantage_core.errors import ConfigError, VantageError
 from vantage_core.textfiles import read_utf8
 
 Lines = dict[tuple, int]  # path of keys/indices -> 1-based line in the source file
@@ -592,6 +592,16 @@ def dump_config(cfg: Config) -> str:
 class SweepRun(BaseModel):
     name: str
     overrides: list[str]
+
+
+def is_sweep_file(path: str | os.PathLike) -> bool:
+    """Whether a YAML file is a sweep (a mapping with a ``base`` config) rather than a config. A
+    file that cannot be read or parsed is not judged here: loading it reports why."""
+    try:
+        data, _ = read_yaml_lines(read_utf8(path, ConfigError), str(path))
+    except (OSError, VantageError):
+        return False
+    return isinstance(data, dict) and "base" in data
 
 
 def expand_sweep(path: str | os.PathLike) -> tuple[Path, str, list[SweepRun]]:

@@ -42,10 +42,39 @@ def config() -> None:
 @config.command()
 @config_options
 def validate(**options) -> None:
-    """Load a config with its overrides and check every field and plugin, without running anything."""
-    cfg = load_from_options(options)
-    n = sum(1 for _ in __import__("vantage_core.config", fromlist=["x"]).iter_plugin_specs(cfg))
+    """Load a config with its overrides and check every field and plugin, without running anything.
+    A sweep file (one with a ``base``) is checked run by run."""
+    from vantage_core.config import is_sweep_file
+
+    if options["config"] and is_sweep_file(options["config"]):
+        runs, n = checked_sweep_runs(options)
+        click.echo(f"{options['config']}: valid sweep ({runs} runs, {n} plugin specs checked)")
+        return
+    n = sum(1 for _ in iter_plugin_specs_of(load_from_options(options)))
     click.echo(f"{options['config'] or '(defaults)'}: valid ({n} plugin specs checked)")
+
+
+def iter_plugin_specs_of(cfg):
+    from vantage_core.config import iter_plugin_specs
+
+    return iter_plugin_specs(cfg)
+
+
+def checked_sweep_runs(options: dict) -> tuple[int, int]:
+    """Load every run of a sweep file (with the command's overrides last, as `vantage sweep` does):
+    the number of runs and of plugin specs checked."""
+    from vantage_core.config import expand_sweep, load_config
+
+    from vantage_core.errors import ConfigError
+
+    base, _, runs = expand_sweep(options["config"])
+    configs = []
+    for r in runs:
+        try:
+            configs.append(load_config(base, list(r.overrides) + list(options.get("overrides") or ())))
+        except ConfigError as exc:
+            raise ConfigError(f"{options['config']}: run {r.name!r}: {exc}") from None
+    return len(configs), sum(sum(1 for _ in iter_plugin_specs_of(c)) for c in configs)
 
 
 @config.command()
