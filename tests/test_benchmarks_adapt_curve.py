@@ -1,0 +1,97 @@
+"""``benchmarks/adapt_curve.py`` on the tiny pointer model and two databases made here: each
+database's pool and scored questions, the result files and their reuse, and the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_adapt import PAIRS, POINTER, QUIET, PLAIN, pairs_file, planets_db
+from vantage_core.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+import adapt_curve  # noqa: E402
+
+SURFACES = ("rock", "dust", "lava", "ice")
+QUESTIONS = [*PAIRS,
+             *({"question": f"List the moon_name of moons whose surface is {s}.",
+                "sql": f"SELECT moon_name FROM moons WHERE surface = '{s}'"} for s in SURFACES),
+             *({"question": f"How many moons have surface {s}?",
+                "sql": f"SELECT count(*) FROM moons WHERE surface = '{s}'"} for s in SURFACES),
+             {"question": "List the nothing of moons.", "sql": "SELECT nothing FROM moons"},  # does not run
+             {"question": "How many planets are there?", "sql": "SELECT count(*) FROM planets"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny pointer model trained for 30 steps on generated databases (seconds), with its
+    own data cache."""
+    from vantage_core.train.run import train
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VANTAGE_CACHE", str(tmp_path_factory.mktemp("curve_cache")))
+        folder = tmp_path_factory.mktemp("base") / "run"
+        train(load_config(POINTER, [f"run.dir={folder}", "train.steps=30", *PLAIN]), **QUIET)
+        yield folder
+
+
+def held_out(folder: Path) -> list:
+    """The 13 questions above over each of two databases (``planets`` and ``worlds``, the same
+    tables), as examples with ids unique across both."""
+    from vantage_core.config import DataSource
+    from vantage_core.data.pipeline import load_source
+
+    examples = []
+    for name in ("planets", "worlds"):
+        (folder / name).mkdir()
+        db = planets_db(folder / name).rename(folder / name / f"{name}.sqlite")
+        rows = pairs_file(folder / name / "questions.jsonl", QUESTIONS)
+        report, _ = load_source(DataSource(name="pairs", path=str(rows), db=str(db)), "validation")
+        examples += [dataclasses.replace(e, id=f"{name}/{i}") for i, e in enumerate(report.examples)]
+    return examples
+
+
+def test_the_split_is_disjoint_the_same_for_every_k_and_results_are_reused(tiny_run, tmp_path):
+    """On one database with k 0 and 2: the pool holds only questions adapt accepts (never the
+    one whose SQL does not run), the scored set is every other question of the database and is
+    the same for both k, k=2 adapts on the first two of the pool; the forgetting sample holds no
+    question of the database; a second call finds both result files and rewrites neither; the
+    report has a row per k."""
+    held = held_out(tmp_path)
+    settings = adapt_curve.CurveSettings(model=str(tiny_run), out=tmp_path / "curve", ks=[0, 2], steps=2,
+                                         synthetic=10, pool=4, min_scored=5, forget_sample=6, progress=False)
+    plan = adapt_curve.run_curve(settings, held, ["planets"], echo=lambda *_: None)
+    pool, scored = plan["databases"]["planets"]["pool"], plan["databases"]["planets"]["scored"]
+    planets = {e.id: e for e in held if e.db_id == "planets"}
+    assert len(pool) == 4 and not set(pool) & set(scored) and set(pool) | set(scored) == set(planets)
+    assert all(planets[i].sql != "SELECT nothing FROM moons" for i in pool)
+    results = {k: json.loads(adapt_curve.result_path(settings.out, "planets", k, 0).read_text()) for k in (0, 2)}
+    assert results[0]["scored"] == results[2]["scored"] == scored
+    assert results[0]["pairs"] == [] and results[2]["pairs"] == pool[:2]
+    assert results[2]["forget"] and all(i.startswith("worlds/") for i in results[2]["forget"])
+    assert results[2]["adapt"]["steps"] == 2 and 0 <= results[2]["ex"] <= 1
+    assert not (settings.out / "runs" / "planets__k2__s0").exists()  # deleted once scored
+    written = {k: adapt_curve.result_path(settings.out, "planets", k, 0).stat().st_mtime_ns for k in (0, 2)}
+    adapt_curve.run_curve(settings, held, ["planets"], echo=lambda *_: None)
+    assert {k: adapt_curve.result_path(settings.out, "planets", k, 0).stat().st_mtime_ns for k in (0, 2)} == written
+    report = adapt_curve.write_report(settings.out).read_text()
+    assert [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| 0 ") or line.startswith("| 2 ")] \
+        == ["| 0", "| 2"]
+    assert (settings.out / "adapt_curve.png").stat().st_size > 0
+
+
+def test_a_database_with_too_few_questions_is_skipped_and_named(tiny_run, tmp_path):
+    """With a pool of 4 and at least 12 questions to score, neither database (13 questions, one
+    not accepted) can be measured: each is skipped with why, and nothing is adapted."""
+    said = []
+    settings = adapt_curve.CurveSettings(model=str(tiny_run), out=tmp_path / "curve", ks=[0, 2], steps=2,
+                                         synthetic=10, pool=4, min_scored=12, forget_sample=0, progress=False)
+    plan = adapt_curve.run_curve(settings, held_out(tmp_path), None, echo=said.append)
+    assert sorted(plan["skipped"]) == ["planets", "worlds"] and plan["databases"] == {}
+    assert "9 questions left to score after the pool of 4 (fewer than 12)" in said[0]
+    assert not (settings.out / "results").exists()
