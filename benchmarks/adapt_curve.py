@@ -273,8 +273,11 @@ def measure_point(settings: CurveSettings, split: DatabaseSplit, k: int, seed: i
 def run_curve(settings: CurveSettings, held: list, dbs: list[str] | None = None,
               echo: Callable[[str], None] = print) -> dict:
     """Measure every (database, k, seed) that has no result file yet; the plan's record
-    (``OUT/plan.json``: databases measured with their split, skipped with why)."""
+    (``OUT/plan.json``: databases measured with their split, skipped with why, points that
+    failed with why: a point that fails is said and left without a result, the others go on)."""
     from tqdm import tqdm
+
+    from vantage_core.errors import VantageError
 
     if len({e.id for e in held}) != len(held):
         raise SystemExit("the held-out examples' ids repeat; the curve names each question by its id")
@@ -295,9 +298,17 @@ def run_curve(settings: CurveSettings, held: list, dbs: list[str] | None = None,
                             for s in splits}}
     (settings.out / "plan.json").write_text(json.dumps(record, indent=1) + "\n")
     points = [(s, k, seed) for s in splits for k in settings.ks for seed in settings.seeds]
+    record["failed"] = {}
     for split, k, seed in tqdm(points, desc="adapt curve", unit="run", disable=not settings.progress):
-        if not result_path(settings.out, split.db_id, k, seed).is_file():
+        if result_path(settings.out, split.db_id, k, seed).is_file():
+            continue
+        try:
             echo(point_line(measure_point(settings, split, k, seed, forget)))
+        except VantageError as exc:  # one point that fails must not stop a run of hours
+            why = str(exc).splitlines()[0]
+            record["failed"][result_path(settings.out, split.db_id, k, seed).stem] = why
+            echo(f"{split.db_id} k={k} seed={seed}: failed, no result written (the next call tries again): {why}")
+    (settings.out / "plan.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -375,9 +386,11 @@ def markdown(rows: list[dict], plan_record: dict, settings_line: str) -> str:
         lines.append(f"| {r['k']} | {r['databases']} | {r['runs']} | {pct(r['ex'])} | {pct(r['em'])} | "
                      f"{pct(r['base_ex'])} | {pct(r['gain_ex'], True)} | {r['minutes']:.2f} | "
                      f"{pct(r['forget_before'])} | {pct(r['forget_after'])} | {spread(r['seed_ex'])} |")
-    skipped = plan_record.get("skipped") or {}
+    skipped, failed = plan_record.get("skipped") or {}, plan_record.get("failed") or {}
     if skipped:
-        lines += ["", f"Skipped ({len(skipped)}):"] + [f"- {db}: {why}" for db, why in sorted(skipped.items())]
+        lines += ["", f"Databases skipped ({len(skipped)}):"] + [f"- {db}: {why}" for db, why in sorted(skipped.items())]
+    if failed:
+        lines += ["", f"Failed in the last call, no result ({len(failed)}):"] + [f"- {p}: {why}" for p, why in sorted(failed.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -29,28 +29,28 @@ QUESTIONS = [*PAIRS,
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    """The tiny pointer model trained for 30 steps on generated databases (seconds), with its
+    """The tiny pointer model trained for 6 steps on generated databases (seconds), with its
     own data cache."""
     from vantage_core.train.run import train
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VANTAGE_CACHE", str(tmp_path_factory.mktemp("curve_cache")))
         folder = tmp_path_factory.mktemp("base") / "run"
-        train(load_config(POINTER, [f"run.dir={folder}", "train.steps=30", *PLAIN]), **QUIET)
+        train(load_config(POINTER, [f"run.dir={folder}", "train.steps=6", *PLAIN]), **QUIET)
         yield folder
 
 
 def held_out(folder: Path) -> list:
-    """The 13 questions above over each of two databases (``planets`` and ``worlds``, the same
+    """The 13 questions above over ``planets`` and the first 8 of them over ``worlds`` (the same
     tables), as examples with ids unique across both."""
     from vantage_core.config import DataSource
     from vantage_core.data.pipeline import load_source
 
     examples = []
-    for name in ("planets", "worlds"):
+    for name, questions in (("planets", QUESTIONS), ("worlds", QUESTIONS[:8])):
         (folder / name).mkdir()
         db = planets_db(folder / name).rename(folder / name / f"{name}.sqlite")
-        rows = pairs_file(folder / name / "questions.jsonl", QUESTIONS)
+        rows = pairs_file(folder / name / "questions.jsonl", questions)
         report, _ = load_source(DataSource(name="pairs", path=str(rows), db=str(db)), "validation")
         examples += [dataclasses.replace(e, id=f"{name}/{i}") for i, e in enumerate(report.examples)]
     return examples
@@ -85,13 +85,21 @@ def test_the_split_is_disjoint_the_same_for_every_k_and_results_are_reused(tiny_
     assert (settings.out / "adapt_curve.png").stat().st_size > 0
 
 
-def test_a_database_with_too_few_questions_is_skipped_and_named(tiny_run, tmp_path):
-    """With a pool of 4 and at least 12 questions to score, neither database (13 questions, one
-    not accepted) can be measured: each is skipped with why, and nothing is adapted."""
+def test_a_small_database_is_skipped_and_a_failing_point_is_listed(tiny_run, tmp_path):
+    """With a pool of 4 and at least 5 questions to score, ``worlds`` (8 questions) is skipped
+    with why; on ``planets``, k=0 without synthetic pairs gives adapt nothing to train on: the
+    point is said and listed as failed in plan.json, with no result file; with no result, the
+    report is refused."""
     said = []
-    settings = adapt_curve.CurveSettings(model=str(tiny_run), out=tmp_path / "curve", ks=[0, 2], steps=2,
-                                         synthetic=10, pool=4, min_scored=12, forget_sample=0, progress=False)
+    settings = adapt_curve.CurveSettings(model=str(tiny_run), out=tmp_path / "curve", ks=[0], steps=2, synthetic=0,
+                                         pool=4, min_scored=5, forget_sample=0, progress=False)
     plan = adapt_curve.run_curve(settings, held_out(tmp_path), None, echo=said.append)
-    assert sorted(plan["skipped"]) == ["planets", "worlds"] and plan["databases"] == {}
-    assert "9 questions left to score after the pool of 4 (fewer than 12)" in said[0]
-    assert not (settings.out / "results").exists()
+    assert list(plan["skipped"]) == ["worlds"] and list(plan["databases"]) == ["planets"]
+    assert said[0] == "skipped worlds: 4 questions left to score after the pool of 4 (fewer than 5)"
+    assert "nothing to adapt on" in plan["failed"]["planets__k0__s0"]
+    assert any(line.startswith("planets k=0 seed=0: failed") for line in said)
+    assert not adapt_curve.result_path(settings.out, "planets", 0, 0).exists()
+    assert json.loads((settings.out / "plan.json").read_text())["failed"] == plan["failed"]
+    (settings.out / "results").mkdir(exist_ok=True)
+    with pytest.raises(SystemExit, match="no result yet"):
+        adapt_curve.write_report(settings.out)
