@@ -191,6 +191,21 @@ def test_sweep_writes_one_comparison_table(tmp_path):
     # a second invocation reuses the finished runs instead of training them again
     again = run_sweep(sweep, out_dir=tmp_path / "out", progress=False, echo=lambda m: None)
     assert again["rows"] == result["rows"]
+    assert result["curves"].read_bytes()[:4] == b"\x89PNG"  # the evaluation after the last step
+
+
+def test_validation_curve_counts_training_minutes_only(tmp_path):
+    from vantage_core.train.sweep import plot_curves, validation_curve
+
+    records = [{"kind": "train", "step": 1, "step_s": 30.0}, {"kind": "train", "step": 2, "step_s": 30.0},
+               {"kind": "eval", "step": 2, "action_exact": 0.25, "seconds": 600.0},
+               {"kind": "train", "step": 3, "step_s": 90.0}, {"kind": "eval", "step": 3, "action_exact": 0.5}]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    curve = validation_curve(metrics, "action_exact")
+    assert curve == [(1.0, 0.25), (2.5, 0.5)]
+    assert validation_curve(tmp_path / "absent.jsonl", "action_exact") == []
+    assert plot_curves({"a": curve}, tmp_path / "c.png", "action_exact").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_moving_average_resumes_bitwise_and_is_what_the_checkpoint_holds(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
 Each run gets its own run directory under the sweep's folder; a run that already finished
 (its ``summary.json`` exists) is reused, so an interrupted sweep continues where it stopped.
 The comparison is written as ``results.md`` and ``results.csv`` (accuracy, speed, expert-load
-balance) and ``comparison.png``.
+balance), ``comparison.png``, and ``curves.png``: each run's validation metric against its training
+minutes (the summed step times, evaluation left out), for comparisons at equal minutes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def run_sweep(path: str | Path, out_dir: str | Path | None = None, overrides: li
     for r in runs:
         sets = list(r.overrides) + list(overrides) + [f"run.name={r.name}", f"run.dir={out / _slug(r.name)}"]
         configs.append(load_config(base, sets))
-    rows = []
+    rows, curves = [], {}
     for i, (r, cfg) in enumerate(zip(runs, configs)):
         summary_file = cfg.run.path / "summary.json"
         if summary_file.exists() and not overwrite:
@@ -45,10 +46,27 @@ def run_sweep(path: str | Path, out_dir: str | Path | None = None, overrides: li
             echo(f"[{i + 1}/{len(runs)}] {r.name}: {' '.join(r.overrides) or '(base config)'}")
             summary = train(cfg, overwrite=True, progress=progress, echo=echo)
         rows.append(_row(r.name, r.overrides, cfg, summary))
+        curves[r.name] = validation_curve(cfg.run.path / "metrics.jsonl", cfg.train.select_metric)
     metric = configs[0].train.select_metric if configs else "execution"
     result = write_table(rows, out, metric)
     result["figure"] = plot_comparison(rows, out / "comparison.png", metric)
+    result["curves"] = plot_curves(curves, out / "curves.png", metric) if any(curves.values()) else None
     return result
+
+
+def validation_curve(metrics_file: Path, metric: str) -> list[tuple[float, float]]:
+    """(training minutes, metric) at each evaluation of a run: the minutes are the summed step
+    times of the training steps before it, so evaluation time is not counted."""
+    points, seconds = [], 0.0
+    if not metrics_file.exists():
+        return points
+    for line in metrics_file.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "train":
+            seconds += float(record.get("step_s") or 0.0)
+        elif record.get("kind") == "eval" and isinstance(record.get(metric), (int, float)):
+            points.append((seconds / 60.0, float(record[metric])))
+    return points
 
 
 def _slug(name: str) -> str:
@@ -107,6 +125,27 @@ def plot_comparison(rows: list[dict], path: Path, metric: str) -> Path:
         ax.set_title(title)
         for i, v in enumerate(values):
             ax.text(v, i, f" {_fmt(v)}", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(curves: dict[str, list[tuple[float, float]]], path: Path, metric: str) -> Path:
+    """One line per run: the validation metric against training minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, points in curves.items():
+        if points:
+            ax.plot([m for m, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
+    ax.set_xlabel("training minutes (evaluation not counted)")
+    ax.set_ylabel(f"validation {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
