@@ -18,7 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -90,21 +92,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextmanager
+def serving(args: list[str], log_file: Path) -> Iterator[str]:
+    """``vantage serve`` with ``args`` on a free loopback port, its output in ``log_file``: its URL
+    once /health answers (within a minute), the server stopped at the end."""
     import httpx
 
-    from test_analysis import make_music_db, make_tiny_run
-
-    root = tmp_path_factory.mktemp("playground")
-    (root / "dbs").mkdir()
-    db = make_music_db(root / "dbs" / "music.sqlite")
-    model_dir = overfit_model(make_tiny_run(root / "model"), db)
     port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "vantage_core.cli", "serve", "--checkpoint", str(model_dir),
-                             "--host", "127.0.0.1", "--port", str(port), "--db-dir", str(root / "dbs")],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    log = open(log_file, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "vantage_core.cli", "serve", *args, "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -116,7 +113,7 @@ def server(tmp_path_factory):
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.flush()
-                pytest.fail(f"vantage serve did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+                pytest.fail(f"vantage serve did not start:\n{log_file.read_text()[-3000:]}")
             time.sleep(0.3)
         yield url
     finally:
@@ -126,6 +123,18 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from test_analysis import make_music_db, make_tiny_run
+
+    root = tmp_path_factory.mktemp("playground")
+    (root / "dbs").mkdir()
+    db = make_music_db(root / "dbs" / "music.sqlite")
+    model_dir = overfit_model(make_tiny_run(root / "model"), db)
+    with serving(["--checkpoint", str(model_dir), "--db-dir", str(root / "dbs")], root / "server.log") as url:
+        yield url
 
 
 def test_playground_answers_runs_and_shows_routing(browser, server):

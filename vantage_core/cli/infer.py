@@ -198,6 +198,8 @@ class ServeOptions:
     max_concurrency: int
     timeout_s: float
     max_schema_items: int
+    adapt_dir: str | None
+    adapt_steps: int
 
 
 @click.command()
@@ -218,6 +220,11 @@ class ServeOptions:
               help="Seconds a request may take, waiting included (504 beyond); a finite number above 0.")
 @click.option("--max-schema-items", default=1000, show_default=True, type=click.IntRange(1),
               help="Tables and columns a request's schema may have in all; larger ones get 400.")
+@click.option("--adapt-dir", type=click.Path(file_okay=False), default=None,
+              help="Let the playground save corrected question/SQL pairs and adapt the model to a served SQLite "
+                   "database (docs/adapt.md): each database's examples and adapted run are kept here. Default: off.")
+@click.option("--adapt-steps", default=200, show_default=True, type=click.IntRange(1),
+              help="Steps of each adaptation started from the playground (vantage adapt --steps).")
 @allow_privileged_option
 @options_into(ServeOptions)
 def serve(options: ServeOptions) -> None:
@@ -228,7 +235,17 @@ def serve(options: ServeOptions) -> None:
     settings = ServeSettings(db_dirs=list(options.db_dir), db_urls=list(options.db_urls), notes=list(options.notes),
                              max_concurrency=options.max_concurrency, timeout_s=options.timeout_s,
                              max_schema_items=options.max_schema_items)
-    run_server(create_app(list(options.checkpoints), settings), settings, options.host, options.port)
+    learner = adapt_jobs(options) if options.adapt_dir else None
+    run_server(create_app(list(options.checkpoints), settings, learner), settings, options.host, options.port)
+
+
+def adapt_jobs(options: ServeOptions):
+    """What adapts the served model from the playground (``--adapt-dir``)."""
+    from vantage_core.train.adapt_jobs import AdaptJobs, AdaptSettings
+
+    if len(options.checkpoints) > 1:
+        raise click.UsageError("--adapt-dir adapts one model; serve a single --checkpoint to adapt it")
+    return AdaptJobs(options.checkpoints[0], AdaptSettings(folder=options.adapt_dir, steps=options.adapt_steps))
 
 
 @click.command()

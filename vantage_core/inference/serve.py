@@ -342,8 +342,11 @@ def folder_name(folder: str | None) -> str | None:
 
 # ---------------------------------------------------------------------------- the app
 
-def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
-    """The API for ``model`` (a model folder path, or a loaded :class:`Engine`)."""
+def create_app(model: Any, settings: ServeSettings | None = None, learner: Any = None) -> FastAPI:
+    """The API for ``model`` (a model folder path, or a loaded :class:`Engine`). ``learner``
+    (a :class:`~vantage_core.inference.adapt_routes.Learner`, or None: adapting is off) saves
+    corrected pairs and adapts the model to a served database."""
+    from vantage_core.inference.adapt_routes import add_adapt_routes
     from vantage_core.inference.engine import Engine
     from vantage_core.inference.openai_api import add_openai_routes
     from vantage_core.inference.playground import mount_playground
@@ -356,12 +359,43 @@ def create_app(model: Any, settings: ServeSettings | None = None) -> FastAPI:
                   description="Questions in, SQL out, from a Mixture-of-Experts model.")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     add_error_handlers(app)
-    run_generation = LimitedGeneration(engine, settings)
-    add_database_routes(app, engine, databases, settings, run_generation)
+    models = ServedModels(engine)
+    run_generation = LimitedGeneration(models, settings)
+    add_database_routes(app, models, databases, settings, run_generation)
     add_generate_route(app, engine, databases, settings, run_generation)
     add_openai_routes(app, engine, databases, settings, run_generation, public_message)
+    add_adapt_routes(app, models, databases, learner, public_message)
     mount_playground(app)  # the page at /, its files under /playground/ (after the API routes)
     return app
+
+
+class ServedModels:
+    """The model that answers each database: the served one, or the one adapted to that database
+    (from the playground). Every model shares the served engine's lock: MLX work in this process
+    stays one request at a time."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine  # the served model
+        self._adapted: dict[str, Any] = {}  # database path or URL -> the engine adapted to it
+
+    def for_database(self, db_path: Any) -> Any:
+        """The engine that answers questions on ``db_path`` (None: a pasted schema)."""
+        return self._adapted.get(str(db_path), self.engine) if db_path is not None else self.engine
+
+    def adapted_to(self) -> list[str]:
+        """The databases (paths or URLs) answered by an adapted model."""
+        return sorted(self._adapted)
+
+    def use_adapted(self, db_path: Any, folder: str | Path) -> None:
+        """Answer ``db_path`` with the model in ``folder`` from now on (requests already running
+        finish on the model they started with); loaded under the shared lock."""
+        from vantage_core.inference.engine import Engine
+
+        with self.engine.lock:
+            adapted = Engine.load(folder)
+        adapted.lock = self.engine.lock
+        adapted.notes_files = self.engine.notes_files  # the served databases' notes, as given
+        self._adapted[str(db_path)] = adapted
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -378,23 +412,25 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 class LimitedGeneration:
-    """``engine.generate`` under the server's limits, counting what it served and turned away."""
+    """Generation by the served models under the server's limits, counting what it served and
+    turned away."""
 
-    def __init__(self, engine: Any, settings: ServeSettings):
-        self.engine, self.settings = engine, settings
+    def __init__(self, models: ServedModels, settings: ServeSettings):
+        self.models, self.settings = models, settings
         self.admission = Admission(settings.max_concurrency)
         self.served = 0
         self.rejected = 0
 
     async def __call__(self, question: str, **kwargs: Any) -> Any:
-        """``engine.generate(question, **kwargs)`` under the server's limits: a slot held until the
+        """``generate(question, **kwargs)`` of the engine that answers ``kwargs["db_path"]``
+        under the server's limits: a slot held until the
         work has really ended (503 when none is free), the time limit (504), then cancellation."""
         if not self.admission.try_enter():
             self.rejected += 1
             raise HTTPException(503, f"busy: {self.settings.max_concurrency} requests in flight; retry later",
                                 headers={"Retry-After": "1"})
         cancel = threading.Event()
-        generate = self.engine.generate
+        generate = self.models.for_database(kwargs.get("db_path")).generate
         if accepts_cancel(generate):
             kwargs["cancel"] = cancel
         try:
@@ -409,14 +445,20 @@ class LimitedGeneration:
         return g
 
 
-def add_database_routes(app: FastAPI, engine: Any, databases: dict, settings: ServeSettings,
+def add_database_routes(app: FastAPI, models: ServedModels, databases: dict, settings: ServeSettings,
                         run_generation: LimitedGeneration) -> None:
     """``/health`` and the known databases with their schemas."""
+    engine = models.engine
 
     @app.get("/health")
     def health() -> dict:
-        """Liveness, the model's folder name (never the server's path to it) and the load."""
+        """Liveness, the model's folder name (never the server's path to it), the load, and
+        whether the playground may adapt the model to a database (``adapt``; ``adapted``: the
+        databases answered by an adapted model)."""
+        adapted = set(models.adapted_to())
         return {"status": "ok", "model": folder_name(engine.info.get("folder")),
+                "adapt": app.state.adapt_enabled,
+                "adapted": sorted(name for name, db in databases.items() if str(db) in adapted),
                 "ensemble": [folder_name(f) for f in engine.info["ensemble"]] if engine.info.get("ensemble") else None,
                 "quantization": engine.info.get("quantization"),
                 "databases": len(databases), "in_flight": run_generation.admission.running,

@@ -36,6 +36,7 @@ from vantage_core.config import Config, DataSource, DistillConfig, dump_config
 from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.folders import check_output_folder, new_folder, output_path, refuse_overlap
 from vantage_core.model.io import read_model_folder
+from vantage_core.train.callbacks import Callback
 
 SYNTHETIC = 200  # pairs the templates write, by default
 REPLAY_SHARE = 0.2  # of each batch, by default, where the model's training data loads
@@ -62,9 +63,10 @@ class AdaptRequest:
     progress: bool = True
 
 
-def adapt(request: AdaptRequest, echo: Callable[[str], None] = print) -> dict:
+def adapt(request: AdaptRequest, echo: Callable[[str], None] = print,
+          on_step: Callable[[int, int], None] | None = None) -> dict:
     """Adapt ``request.model`` to ``request.db`` (see the module docstring); the adapted run's
-    summary with its ``adapt`` record."""
+    summary with its ``adapt`` record. ``on_step(step, steps)`` is called after each optimizer step."""
     from vantage_core.plugins import registry as default_registry
 
     started = time.perf_counter()
@@ -90,7 +92,7 @@ def adapt(request: AdaptRequest, echo: Callable[[str], None] = print) -> dict:
     record = {"model": str(folder), "db": db, "notes": notes, "examples_sha256": file_sha256(request.examples),
               "steps": request.steps, "lr": cfg.train.lr, "seed": request.seed,
               "sources": [s.model_dump(exclude_none=True) for s in sources]}
-    return train_adapted(cfg, out, record, started, request.progress, echo)
+    return train_adapted(cfg, out, record, started, request.progress, echo, on_step)
 
 
 # ---------------------------------------------------------------------------- checks before any work
@@ -143,26 +145,34 @@ class PairChecker:
         return self.codec_problem(example)
 
 
-def user_pairs(request: AdaptRequest, db: str, notes: str | None, checker: PairChecker, registry: Any) -> DataSource:
-    """The source of the user's pairs, once every one of them passed: a :class:`DataError`
-    listing each that did not (file:line: why), otherwise."""
+def pair_problems(path: str, db: str, notes: str | None, checker: PairChecker,
+                  registry: Any) -> tuple[list[Any], list[str]]:
+    """The pairs of the JSON Lines file ``path`` over ``db``, and why each row that the model
+    cannot learn cannot (``path:line: why``: not a pair, SQL that does not run, SQL the model's
+    codec cannot write)."""
     from vantage_core.data.pipeline import load_source
 
-    source = DataSource(name="pairs", path=request.examples, db=db, notes=notes)  # lines named as the user names the file
-    report, _ = load_source(source, "train", registry)
+    report, _ = load_source(DataSource(name="pairs", path=path, db=db, notes=notes), "train", registry)
     problems = list(report.details)
     for example in report.examples:
         why = checker.problem(example)
         if why is not None:
-            problems.append(f"{request.examples}:{example.extras['line']}: {why}")
+            problems.append(f"{path}:{example.extras['line']}: {why}")
+    return report.examples, problems
+
+
+def user_pairs(request: AdaptRequest, db: str, notes: str | None, checker: PairChecker, registry: Any) -> DataSource:
+    """The source of the user's pairs, once every one of them passed: a :class:`DataError`
+    listing each that did not (file:line: why), otherwise."""
+    examples, problems = pair_problems(request.examples, db, notes, checker, registry)  # lines named as the user names the file
     if problems:
         listed = problems[:MAX_LISTED] + ([f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else [])
         raise DataError("\n".join(listed) + f"\n{len(problems)} of the pairs in {request.examples} cannot be learned "
                                             f"(above); fix or remove them. Nothing was written.")
-    if not report.examples:
+    if not examples:
         raise DataError(f"{request.examples}: no pairs in the file; give one JSON object per line: "
                         f'{{"question": "...", "sql": "..."}}')
-    return source.model_copy(update={"path": str(Path(request.examples).resolve())})
+    return DataSource(name="pairs", path=str(Path(request.examples).resolve()), db=db, notes=notes)
 
 
 def synthetic_pairs(request: AdaptRequest, db: str, notes: str | None, checker: PairChecker, registry: Any,
@@ -225,16 +235,17 @@ def adapted_config(base: Config, model_folder: Path, sources: list[DataSource], 
 
 
 def train_adapted(cfg: Config, out: Path, record: dict, started: float, progress: bool,
-                  echo: Callable[[str], None]) -> dict:
+                  echo: Callable[[str], None], on_step: Callable[[int, int], None] | None = None) -> dict:
     """Train ``cfg`` in a hidden sibling of ``out`` that replaces ``out`` once complete, with
     ``record`` (and the wall time since ``started``) in its ``adapt.json``; the run's summary
-    with that record under ``adapt``."""
+    with that record under ``adapt``. ``on_step(step, steps)`` after each optimizer step."""
     from vantage_core.train.run import build_run, fit
 
     with new_folder(out) as staging:
         run = build_run(cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": str(staging)})}),
                         progress=progress, echo=echo)
-        summary = fit(run, run.callbacks)
+        callbacks = run.callbacks + ([StepProgress(on_step)] if on_step is not None else [])
+        summary = fit(run, callbacks)
         if summary.get("stopped"):
             raise VantageError(f"adaptation {summary['stopped']} at step {summary.get('step')}; {out} is as it was")
         name_own_folder(staging, cfg)
@@ -249,3 +260,13 @@ def name_own_folder(folder: Path, cfg: Config) -> None:
     text = dump_config(cfg)
     for path in [folder / "config.yaml", *sorted((folder / "checkpoints").glob("*/config.yaml"))]:
         path.write_text(text)
+
+
+class StepProgress(Callback):
+    """Calls ``report(step, steps)`` after each optimizer step (a caller's progress bar)."""
+
+    def __init__(self, report: Callable[[int, int], None]):
+        self.report = report
+
+    def on_step(self, run: Any, record: dict) -> None:
+        self.report(run.trainer.step, run.cfg.train.steps)

@@ -1,9 +1,16 @@
 // The Vantage playground: plain browser JavaScript over the public HTTP API
-// (GET /health, GET /v1/databases, GET /v1/databases/{id}/schema, POST /v1/generate).
+// (GET /health, GET /v1/databases, GET /v1/databases/{id}/schema, POST /v1/generate; with
+// `vantage serve --adapt-dir`: POST /v1/databases/{id}/examples, POST /v1/databases/{id}/adapt,
+// GET /v1/adapt).
 "use strict";
 
 const PASTE = "__paste__";
+const POLL_MS = 400;  // how often the adaptation's progress is read
 const $ = (id) => document.getElementById(id);
+
+// What the server allows (GET /health) and the last question answered on a known database.
+const served = {adapt: false, adapted: []};
+let asked = null;  // {question, db_id}
 
 // Distinct colours for the first experts; more experts get hues spread by the golden angle.
 const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
@@ -103,6 +110,10 @@ function buildRequest() {
 
 async function ask(event) {
   event.preventDefault();
+  await askQuestion();
+}
+
+async function askQuestion() {
   showError("");
   let req;
   try { req = buildRequest(); } catch (err) { showError(err.message); return; }
@@ -126,6 +137,7 @@ async function ask(event) {
 function render(out, req) {
   $("answer").hidden = false;
   $("sql").textContent = out.sql || "(empty)";
+  renderCorrection(out, req);
   renderCandidates(out);
   renderRows(out, req);
   renderRouting(out);
@@ -230,9 +242,77 @@ function hoverTooltip(event) {
   tip.style.top = `${event.pageY + 12}px`;
 }
 
+// ------------------------------------------------------------------ correcting and adapting
+
+function renderCorrection(out, req) {
+  asked = req.db_id ? {question: req.question, db_id: req.db_id} : null;
+  const adapted = asked !== null && served.adapted.includes(asked.db_id);
+  $("answered-by").textContent = adapted ? `(by the model adapted to ${asked.db_id})` : "";
+  $("edit-sql").hidden = !(served.adapt && asked);
+  $("learn").hidden = true;
+  $("correct-sql").value = out.sql || "";
+}
+
+function showLearning(message) {
+  $("learn-status").textContent = message;
+}
+
+async function saveExample() {
+  const sql = $("correct-sql").value.trim();
+  if (!asked || !sql) { showLearning("write the SQL that answers the question first"); return; }
+  showError("");
+  try {
+    const saved = await api(`/v1/databases/${encodeURIComponent(asked.db_id)}/examples`,
+                            {question: asked.question, sql});
+    showLearning(`saved: ${saved.examples} example${saved.examples === 1 ? "" : "s"} of ${saved.db_id} ` +
+                 `in ${saved.file}`);
+  } catch (err) {
+    showLearning("not saved");
+    showError(err.message);
+  }
+}
+
+async function startAdapting() {
+  if (!asked) return;
+  showError("");
+  const db = asked.db_id;
+  $("adapt").disabled = $("save-example").disabled = true;
+  try {
+    let job = await api(`/v1/databases/${encodeURIComponent(db)}/adapt`, {});
+    while (job.state === "running") {
+      showProgress(job);
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      job = await api("/v1/adapt");
+    }
+    showProgress(job);
+    if (job.state !== "succeeded") throw new Error(`adapting failed: ${job.error || job.message}`);
+    await checkHealth();
+    $("question").value = asked.question;
+    $("db").value = db;
+    await askQuestion();  // the adapted model's answer
+    $("learn").hidden = false;  // with the finished progress bar
+  } catch (err) {
+    showError(err.message);
+  } finally {
+    $("adapt").disabled = $("save-example").disabled = false;
+  }
+}
+
+function showProgress(job) {
+  const bar = $("adapt-progress");
+  bar.hidden = false;
+  bar.max = Math.max(job.total, 1);
+  bar.value = job.state === "succeeded" ? bar.max : job.step;
+  bar.dataset.state = job.state;
+  const steps = job.total ? ` (step ${job.step} of ${job.total})` : "";
+  showLearning(`${job.state}: ${job.message}${job.state === "running" ? steps : ""}`);
+}
+
 async function checkHealth() {
   try {
     const h = await api("/health");
+    served.adapt = Boolean(h.adapt);
+    served.adapted = h.adapted || [];
     $("health").textContent = `model: ${h.model ? h.model.split("/").slice(-3).join("/") : "?"} · ` +
       `${h.databases} databases`;
   } catch (err) {
@@ -245,6 +325,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("db").addEventListener("change", onDatabaseChange);
   $("routing").addEventListener("mousemove", hoverTooltip);
   $("routing").addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
+  $("edit-sql").addEventListener("click", () => { $("learn").hidden = false; $("correct-sql").focus(); });
+  $("save-example").addEventListener("click", saveExample);
+  $("adapt").addEventListener("click", startAdapting);
   checkHealth();
   loadDatabases();
 });
