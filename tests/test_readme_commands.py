@@ -10,7 +10,7 @@ Substitutions (everything else runs exactly as the README writes it, in a tempor
 | configs/quickstart.yaml (the sweep base) | tests/fixtures/train_tiny.yaml with train.steps: 2           |
 | ../shared/data/spider                    | a Spider-format folder over one database made here          |
 | runs/spider_seed1, runs/spider_seed2     | trained and evaluated by the README's lines with the seed changed |
-| shop.sqlite, shop_pairs.jsonl            | a small database and two question/SQL pairs made here        |
+| shop.sqlite, shop_pairs.jsonl            | a small database, the README's notes beside it, two pairs    |
 | vantage adapt                            | plus `--steps 2 --synthetic 8`                               |
 | my.yaml                                  | a config whose line 7 is the router the comment shows        |
 
@@ -31,6 +31,7 @@ from click.testing import CliRunner
 from infer_fixture import make_db
 from test_docs import FENCE, vantage_argvs
 from vantage_core.cli import main
+from vantage_core.errors import VantageError
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -109,7 +110,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
 def test_the_readme_shows_outputs_for_these_commands():
     """The shown-output blocks this file runs are all still in the README."""
     commands = [c.split()[1] for c, _, _ in shown_outputs()]
-    assert sorted(set(commands)) == ["config", "data", "doctor", "params", "plugins"], commands
+    assert sorted(set(commands)) == ["config", "doctor", "plugins"], commands
 
 
 @pytest.mark.parametrize("command,comment,lines", shown_outputs(), ids=lambda v: v if isinstance(v, str) else "")
@@ -152,18 +153,48 @@ def make_spider_release(folder: Path) -> None:
     (folder / "train_spider.json").write_text(json.dumps(rows))
 
 
+SHOP = ("CREATE TABLE Products (ProductID INTEGER PRIMARY KEY, ProductName TEXT, Discontinued TEXT);"
+        "CREATE TABLE Orders (OrderID INTEGER PRIMARY KEY, ShipCountry TEXT,"
+        " ProductID INTEGER REFERENCES Products(ProductID));"
+        "INSERT INTO Products VALUES (1, 'Chai', '0'), (2, 'Chang', '1'), (3, 'Tofu', '0');"
+        "INSERT INTO Orders VALUES (10, 'France', 1), (11, 'Germany', 2), (12, 'France', 3), (13, 'Spain', 1);")
+
+
+def readme_notes() -> str:
+    """The notes file the README shows (its yaml block that starts with the notes file's name)."""
+    blocks = [body for lang, body in FENCE.findall(README) if lang == "yaml" and body.startswith("# shop.notes.yaml")]
+    assert len(blocks) == 1, "the README shows one shop.notes.yaml"
+    return blocks[0]
+
+
 def make_shop(work: Path) -> None:
-    """shop.sqlite and shop_pairs.jsonl, as the README's adapt line names them."""
+    """shop.sqlite with the README's notes beside it, and shop_pairs.jsonl, as the README's
+    own-database lines name them."""
     import sqlite3
 
     con = sqlite3.connect(work / "shop.sqlite")
-    con.executescript("CREATE TABLE items (item_id INTEGER PRIMARY KEY, item_name TEXT, price REAL);"
-                      "INSERT INTO items VALUES (1, 'pen', 1.5), (2, 'book', 12.0), (3, 'lamp', 30.0);")
+    con.executescript(SHOP)
     con.commit()
     con.close()
-    pairs = [{"question": "How many items are there?", "sql": "SELECT count(*) FROM items"},
-             {"question": "List the item_name of items.", "sql": "SELECT item_name FROM items"}]
+    (work / "shop.notes.yaml").write_text(readme_notes())
+    pairs = [{"question": "How many orders are there?", "sql": "SELECT count(*) FROM Orders"},
+             {"question": "List the ProductName of Products.", "sql": "SELECT ProductName FROM Products"}]
     (work / "shop_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+
+
+def test_the_readme_notes_fit_the_shop_they_describe(tmp_path):
+    """The README's notes file reads without error against the database it describes, and a
+    mistake in it would be caught (a misspelled column is refused)."""
+    from vantage_core.data.notes import read_notes
+    from vantage_core.sql.sqlite_file import schema_from_sqlite
+
+    make_shop(tmp_path)
+    schema = schema_from_sqlite(tmp_path / "shop.sqlite")
+    notes = read_notes(tmp_path / "shop.notes.yaml", schema)
+    assert notes.tables
+    (tmp_path / "bad.notes.yaml").write_text(readme_notes().replace("ShipCountry:", "ShipCountyr:"))
+    with pytest.raises(VantageError, match="ShipCountyr"):
+        read_notes(tmp_path / "bad.notes.yaml", schema)
 
 
 def test_the_config_commands_run_as_shown(workdir):

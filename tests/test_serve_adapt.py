@@ -161,11 +161,22 @@ def test_a_failed_adaptation_reports_why_and_keeps_the_served_model(model, tmp_p
         assert finished_job(client)["state"] == "failed"
 
 
+@pytest.fixture
+def never_serves(monkeypatch):
+    """A refusal that broke would start serving and block the test: serving fails it instead."""
+    import vantage_core.inference.serve as serve
+
+    def serving(*args, **kwargs):
+        raise AssertionError("vantage serve started serving instead of refusing")
+
+    monkeypatch.setattr(serve, "run_server", serving)
+
+
 @pytest.mark.parametrize("where, error", [
     ("{model}/adapted", "--adapt-dir {model}/adapted lies inside the folder it reads"),
     ("{model}/..", "contains the folder it reads"),
 ])
-def test_an_adapt_folder_around_or_inside_the_model_is_refused(model, tmp_path, capsys, where, error):
+def test_an_adapt_folder_around_or_inside_the_model_is_refused(model, tmp_path, capsys, where, error, never_serves):
     """vantage serve stops before serving, in one line, when --adapt-dir overlaps the model's folder."""
     code, _, err = run_cli(["serve", "-m", str(model), "--adapt-dir", where.format(model=model)], capsys)
     assert code == 2
@@ -173,6 +184,6 @@ def test_an_adapt_folder_around_or_inside_the_model_is_refused(model, tmp_path, 
     assert not (model / "adapted").exists()
 
 
-def test_adapting_an_ensemble_is_refused(model, tmp_path, capsys):
+def test_adapting_an_ensemble_is_refused(model, tmp_path, capsys, never_serves):
     code, _, err = run_cli(["serve", "-m", str(model), "-m", str(model), "--adapt-dir", str(tmp_path / "a")], capsys)
     assert code == 2 and "--adapt-dir adapts one model" in err
