@@ -47,8 +47,9 @@ Method (MLX is lazy: an op costs nothing where it is written and everything wher
 - **dispatch probe**: the step's MoE blocks, forward+backward at their recorded inputs, with the
   model's dispatch (sorted on the host: one host read per block) and two without host reads
   (every expert on every token; ``mx.gather_mm`` with indices sorted on the device), interleaved.
-- **compile probe**: the loss's forward+backward per batch uncompiled, and compiled with the
-  dense dispatch (no host read, so ``mx.compile`` can trace it) on shapes new to it and again.
+- **compile probe**: the loss's forward+backward per batch, uncompiled with the model's and with
+  the dense dispatch, and compiled with the dense dispatch (no host read, so ``mx.compile`` can
+  trace it) on shapes new to it and again (see :func:`compile_probe`).
 
 Shares are ratios within one run; the machine's load moves the absolute times.
 """
@@ -414,10 +415,12 @@ def dense_block_call(block, x: mx.array):
     return y.reshape(x.shape), routing
 
 
-def compile_probe(model, batches: list[dict]) -> dict[str, float]:
-    """Median seconds of the loss's forward+backward per batch: uncompiled with the model's
-    dispatch; compiled (``mx.compile``) with :func:`dense_dispatch` on a batch whose shapes it
-    has not seen (a trace and compile), then on the same batch again (the compiled graph reused)."""
+def compile_probe(model, batches: list[dict], repeat: int) -> dict[str, float]:
+    """Seconds of the loss's forward+backward per batch (medians over ``batches``): compiled
+    (``mx.compile``) with :func:`dense_dispatch` on shapes it has not seen (a trace and compile;
+    MLX keeps the compiled CPU kernels on disk, so only a process's first sight of a kernel
+    costs a C++ compile), then the least of ``repeat`` interleaved rounds of: uncompiled with the
+    model's dispatch, uncompiled with the dense dispatch, and compiled again (the graph reused)."""
     import mlx.nn as mlx_nn
 
     from vantage_core.model import loss
@@ -427,20 +430,22 @@ def compile_probe(model, batches: list[dict]) -> dict[str, float]:
 
     plain = mlx_nn.value_and_grad(model, objective)
     state = [model.state, mx.random.state]
-    times = {"uncompiled, the model's dispatch": [], "compiled, dense dispatch, new shapes": [],
-             "compiled, dense dispatch, shapes seen before": []}
-    with patched(moe_module.MoEBlock, "__call__", dense_block_call):
-        compiled = mx.compile(lambda arrays: plain(model, arrays), inputs=state, outputs=state)
-        for arrays in batches:
-            for key, fn in zip(times, (None, compiled, compiled)):
-                if fn is None:
-                    with patched(moe_module.MoEBlock, "__call__", MODEL_CALL):
-                        start = time.perf_counter()
-                        mx.eval(plain(model, arrays))
-                else:
+    compiled = mx.compile(lambda arrays: plain(model, arrays), inputs=state, outputs=state)
+    arms = {"uncompiled, the model's dispatch": (MODEL_CALL, lambda a: plain(model, a)),
+            "uncompiled, dense dispatch": (dense_block_call, lambda a: plain(model, a)),
+            "compiled, dense dispatch, shapes seen before": (dense_block_call, compiled)}
+    times: dict[str, list[float]] = {k: [] for k in ("compiled, dense dispatch, new shapes", *arms)}
+    for arrays in batches:
+        rounds: dict[str, list[float]] = {k: [] for k in times}
+        for i in range(repeat + 1):
+            for name, (call, fn) in arms.items() if i else [("compiled, dense dispatch, new shapes",
+                                                               (dense_block_call, compiled))]:
+                with patched(moe_module.MoEBlock, "__call__", call):
                     start = time.perf_counter()
                     mx.eval(fn(arrays))
-                times[key].append(time.perf_counter() - start)
+                    rounds[name].append(time.perf_counter() - start)
+        for name, values in rounds.items():
+            times[name].append(min(values))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -526,7 +531,7 @@ def markdown(result: dict) -> str:
         lines += [f"| {name} | {ms:.1f} | {ms / base:.2f}x |" for name, ms in probe.items()]
     if result.get("compile_probe_ms"):
         probe = result["compile_probe_ms"]
-        base = next(iter(probe.values()))
+        base = probe["uncompiled, the model's dispatch"]
         lines += ["", "the loss's forward+backward per batch, compiled or not (medians):", "",
                   "| gradient step | ms | vs uncompiled |", "|---|---|---|"]
         lines += [f"| {name} | {ms:.1f} | {ms / base:.2f}x |" for name, ms in probe.items()]
@@ -574,7 +579,7 @@ def profile(config: str, n_batches: int, repeat: int) -> dict:
     med_phases = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
     med_parts = {name: {k: statistics.median(p[name][k] for p in parts) for k in parts[0][name]} for name in parts[0]}
     probe = med_parts.pop("dispatch probe", None)
-    compiled = compile_probe(run.model, batches[2:]) if probe is not None else None
+    compiled = compile_probe(run.model, batches[2:], repeat) if probe is not None else None
     shown = Path(config).resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
     return {"cpu": cpu_line(), "kernels": kernels.status().reason, "config": str(shown), "batches": n_batches,
