@@ -3,7 +3,7 @@ training batches: GEMMs, attention, the schema encoder, MoE dispatch, the optimi
 Python graph building and the trainer's host-side work, each marked math or not.
 
     python benchmarks/step_profile.py [--config configs/spider.yaml] [--batches 12] [--repeat 3]
-                                      [--out runs/step_profile]
+                                      [--skip 0] [--out runs/step_profile]
 
 Writes ``profile.json``, ``profile.md`` and ``profile.png`` (one bar per part, math and non-math
 coloured apart) under ``--out``. The batches are the config's own training batches (Spider's need
@@ -559,12 +559,14 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def profile(config: str, n_batches: int, repeat: int) -> dict:
+def profile(config: str, n_batches: int, repeat: int, skip: int = 0) -> dict:
     reads = HostReads()
     with tempfile.TemporaryDirectory() as tmp:
         run = training_run(config, Path(tmp) / "run")
     from vantage_core.train.run import model_arrays
 
+    for _ in range(skip):
+        next(run.batches)
     batches = [model_arrays(run.model, next(run.batches), run.cfg.train.pack_padding) for _ in range(n_batches + 2)]
     signatures = [shape_signature(a) for a in batches]
     new_shapes = sum(s not in signatures[:i] for i, s in enumerate(signatures))
@@ -583,6 +585,7 @@ def profile(config: str, n_batches: int, repeat: int) -> dict:
     shown = Path(config).resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
     return {"cpu": cpu_line(), "kernels": kernels.status().reason, "config": str(shown), "batches": n_batches,
+            "skip": skip,
             "repeat": repeat, "step_ms": med_phases["step"] * 1e3, "ms_per_step": breakdown(med_phases, med_parts),
             "phases_ms": {k: v * 1e3 for k, v in med_phases.items() if not k.startswith("n_")},
             "components_ms": {n: {k: v * 1e3 for k, v in d.items()} for n, d in med_parts.items()},
@@ -597,12 +600,13 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "spider.yaml"))
     ap.add_argument("--batches", type=int, default=12, help="batches profiled (after 2 warm-up steps)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of the step, its phases and each component per batch")
+    ap.add_argument("--skip", type=int, default=0, help="training batches drawn and left before the first one used")
     ap.add_argument("--out", default=str(ROOT / "runs" / "step_profile"))
     args = ap.parse_args()
     from vantage_core.errors import VantageError
 
     try:
-        result = profile(args.config, args.batches, args.repeat)
+        result = profile(args.config, args.batches, args.repeat, args.skip)
     except VantageError as exc:
         print(f"step_profile: {exc}", file=sys.stderr)
         return 2
