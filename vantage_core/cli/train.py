@@ -88,6 +88,8 @@ def sweep(file: str, out: str | None, overrides: tuple, overwrite: bool, no_prog
                        progress=not no_progress, echo=lambda m: click.echo(m, err=True))
     click.echo(result["markdown"].read_text())
     click.echo(f"table: {result['markdown']}  {result['csv']}\nfigure: {result['figure']}")
+    if result["curves"]:
+        click.echo(f"curves: {result['curves']}")
 
 
 @click.command()
