@@ -44,27 +44,21 @@ def config() -> None:
 def validate(**options) -> None:
     """Load a config with its overrides and check every field and plugin, without running anything.
     A sweep file (one with a ``base``) is checked run by run."""
-    from vantage_core.config import is_sweep_file
+    from vantage_core.config import is_sweep_file, iter_plugin_specs
 
     if options["config"] and is_sweep_file(options["config"]):
-        runs, n = checked_sweep_runs(options)
-        click.echo(f"{options['config']}: valid sweep ({runs} runs, {n} plugin specs checked)")
+        configs = sweep_run_configs(options)
+        n = sum(1 for c in configs for _ in iter_plugin_specs(c))
+        click.echo(f"{options['config']}: valid sweep ({len(configs)} runs, {n} plugin specs checked)")
         return
-    n = sum(1 for _ in iter_plugin_specs_of(load_from_options(options)))
+    n = sum(1 for _ in iter_plugin_specs(load_from_options(options)))
     click.echo(f"{options['config'] or '(defaults)'}: valid ({n} plugin specs checked)")
 
 
-def iter_plugin_specs_of(cfg):
-    from vantage_core.config import iter_plugin_specs
-
-    return iter_plugin_specs(cfg)
-
-
-def checked_sweep_runs(options: dict) -> tuple[int, int]:
-    """Load every run of a sweep file (with the command's overrides last, as `vantage sweep` does):
-    the number of runs and of plugin specs checked."""
+def sweep_run_configs(options: dict) -> list:
+    """Every run's config of a sweep file, with the command's overrides last (as `vantage sweep`
+    applies them); a bad value is named with the sweep file and the run."""
     from vantage_core.config import expand_sweep, load_config
-
     from vantage_core.errors import ConfigError
 
     base, _, runs = expand_sweep(options["config"])
@@ -74,7 +68,7 @@ def checked_sweep_runs(options: dict) -> tuple[int, int]:
             configs.append(load_config(base, list(r.overrides) + list(options.get("overrides") or ())))
         except ConfigError as exc:
             raise ConfigError(f"{options['config']}: run {r.name!r}: {exc}") from None
-    return len(configs), sum(sum(1 for _ in iter_plugin_specs_of(c)) for c in configs)
+    return configs
 
 
 @config.command()
