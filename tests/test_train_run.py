@@ -202,9 +202,9 @@ def test_validation_curve_counts_training_minutes_only(tmp_path):
                {"kind": "train", "step": 3, "step_s": 90.0}, {"kind": "eval", "step": 3, "action_exact": 0.5}]
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
-    curve = validation_curve(metrics, "action_exact")
+    curve = validation_curve(tmp_path, "action_exact")
     assert curve == [(1.0, 0.25), (2.5, 0.5)]
-    assert validation_curve(tmp_path / "absent.jsonl", "action_exact") == []
+    assert validation_curve(tmp_path / "absent", "action_exact") == []
     assert plot_curves({"a": curve}, tmp_path / "c.png", "action_exact").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -46,7 +46,7 @@ def run_sweep(path: str | Path, out_dir: str | Path | None = None, overrides: li
             echo(f"[{i + 1}/{len(runs)}] {r.name}: {' '.join(r.overrides) or '(base config)'}")
             summary = train(cfg, overwrite=True, progress=progress, echo=echo)
         rows.append(_row(r.name, r.overrides, cfg, summary))
-        curves[r.name] = validation_curve(cfg.run.path / "metrics.jsonl", cfg.train.select_metric)
+        curves[r.name] = validation_curve(cfg.run.path, cfg.train.select_metric)
     metric = configs[0].train.select_metric if configs else "execution"
     result = write_table(rows, out, metric)
     result["figure"] = plot_comparison(rows, out / "comparison.png", metric)
@@ -54,14 +54,16 @@ def run_sweep(path: str | Path, out_dir: str | Path | None = None, overrides: li
     return result
 
 
-def validation_curve(metrics_file: Path, metric: str) -> list[tuple[float, float]]:
-    """(training minutes, metric) at each evaluation of a run: the minutes are the summed step
-    times of the training steps before it, so evaluation time is not counted."""
+def validation_curve(run_dir: Path, metric: str) -> list[tuple[float, float]]:
+    """(training minutes, metric) at each evaluation of a run (none without its metrics.jsonl):
+    the minutes are the summed step times of the training steps before it, so evaluation time is
+    not counted."""
+    from vantage_core.train.telemetry import METRICS_FILE, read_metrics
+
     points, seconds = [], 0.0
-    if not metrics_file.exists():
+    if not (run_dir / METRICS_FILE).exists():
         return points
-    for line in metrics_file.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_metrics(run_dir):
         if record.get("kind") == "train":
             seconds += float(record.get("step_s") or 0.0)
         elif record.get("kind") == "eval" and isinstance(record.get(metric), (int, float)):
