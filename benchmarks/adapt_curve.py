@@ -54,6 +54,8 @@ class CurveSettings:
     steps: int = 200
     synthetic: int = 200
     replay: float = 0.2
+    lr: float | None = None  # None: adapt's default (a fraction of the model's own rate)
+    blend: float = 0.5  # adapt's default
     pool: int = 20
     min_scored: int = 5
     forget_sample: int = 200
@@ -243,7 +245,7 @@ def adapt_once(settings: CurveSettings, split: DatabaseSplit, k: int, seed: int)
     t0 = time.perf_counter()
     summary = adapt(AdaptRequest(model=settings.model, db=split.db_path, out=str(folder),
                                  examples=examples and str(examples), synthetic=settings.synthetic,
-                                 replay=settings.replay, steps=settings.steps, seed=seed, overwrite=True, progress=False), echo=said.append)
+                                 replay=settings.replay, steps=settings.steps, lr=settings.lr, blend=settings.blend, seed=seed, overwrite=True, progress=False), echo=said.append)
     record = {**summary["adapt"], "measured_wall_s": time.perf_counter() - t0, "said": said,
               "final_loss": summary.get("final_loss")}
     return folder, record
@@ -258,6 +260,7 @@ def measure_point(settings: CurveSettings, split: DatabaseSplit, k: int, seed: i
         shutil.rmtree(folder)
     scored_ids, other_ids = [e.id for e in split.scored], [e.id for e in others]
     result = {"db": split.db_id, "k": k, "seed": seed, "steps": settings.steps, "synthetic": settings.synthetic, "replay": settings.replay,
+              "lr": record.get("lr"), "blend": settings.blend,
               "pairs": [p["id"] for p in split.pool[:k]], "scored": scored_ids, "forget": other_ids,
               "ex": rate(scores, scored_ids, "exec"), "em": rate(scores, scored_ids, "exact"),
               "forget_ex": rate(scores, other_ids, "exec"), "forget_em": rate(scores, other_ids, "exact"),
@@ -478,6 +481,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=200, help="adapt's --steps (default 200)")
     p.add_argument("--synthetic", type=int, default=200, help="adapt's --synthetic (default 200)")
     p.add_argument("--replay", type=float, default=0.2, help="adapt's --replay (default 0.2)")
+    p.add_argument("--lr", type=float, default=None, help="adapt's --lr (default: adapt's, 0.3 of the model's rate)")
+    p.add_argument("--blend", type=float, default=0.5, help="adapt's --blend (default 0.5)")
     p.add_argument("--pool", type=int, default=20, help="accepted questions per database kept for adapting (default 20)")
     p.add_argument("--min-scored", type=int, default=5, help="fewest scored questions a database needs (default 5)")
     p.add_argument("--forget-sample", type=int, default=200, help="held-out questions sampled for forgetting (default 200)")
@@ -496,10 +501,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = CurveSettings(model=str(Path(args.model).resolve()), out=args.out, ks=sorted(set(args.k)), seeds=args.seeds,
-                             steps=args.steps, synthetic=args.synthetic, replay=args.replay, pool=args.pool, min_scored=args.min_scored,
+                             steps=args.steps, synthetic=args.synthetic, replay=args.replay, lr=args.lr, blend=args.blend, pool=args.pool, min_scored=args.min_scored,
                              forget_sample=args.forget_sample, forget_seed=args.forget_seed,
                              split_seed=args.split_seed, keep_runs=args.keep_runs)
-    line = (f"model: {args.model}; adapt --steps {args.steps} --synthetic {args.synthetic} --replay {args.replay}; pool {args.pool}, "
+    line = (f"model: {args.model}; adapt --steps {args.steps} --synthetic {args.synthetic} --replay {args.replay}{f' --lr {args.lr}' if args.lr else ''} --blend {args.blend}; pool {args.pool}, "
             f"split seed {args.split_seed}; forgetting sample {args.forget_sample} (seed {args.forget_seed})")
     if not args.report_only:
         dbs = None if args.dbs == "all" else [d.strip() for d in args.dbs.split(",") if d.strip()]

@@ -325,3 +325,32 @@ def test_init_from_must_name_a_model_this_config_can_start_from(base_run, tmp_pa
                                   *PLAIN])
     with pytest.raises(ConfigError, match=r"^train.init_from: .*does not fit"):
         build_run(wider, **QUIET)
+
+
+def test_the_saved_weights_blend_the_fine_tuned_ones_with_the_models_own(base_run, tmp_path):
+    """With --blend 0.25 each saved weight is a quarter of the one fine-tuned alone (--blend 1,
+    the same seed and data) plus three quarters of the model's own; the blend is recorded."""
+    import mlx.core as mx
+
+    from vantage_core.model.io import resolve_model_dir
+    from vantage_core.train.adapt import adapt
+
+    db = planets_db(tmp_path)
+    options = {"synthetic": 30, "steps": 3, "replay": 0.0, "seed": 1}
+    adapt(request(base_run, db, tmp_path / "tuned", blend=1.0, **options), **QUIET_ECHO)
+    summary = adapt(request(base_run, db, tmp_path / "blended", blend=0.25, **options), **QUIET_ECHO)
+    assert summary["adapt"]["blend"] == 0.25
+    weights = {name: mx.load(str(resolve_model_dir(tmp_path / name) / "model.safetensors")) for name in ("tuned", "blended")}
+    own = mx.load(str(resolve_model_dir(base_run) / "model.safetensors"))
+    moved = [name for name in own if not mx.array_equal(weights["tuned"][name], own[name])]
+    assert moved  # fine-tuning changed weights, so the check below can tell a blend from either side
+    for name, weight in weights["blended"].items():
+        assert mx.allclose(weight, 0.25 * weights["tuned"][name] + 0.75 * own[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("blend", ["0", "1.5", "nan"])
+def test_a_blend_outside_its_range_is_one_error_line(base_run, tmp_path, capsys, blend):
+    out = tmp_path / "never"
+    code, _, err = run_cli(["adapt", "-m", str(base_run), "--db", str(planets_db(tmp_path)), "-o", str(out),
+                            "--blend", blend, "--no-progress"], capsys)
+    assert code != 0 and "--blend" in err and nothing_written(out)

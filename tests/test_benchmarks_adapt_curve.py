@@ -74,7 +74,8 @@ def test_the_split_is_disjoint_the_same_for_every_k_and_results_are_reused(tiny_
     assert results[0]["scored"] == results[2]["scored"] == scored
     assert results[0]["pairs"] == [] and results[2]["pairs"] == pool[:2]
     assert results[2]["forget"] and all(i.startswith("worlds/") for i in results[2]["forget"])
-    assert results[2]["adapt"]["steps"] == 2 and 0 <= results[2]["ex"] <= 1
+    assert results[2]["adapt"]["steps"] == 2 and results[2]["adapt"]["blend"] == results[2]["blend"] == 0.5
+    assert 0 <= results[2]["ex"] <= 1
     assert not (settings.out / "runs" / "planets__k2__s0").exists()  # deleted once scored
     written = {k: adapt_curve.result_path(settings.out, "planets", k, 0).stat().st_mtime_ns for k in (0, 2)}
     adapt_curve.run_curve(settings, held, ["planets"], echo=lambda *_: None)

@@ -45,6 +45,9 @@ def train(resume: bool, overwrite: bool, no_progress: bool, **options) -> None:
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--lr", type=FiniteFloat(0, 1, min_open=True), default=None,
               help="Peak learning rate. Default: 0.3 x the one the model was trained at.")
+@click.option("--blend", default=0.5, show_default=True, type=FiniteFloat(0, 1, min_open=True),
+              help="The fine-tuned weights' share of the saved ones, the rest the model's own (1: the fine-tuned "
+                   "weights alone). A blend keeps most of the gain and forgets less of other databases.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run at --out, once the adapted one is complete.")
 @click.option("--no-progress", is_flag=True)

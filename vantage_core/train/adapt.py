@@ -18,6 +18,10 @@ The adapted run is an ordinary run of :func:`vantage_core.train.run.build_run` a
 - a short fixed schedule: ``steps`` at ``lr`` with a tenth of them warming up, no validation, no
   moving average of the weights.
 
+The saved weights are then a blend, ``blend`` times the fine-tuned ones plus the rest of the
+model's own (a weight-space ensemble of the two): it keeps most of the gain on the database and
+most of what the model knew about others.
+
 It is trained in a hidden sibling of the output folder, which replaces the output folder (an
 earlier adapted run there, with ``overwrite``) only once it is complete; ``adapt.json`` in it
 records what it was adapted from and on.
@@ -32,16 +36,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import mlx.core as mx
+
 from vantage_core.config import Config, DataSource, DistillConfig, dump_config
 from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.folders import check_output_folder, new_folder, output_path, refuse_overlap
-from vantage_core.model.io import read_model_folder
+from vantage_core.model.io import MODEL_FILE, read_model_folder, read_safetensors
 from vantage_core.train.callbacks import Callback
 
 SYNTHETIC = 200  # pairs the templates write, by default
 REPLAY_SHARE = 0.2  # of each batch, by default, where the model's training data loads
 REPLAY_EXAMPLES = 500  # drawn from each source of the model's training data
 LR_FRACTION = 0.3  # the default learning rate: this fraction of the one the model was trained at
+BLEND = 0.5  # the fine-tuned weights' share of the saved ones, by default (the rest: the model's own)
 MAX_LISTED = 10  # pairs that fail, listed one per line
 
 
@@ -58,6 +65,7 @@ class AdaptRequest:
     replay: float = REPLAY_SHARE
     steps: int = 200
     lr: float | None = None  # None: LR_FRACTION of the model's own
+    blend: float = BLEND  # 1: the fine-tuned weights alone
     seed: int = 0
     overwrite: bool = False
     progress: bool = True
@@ -72,6 +80,8 @@ def adapt(request: AdaptRequest, echo: Callable[[str], None] = print,
     started = time.perf_counter()
     folder, base, vocab, _, quantization = read_model_folder(request.model)
     folder = folder.resolve()
+    if not 0 < request.blend <= 1:
+        raise ConfigError(f"blend {request.blend}: the fine-tuned weights' share of the saved ones is above 0 and at most 1")
     if quantization:
         raise ConfigError(f"-m {request.model}: holds {quantization.get('bits')}-bit weights; adapt the float run "
                           f"or checkpoint it was exported from")
@@ -90,9 +100,10 @@ def adapt(request: AdaptRequest, echo: Callable[[str], None] = print,
         sources += replay_sources(base, request.replay, registry, echo)
     cfg = adapted_config(base, folder, sources, request, out)
     record = {"model": str(folder), "db": db, "notes": notes, "examples_sha256": file_sha256(request.examples),
-              "steps": request.steps, "lr": cfg.train.lr, "seed": request.seed,
+              "steps": request.steps, "lr": cfg.train.lr, "blend": request.blend, "seed": request.seed,
               "sources": [s.model_dump(exclude_none=True) for s in sources]}
-    return train_adapted(cfg, out, record, started, request.progress, echo, on_step)
+    return train_adapted(cfg, out, record, started, request.progress, echo, on_step,
+                         finish=lambda staging: blend_checkpoints(staging, folder, request.blend))
 
 
 # ---------------------------------------------------------------------------- checks before any work
@@ -235,10 +246,12 @@ def adapted_config(base: Config, model_folder: Path, sources: list[DataSource], 
 
 
 def train_adapted(cfg: Config, out: Path, record: dict, started: float, progress: bool,
-                  echo: Callable[[str], None], on_step: Callable[[int, int], None] | None = None) -> dict:
+                  echo: Callable[[str], None], on_step: Callable[[int, int], None] | None = None,
+                  finish: Callable[[Path], None] | None = None) -> dict:
     """Train ``cfg`` in a hidden sibling of ``out`` that replaces ``out`` once complete, with
     ``record`` (and the wall time since ``started``) in its ``adapt.json``; the run's summary
-    with that record under ``adapt``. ``on_step(step, steps)`` after each optimizer step."""
+    with that record under ``adapt``. ``on_step(step, steps)`` after each optimizer step;
+    ``finish(staging)`` once training is done, before the folder takes the place of ``out``."""
     from vantage_core.train.run import build_run, fit
 
     with new_folder(out) as staging:
@@ -248,10 +261,30 @@ def train_adapted(cfg: Config, out: Path, record: dict, started: float, progress
         summary = fit(run, callbacks)
         if summary.get("stopped"):
             raise VantageError(f"adaptation {summary['stopped']} at step {summary.get('step')}; {out} is as it was")
+        if finish is not None:
+            finish(staging)
         name_own_folder(staging, cfg)
         summary = {**summary, "adapt": {**record, "wall_s": time.perf_counter() - started}}
         (staging / "adapt.json").write_text(json.dumps(summary["adapt"], indent=2) + "\n")
     return summary
+
+
+def blend_checkpoints(run_folder: Path, model_folder: Path, share: float) -> None:
+    """Make the weights of each checkpoint in ``run_folder`` ``share`` times its own plus ``1 - share``
+    times those in ``model_folder`` (the model the run was fine-tuned from); 1: left as they are."""
+    if share == 1:
+        return
+    own = read_safetensors(model_folder / MODEL_FILE)
+    for file in sorted((run_folder / "checkpoints").glob(f"*/{MODEL_FILE}")):
+        tuned = read_safetensors(file)
+        mx.save_safetensors(str(file), {name: blended(w, own[name], share) for name, w in tuned.items()})
+
+
+def blended(tuned: mx.array, own: mx.array, share: float) -> mx.array:
+    """``share * tuned + (1 - share) * own`` in ``tuned``'s dtype; a non-float array is ``tuned``."""
+    if not mx.issubdtype(tuned.dtype, mx.floating):
+        return tuned
+    return (share * tuned.astype(mx.float32) + (1 - share) * own.astype(mx.float32)).astype(tuned.dtype)
 
 
 def name_own_folder(folder: Path, cfg: Config) -> None:
