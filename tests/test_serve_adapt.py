@@ -141,7 +141,8 @@ def test_the_adapted_model_answers_its_database_and_one_job_runs_at_a_time(model
         assert sorted(after["rows"]) == gold
         assert answer(client, "elsewhere", ICE["question"])["sql"] == before["sql"]
         assert client.get("/health").json()["adapted"] == ["planets"]
-    assert json.loads((tmp_path / "adapt" / "planets" / "adapt.json").read_text())["steps"] == STEPS
+    record = json.loads((tmp_path / "adapt" / "planets" / "adapt.json").read_text())
+    assert (record["steps"], record["blend"]) == (STEPS, 0.5)  # adapt's default blend
 
 
 def test_a_failed_adaptation_reports_why_and_keeps_the_served_model(model, tmp_path):
@@ -187,3 +188,9 @@ def test_an_adapt_folder_around_or_inside_the_model_is_refused(model, tmp_path, 
 def test_adapting_an_ensemble_is_refused(model, tmp_path, capsys, never_serves):
     code, _, err = run_cli(["serve", "-m", str(model), "-m", str(model), "--adapt-dir", str(tmp_path / "a")], capsys)
     assert code == 2 and "--adapt-dir adapts one model" in err
+
+
+@pytest.mark.parametrize("blend", ["0", "2"])
+def test_an_adapt_blend_outside_its_range_is_refused(model, tmp_path, capsys, never_serves, blend):
+    code, _, err = run_cli(["serve", "-m", str(model), "--adapt-dir", str(tmp_path / "a"), "--adapt-blend", blend], capsys)
+    assert code == 2 and "--adapt-blend" in err and not (tmp_path / "a").exists()

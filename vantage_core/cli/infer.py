@@ -200,6 +200,7 @@ class ServeOptions:
     max_schema_items: int
     adapt_dir: str | None
     adapt_steps: int
+    adapt_blend: float
 
 
 @click.command()
@@ -225,6 +226,9 @@ class ServeOptions:
                    "database (docs/adapt.md): each database's examples and adapted run are kept here. Default: off.")
 @click.option("--adapt-steps", default=200, show_default=True, type=click.IntRange(1),
               help="Steps of each adaptation started from the playground (vantage adapt --steps).")
+@click.option("--adapt-blend", default=0.5, show_default=True, type=FiniteFloat(0, 1, min_open=True),
+              help="The fine-tuned weights' share of each adapted model started from the playground "
+                   "(vantage adapt --blend; 1: the fine-tuned weights alone).")
 @allow_privileged_option
 @options_into(ServeOptions)
 def serve(options: ServeOptions) -> None:
@@ -245,7 +249,8 @@ def adapt_jobs(options: ServeOptions):
 
     if len(options.checkpoints) > 1:
         raise click.UsageError("--adapt-dir adapts one model; serve a single --checkpoint to adapt it")
-    return AdaptJobs(options.checkpoints[0], AdaptSettings(folder=options.adapt_dir, steps=options.adapt_steps))
+    return AdaptJobs(options.checkpoints[0], AdaptSettings(folder=options.adapt_dir, steps=options.adapt_steps,
+                                                                   blend=options.adapt_blend))
 
 
 @click.command()

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.folders import refuse_overlap
 from vantage_core.inference.adapt_routes import AdaptBusy, ServedDatabase
-from vantage_core.train.adapt import (REPLAY_SHARE, SYNTHETIC, AdaptRequest, PairChecker, adapt, check_database,
+from vantage_core.train.adapt import (BLEND, REPLAY_SHARE, SYNTHETIC, AdaptRequest, PairChecker, adapt, check_database,
                                       pair_problems)
 
 EXAMPLES_SUFFIX = ".examples.jsonl"
@@ -42,12 +42,13 @@ NICENESS = 10  # the training process's priority below the server's
 
 @dataclass
 class AdaptSettings:
-    """How the server adapts (``vantage serve --adapt-dir``, ``--adapt-steps``)."""
+    """How the server adapts (``vantage serve --adapt-dir``, ``--adapt-steps``, ``--adapt-blend``)."""
 
     folder: str  # the examples files and the adapted runs
     steps: int = 200
     synthetic: int = SYNTHETIC
     replay: float = REPLAY_SHARE
+    blend: float = BLEND
 
 
 class AdaptJobs:
@@ -123,7 +124,7 @@ class AdaptJobs:
         request = AdaptRequest(model=self.model, db=db.path, out=str(self.folder / db.db_id),
                                examples=str(examples) if examples.is_file() else None, notes=db.notes,
                                synthetic=self.settings.synthetic, replay=self.settings.replay,
-                               steps=self.settings.steps, overwrite=True, progress=False)
+                               steps=self.settings.steps, blend=self.settings.blend, overwrite=True, progress=False)
         log = self.folder / f"{db.db_id}.adapt.log"
         with self._saving, self._jobs:  # a save under way ends first; later ones see the job
             self._refuse_while_adapting(None, "start another", locked=True)
