@@ -438,9 +438,21 @@ def write_report(out: Path, settings_line: str = "") -> Path:
     baseline = json.loads((out / "baseline.json").read_text())["scores"]
     plan_record = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}
     rows = curve_rows(results, baseline)
-    (out / "adapt_curve.md").write_text(markdown(rows, plan_record, settings_line or f"model: {plan_record.get('model')}"))
+    line = settings_line or f"model: {plan_record.get('model')}; {recorded_settings(results)}"
+    (out / "adapt_curve.md").write_text(markdown(rows, plan_record, line))
     plot(rows, out / "adapt_curve.png")
     return out / "adapt_curve.md"
+
+
+def recorded_settings(results: list[dict]) -> str:
+    """What the results say adapt ran with: each setting's values, in the order first seen (a result
+    from before --blend existed saved the fine-tuned weights alone: blend 1)."""
+    def values(key: str, missing: Any = None) -> str:
+        seen = dict.fromkeys(str(r.get(key, missing)) for r in results)
+        return ", ".join(seen)
+
+    return (f"adapt --steps {values('steps')} --synthetic {values('synthetic')} --replay {values('replay')} "
+            f"--blend {values('blend', 1.0)} (as recorded in the results)")
 
 
 # ---------------------------------------------------------------------------- command line
@@ -491,7 +503,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-runs", action="store_true", help="keep the adapted runs (default: deleted once scored)")
     p.add_argument("--report-only", action="store_true", help="only write the report from the results in --out")
     args = p.parse_args(argv)
-    if args.pool < max(args.k):
+    if not args.report_only and args.pool < max(args.k):
         p.error(f"--pool {args.pool} is below the largest --k {max(args.k)}")
     if args.steps < 1:
         p.error(f"--steps {args.steps}: give 1 or more")
@@ -514,7 +526,7 @@ def main(argv: list[str] | None = None) -> None:
         held = held_out_examples(args.model)
         print(f"loaded {len(held)} held-out questions in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         run_curve(settings, held, dbs, echo=lambda m: tqdm.write(m, file=sys.stderr))
-    print(write_report(args.out, line))
+    print(write_report(args.out, "" if args.report_only else line))
 
 
 if __name__ == "__main__":
