@@ -102,8 +102,7 @@ def adapt(request: AdaptRequest, echo: Callable[[str], None] = print,
     record = {"model": str(folder), "db": db, "notes": notes, "examples_sha256": file_sha256(request.examples),
               "steps": request.steps, "lr": cfg.train.lr, "blend": request.blend, "seed": request.seed,
               "sources": [s.model_dump(exclude_none=True) for s in sources]}
-    return train_adapted(cfg, out, record, started, request.progress, echo, on_step,
-                         finish=lambda staging: blend_checkpoints(staging, folder, request.blend))
+    return train_adapted(cfg, out, record, started, request.progress, echo, on_step)
 
 
 # ---------------------------------------------------------------------------- checks before any work
@@ -246,12 +245,11 @@ def adapted_config(base: Config, model_folder: Path, sources: list[DataSource], 
 
 
 def train_adapted(cfg: Config, out: Path, record: dict, started: float, progress: bool,
-                  echo: Callable[[str], None], on_step: Callable[[int, int], None] | None = None,
-                  finish: Callable[[Path], None] | None = None) -> dict:
-    """Train ``cfg`` in a hidden sibling of ``out`` that replaces ``out`` once complete, with
-    ``record`` (and the wall time since ``started``) in its ``adapt.json``; the run's summary
-    with that record under ``adapt``. ``on_step(step, steps)`` after each optimizer step;
-    ``finish(staging)`` once training is done, before the folder takes the place of ``out``."""
+                  echo: Callable[[str], None], on_step: Callable[[int, int], None] | None = None) -> dict:
+    """Train ``cfg`` in a hidden sibling of ``out`` and blend its weights with the model's (``record``'s
+    ``model`` and ``blend``); that folder replaces ``out`` once complete, with ``record`` (and the wall
+    time since ``started``) in its ``adapt.json``. The run's summary with that record under ``adapt``.
+    ``on_step(step, steps)`` after each optimizer step."""
     from vantage_core.train.run import build_run, fit
 
     with new_folder(out) as staging:
@@ -261,8 +259,7 @@ def train_adapted(cfg: Config, out: Path, record: dict, started: float, progress
         summary = fit(run, callbacks)
         if summary.get("stopped"):
             raise VantageError(f"adaptation {summary['stopped']} at step {summary.get('step')}; {out} is as it was")
-        if finish is not None:
-            finish(staging)
+        blend_checkpoints(staging, Path(record["model"]), record["blend"])
         name_own_folder(staging, cfg)
         summary = {**summary, "adapt": {**record, "wall_s": time.perf_counter() - started}}
         (staging / "adapt.json").write_text(json.dumps(summary["adapt"], indent=2) + "\n")
