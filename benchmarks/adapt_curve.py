@@ -53,7 +53,6 @@ class CurveSettings:
     seeds: list[int] = field(default_factory=lambda: [0])
     steps: int = 200
     synthetic: int = 200
-    variants: int = 200  # adapt's default
     replay: float = 0.2
     lr: float | None = None  # None: adapt's default (a fraction of the model's own rate)
     blend: float = 0.5  # adapt's default
@@ -245,7 +244,7 @@ def adapt_once(settings: CurveSettings, split: DatabaseSplit, k: int, seed: int)
     said: list[str] = []
     t0 = time.perf_counter()
     summary = adapt(AdaptRequest(model=settings.model, db=split.db_path, out=str(folder),
-                                 examples=examples and str(examples), synthetic=settings.synthetic, variants=settings.variants,
+                                 examples=examples and str(examples), synthetic=settings.synthetic,
                                  replay=settings.replay, steps=settings.steps, lr=settings.lr, blend=settings.blend, seed=seed, overwrite=True, progress=False), echo=said.append)
     record = {**summary["adapt"], "measured_wall_s": time.perf_counter() - t0, "said": said,
               "final_loss": summary.get("final_loss")}
@@ -260,7 +259,7 @@ def measure_point(settings: CurveSettings, split: DatabaseSplit, k: int, seed: i
     if not settings.keep_runs:
         shutil.rmtree(folder)
     scored_ids, other_ids = [e.id for e in split.scored], [e.id for e in others]
-    result = {"db": split.db_id, "k": k, "seed": seed, "steps": settings.steps, "synthetic": settings.synthetic, "variants": settings.variants, "replay": settings.replay,
+    result = {"db": split.db_id, "k": k, "seed": seed, "steps": settings.steps, "synthetic": settings.synthetic, "replay": settings.replay,
               "lr": record.get("lr"), "blend": settings.blend,
               "pairs": [p["id"] for p in split.pool[:k]], "scored": scored_ids, "forget": other_ids,
               "ex": rate(scores, scored_ids, "exec"), "em": rate(scores, scored_ids, "exact"),
@@ -447,13 +446,12 @@ def write_report(out: Path, settings_line: str = "") -> Path:
 
 def recorded_settings(results: list[dict]) -> str:
     """What the results say adapt ran with: each setting's values, in the order first seen (a result
-    from before --blend existed saved the fine-tuned weights alone: blend 1; one from before --variants, none)."""
+    from before --blend existed saved the fine-tuned weights alone: blend 1)."""
     def values(key: str, missing: Any = None) -> str:
         seen = dict.fromkeys(str(r.get(key, missing)) for r in results)
         return ", ".join(seen)
 
-    return (f"adapt --steps {values('steps')} --synthetic {values('synthetic')} --variants {values('variants', 0)} "
-            f"--replay {values('replay')} "
+    return (f"adapt --steps {values('steps')} --synthetic {values('synthetic')} --replay {values('replay')} "
             f"--blend {values('blend', 1.0)} (as recorded in the results)")
 
 
@@ -494,7 +492,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dbs", default="all", help="all, or database ids separated by commas")
     p.add_argument("--steps", type=int, default=200, help="adapt's --steps (default 200)")
     p.add_argument("--synthetic", type=int, default=200, help="adapt's --synthetic (default 200)")
-    p.add_argument("--variants", type=int, default=200, help="adapt's --variants (default 200)")
     p.add_argument("--replay", type=float, default=0.2, help="adapt's --replay (default 0.2)")
     p.add_argument("--lr", type=float, default=None, help="adapt's --lr (default: adapt's, 0.3 of the model's rate)")
     p.add_argument("--blend", type=float, default=0.5, help="adapt's --blend (default 0.5)")
@@ -516,10 +513,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = CurveSettings(model=str(Path(args.model).resolve()), out=args.out, ks=sorted(set(args.k)), seeds=args.seeds,
-                             steps=args.steps, synthetic=args.synthetic, variants=args.variants, replay=args.replay, lr=args.lr, blend=args.blend, pool=args.pool, min_scored=args.min_scored,
+                             steps=args.steps, synthetic=args.synthetic, replay=args.replay, lr=args.lr, blend=args.blend, pool=args.pool, min_scored=args.min_scored,
                              forget_sample=args.forget_sample, forget_seed=args.forget_seed,
                              split_seed=args.split_seed, keep_runs=args.keep_runs)
-    line = (f"model: {args.model}; adapt --steps {args.steps} --synthetic {args.synthetic} --variants {args.variants} --replay {args.replay}{f' --lr {args.lr}' if args.lr else ''} --blend {args.blend}; pool {args.pool}, "
+    line = (f"model: {args.model}; adapt --steps {args.steps} --synthetic {args.synthetic} --replay {args.replay}{f' --lr {args.lr}' if args.lr else ''} --blend {args.blend}; pool {args.pool}, "
             f"split seed {args.split_seed}; forgetting sample {args.forget_sample} (seed {args.forget_seed})")
     if not args.report_only:
         dbs = None if args.dbs == "all" else [d.strip() for d in args.dbs.split(",") if d.strip()]

@@ -1,6 +1,6 @@
 """``vantage adapt``: a tiny trained pointer model adapted to a new SQLite database from a few
 question/SQL pairs; the checks of each pair before anything is written; the output folder; the
-datasets it trains on (``pairs``, ``variants``, ``templated``) and ``train.init_from``."""
+datasets it trains on (``pairs``, ``templated``) and ``train.init_from``."""
 
 from __future__ import annotations
 
@@ -114,9 +114,7 @@ def test_the_adapted_model_answers_a_question_the_model_got_wrong(base_run, tmp_
     assert f"{out}: adapted in" in stdout
     assert answer_rows(out, db, ICE["question"]) == gold
     record = json.loads((out / "adapt.json").read_text())
-    # the pairs and their variants share half of what replay leaves, the templates the other half
-    assert [(s["name"], round(s["weight"], 3)) for s in record["sources"]] == [
-        ("pairs", 0.2), ("variants", 0.2), ("templated", 0.4), ("synthetic", 0.2)]  # replay: its own data
+    assert [s["name"] for s in record["sources"]] == ["pairs", "templated", "synthetic"]  # replay: its own data
     saved = load_config(out / "config.yaml")
     assert saved.run.dir == str(out) and saved.train.init_from == record["model"] and saved.train.steps == 40
     assert load_config(out / "checkpoints" / "last" / "config.yaml").run.dir == str(out)
@@ -269,60 +267,6 @@ def test_templated_pairs_run_on_the_database_and_join_through_its_foreign_keys(t
     assert any("ON T1.planet_id = T2.id" in e.sql for e in examples)
     for e in examples:
         assert rows_of(db, e.sql), e.sql
-
-
-def test_variants_swap_a_value_the_question_spells_for_another_of_its_column(tmp_path):
-    """Each variant is a pair with one compared value replaced, in its question and its SQL, by
-    another value of that column; its SQL returns rows. A pair whose question spells no compared
-    value (a count; a key the question names otherwise) gives none."""
-    from vantage_core.plugins import registry
-
-    db = planets_db(tmp_path)
-    rows = [*PAIRS, {"question": "What is the moon_name of the moons of Mars?",
-                     "sql": "SELECT moon_name FROM moons WHERE planet_id = 4"}]
-    variants = registry().build("dataset", "variants", path=str(pairs_file(tmp_path / "p.jsonl", rows)), db=str(db),
-                                n=50).load("train").examples
-    by_line = {}
-    for v in variants:
-        by_line.setdefault(v.extras["line"], []).append(v.extras["swapped"])
-        old, new = v.extras["swapped"]
-        assert new in v.question and new in v.sql and old not in v.question, v
-        assert rows_of(db, v.sql), v.sql
-    assert set(by_line) == {2, 3}
-    assert sorted(new for _, new in by_line[2]) == ["dust", "lava", "rock"]  # the other surfaces
-    # every other mass but the largest: no planet is heavier, so that query returns no row
-    assert {old for old, _ in by_line[3]} == {"500"}
-    assert sorted(int(new) for _, new in by_line[3]) == [33, 64, 487, 597, 900, 1200]
-    ice = next(v for v in variants if v.extras["swapped"] == ["ice", "rock"])
-    assert (ice.question, ice.sql) == ("List the moon_name of moons whose surface is rock.",
-                                       "SELECT moon_name FROM moons WHERE surface = 'rock'")
-
-
-def test_variants_are_drawn_in_turn_and_leave_out_what_they_are_told(tmp_path):
-    from vantage_core.plugins import registry
-
-    db, path = planets_db(tmp_path), str(pairs_file(tmp_path / "p.jsonl", PAIRS))
-    first = registry().build("dataset", "variants", path=path, db=str(db), n=4, seed=1).load("train").examples
-    assert [v.extras["line"] for v in first] == [2, 3, 2, 3]  # one from each pair in turn
-    again = registry().build("dataset", "variants", path=path, db=str(db), n=4, seed=1).load("train").examples
-    assert [v.id for v in again] == [v.id for v in first]
-    kept = registry().build("dataset", "variants", path=path, db=str(db), n=4, seed=1,
-                            leave_out=[first[0].id]).load("train").examples
-    assert first[0].id not in {v.id for v in kept} and len(kept) == 4
-    none = registry().build("dataset", "variants", path=str(pairs_file(tmp_path / "c.jsonl", PAIRS[:1])), db=str(db))
-    report = none.load("train")
-    assert report.examples == [] and "no variants" in report.summary("variants", "train")
-    with pytest.raises(DataError, match="variants: n must be a whole number"):
-        registry().build("dataset", "variants", path=path, db=str(db), n=0)
-
-
-def test_no_variants_with_variants_0(base_run, tmp_path):
-    from vantage_core.train.adapt import adapt
-
-    out = tmp_path / "no_variants"
-    summary = adapt(request(base_run, planets_db(tmp_path), out, pairs_file(tmp_path / "p.jsonl", PAIRS),
-                            synthetic=0, variants=0, steps=2, replay=0.0), **QUIET_ECHO)
-    assert [(s["name"], s["weight"]) for s in summary["adapt"]["sources"]] == [("pairs", 1.0)]
 
 
 # What the synthetic dataset gave for these settings before its templates learned to write over

@@ -81,7 +81,7 @@ def test_the_split_is_disjoint_the_same_for_every_k_and_results_are_reused(tiny_
     adapt_curve.run_curve(settings, held, ["planets"], echo=lambda *_: None)
     assert {k: adapt_curve.result_path(settings.out, "planets", k, 0).stat().st_mtime_ns for k in (0, 2)} == written
     report = adapt_curve.write_report(settings.out).read_text()
-    assert "adapt --steps 2 --synthetic 10 --variants 200 --replay 0.2 --blend 0.5 (as recorded in the results)" in report
+    assert "adapt --steps 2 --synthetic 10 --replay 0.2 --blend 0.5 (as recorded in the results)" in report
     assert [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| 0 ") or line.startswith("| 2 ")] \
         == ["| 0", "| 2"]
     assert (settings.out / "adapt_curve.png").stat().st_size > 0

@@ -40,9 +40,6 @@ def train(resume: bool, overwrite: bool, no_progress: bool, **options) -> None:
               help="The adapted run's folder; neither the model's folder, nor inside or around it.")
 @click.option("--synthetic", default=200, show_default=True, type=click.IntRange(0),
               help="Pairs the synthetic templates write over --db's tables (0: none).")
-@click.option("--variants", default=200, show_default=True, type=click.IntRange(0),
-              help="At most this many of --examples' pairs again, each with a value it asks about swapped for "
-                   "another of that column (0: none).")
 @click.option("--replay", default=0.2, show_default=True, type=FiniteFloat(0, 1, max_open=True),
               help="Share of each batch drawn from the model's own training data, where it loads (0: none).")
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(1))

@@ -45,7 +45,6 @@ from vantage_core.model.io import MODEL_FILE, read_model_folder, read_safetensor
 from vantage_core.train.callbacks import Callback
 
 SYNTHETIC = 200  # pairs the templates write, by default
-VARIANTS = 200  # at most, of the user's pairs with a value swapped, by default
 REPLAY_SHARE = 0.2  # of each batch, by default, where the model's training data loads
 REPLAY_EXAMPLES = 500  # drawn from each source of the model's training data
 LR_FRACTION = 0.3  # the default learning rate: this fraction of the one the model was trained at
@@ -63,7 +62,6 @@ class AdaptRequest:
     examples: str | None = None  # a JSON Lines file of {"question", "sql"} pairs; None: synthetic pairs only
     notes: str | None = None  # schema notes; None: the file beside the database, if any
     synthetic: int = SYNTHETIC
-    variants: int = VARIANTS  # the pairs again with a value swapped (0: none)
     replay: float = REPLAY_SHARE
     steps: int = 200
     lr: float | None = None  # None: LR_FRACTION of the model's own
@@ -91,14 +89,13 @@ def adapt(request: AdaptRequest, echo: Callable[[str], None] = print,
     db, notes = check_database(request)
     registry = default_registry()
     checker = PairChecker(base, vocab, registry)
-    groups = [[user_pairs(request, db, notes, checker, registry),
-               *pair_variants(request, db, notes, checker, registry, echo)] if request.examples else [],
-              synthetic_pairs(request, db, notes, checker, registry, echo) if request.synthetic else []]
-    groups = [group for group in groups if group]
-    if not groups:
+    sources = [user_pairs(request, db, notes, checker, registry)] if request.examples else []
+    if request.synthetic:
+        sources += synthetic_pairs(request, db, notes, checker, registry, echo)
+    if not sources:
         raise DataError(f"nothing to adapt on: give --examples, or --synthetic above 0 over a database whose tables "
                         f"the templates can use ({db})")
-    sources = [s for group in groups for s in shared_out(group, (1.0 - request.replay) / len(groups))]
+    sources = shared_out(sources, 1.0 - request.replay)
     if request.replay:
         sources += replay_sources(base, request.replay, registry, echo)
     cfg = adapted_config(base, folder, sources, request, out)
@@ -205,26 +202,6 @@ def synthetic_pairs(request: AdaptRequest, db: str, notes: str | None, checker: 
         echo(f"synthetic: none; {'; '.join(report.notes) or 'no template pair the model can write'}")
         return []
     return [source]
-
-
-def pair_variants(request: AdaptRequest, db: str, notes: str | None, checker: PairChecker, registry: Any,
-                  echo: Callable[[str], None]) -> list[DataSource]:
-    """The source of the user's pairs with one value swapped for another of its column, less
-    those the model's codec cannot write; none when ``request.variants`` is 0 or no pair has a
-    value to swap."""
-    from vantage_core.data.pipeline import load_source
-
-    if not request.variants:
-        return []
-    source = DataSource(name="variants", path=str(Path(request.examples).resolve()), db=db, n=request.variants,
-                        seed=request.seed, notes=notes)
-    report, _ = load_source(source, "train", registry)
-    failing = sorted(ex.id for ex in report.examples if checker.codec_problem(ex) is not None)
-    if len(failing) == len(report.examples):
-        echo(f"variants: none; {'; '.join(report.notes) or 'the model cannot write any of them'}")
-        return []
-    echo(f"variants: {len(report.examples) - len(failing)} of the pairs with a value swapped")
-    return [source.model_copy(update={"leave_out": failing})] if failing else [source]
 
 
 def shared_out(sources: list[DataSource], share: float) -> list[DataSource]:

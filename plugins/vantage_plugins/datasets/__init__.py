@@ -15,7 +15,6 @@ def register_datasets(register):
     from vantage_plugins.datasets.pairs import PairsDataset
     from vantage_plugins.datasets.synthetic import SyntheticDataset
     from vantage_plugins.datasets.templated import TemplatedDataset
-    from vantage_plugins.datasets.variants import VariantsDataset
     from vantage_plugins.datasets.wikisql import WikiSQLDataset
 
     register("spider", SpiderDataset)
@@ -26,4 +25,3 @@ def register_datasets(register):
     register("outside", OutsideDataset)
     register("pairs", PairsDataset)
     register("templated", TemplatedDataset)
-    register("variants", VariantsDataset)
