@@ -45,6 +45,7 @@ from vantage_core.model.io import MODEL_FILE, read_model_folder, read_safetensor
 from vantage_core.train.callbacks import Callback
 
 SYNTHETIC = 200  # pairs the templates write, by default
+STEPS = 200  # optimizer steps, by default
 REPLAY_SHARE = 0.2  # of each batch, by default, where the model's training data loads
 REPLAY_EXAMPLES = 500  # drawn from each source of the model's training data
 LR_FRACTION = 0.3  # the default learning rate: this fraction of the one the model was trained at
@@ -63,7 +64,7 @@ class AdaptRequest:
     notes: str | None = None  # schema notes; None: the file beside the database, if any
     synthetic: int = SYNTHETIC
     replay: float = REPLAY_SHARE
-    steps: int = 200
+    steps: int = STEPS
     lr: float | None = None  # None: LR_FRACTION of the model's own
     blend: float = BLEND  # 1: the fine-tuned weights alone
     seed: int = 0

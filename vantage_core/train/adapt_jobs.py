@@ -32,7 +32,7 @@ from typing import Any, Callable
 from vantage_core.errors import ConfigError, DataError, VantageError
 from vantage_core.folders import refuse_overlap
 from vantage_core.inference.adapt_routes import AdaptBusy, ServedDatabase
-from vantage_core.train.adapt import (BLEND, REPLAY_SHARE, SYNTHETIC, AdaptRequest, PairChecker, adapt, check_database,
+from vantage_core.train.adapt import (BLEND, REPLAY_SHARE, STEPS, SYNTHETIC, AdaptRequest, PairChecker, adapt, check_database,
                                       pair_problems)
 
 EXAMPLES_SUFFIX = ".examples.jsonl"
@@ -45,7 +45,7 @@ class AdaptSettings:
     """How the server adapts (``vantage serve --adapt-dir``, ``--adapt-steps``, ``--adapt-blend``)."""
 
     folder: str  # the examples files and the adapted runs
-    steps: int = 200
+    steps: int = STEPS
     synthetic: int = SYNTHETIC
     replay: float = REPLAY_SHARE
     blend: float = BLEND
