@@ -50,6 +50,16 @@ def test_doctor_reports_blas_and_rates(capsys):
     assert "blas active" in out and "GFLOP/s" in out and "mlx" in out
 
 
+def test_a_missing_dependency_is_one_line_naming_the_package(capsys, monkeypatch):
+    """Without mlx in the environment, doctor (or any command) says which package is missing and
+    how to install it, not a traceback."""
+    monkeypatch.setitem(sys.modules, "mlx.core", None)  # `import mlx.core` now fails as if absent
+    code, out, err = run_cli(["doctor", "--size", "16"], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("error: the Python package 'mlx' is not installed for ") and "install.sh" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_entry_point_script_runs():
     result = subprocess.run([sys.executable, "-m", "vantage_core.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "plugins" in result.stdout

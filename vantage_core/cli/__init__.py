@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     except RecursionError:
         click.echo("error: an input is nested too deeply to read", err=True)
         sys.exit(2)
+    except ModuleNotFoundError as exc:
+        # an environment without one of Vantage's own dependencies (mlx, most often): say which
+        package = (exc.name or str(exc)).split(".")[0]
+        click.echo(f"error: the Python package '{package}' is not installed for {sys.executable}; "
+                   "`bash install.sh` in the Vantage folder (or `pip install .` there) installs what "
+                   "Vantage needs", err=True)
+        sys.exit(2)
     except OSError as exc:
         # a file or folder the command could not read or write (an --out under a file, in a
         # folder it may not write, on a full disk): one line naming it, not a traceback
