@@ -24,7 +24,8 @@ scored once on every question any of those sets holds (``OUT/baseline.json``).
 Each result is one JSON file, ``OUT/results/<db>__k<k>__s<seed>.json``; one that exists is
 reused, so a killed run continues where it stopped. Adapted runs are deleted once scored
 (``--keep-runs`` keeps them). At the end (or with ``--report-only``) ``OUT/adapt_curve.md``
-holds the table per k and ``OUT/adapt_curve.png`` the curve.
+holds the table per k, where the gain comes from (the scored questions whose gold SQL is one of
+the k pairs', asked again in other words, and the rest), and ``OUT/adapt_curve.png`` the curve.
 """
 
 from __future__ import annotations
@@ -251,6 +252,18 @@ def adapt_once(settings: CurveSettings, split: DatabaseSplit, k: int, seed: int)
     return folder, record
 
 
+def sql_key(sql: str) -> str:
+    """``sql`` compared as text: case, spacing and a final semicolon ignored."""
+    return " ".join(sql.strip().rstrip(";").split()).lower()
+
+
+def repeated_ids(split: DatabaseSplit, k: int) -> list[str]:
+    """The scored questions whose gold SQL is that of one of the first ``k`` pairs: the same query
+    asked again in other words."""
+    asked = {sql_key(p["sql"]) for p in split.pool[:k]}
+    return [e.id for e in split.scored if sql_key(e.sql) in asked]
+
+
 def measure_point(settings: CurveSettings, split: DatabaseSplit, k: int, seed: int, forget: list) -> dict:
     """Adapt, score and (unless ``keep_runs``) delete: the point's result, as written to its file."""
     folder, record = adapt_once(settings, split, k, seed)
@@ -262,6 +275,7 @@ def measure_point(settings: CurveSettings, split: DatabaseSplit, k: int, seed: i
     result = {"db": split.db_id, "k": k, "seed": seed, "steps": settings.steps, "synthetic": settings.synthetic, "replay": settings.replay,
               "lr": record.get("lr"), "blend": settings.blend,
               "pairs": [p["id"] for p in split.pool[:k]], "scored": scored_ids, "forget": other_ids,
+              "scored_repeats": repeated_ids(split, k),
               "ex": rate(scores, scored_ids, "exec"), "em": rate(scores, scored_ids, "exact"),
               "forget_ex": rate(scores, other_ids, "exec"), "forget_em": rate(scores, other_ids, "exact"),
               "adapt_s": record["measured_wall_s"], "adapt": record, "score_seconds": seconds,
@@ -362,6 +376,37 @@ def curve_rows(results: list[dict], baseline: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def net_right(after: dict[str, dict], before: dict[str, dict], ids: list[str]) -> int:
+    """Questions of ``ids`` right after less those right before (EX; one unscored is neither)."""
+    return sum((after[i]["exec"] or 0) - (before[i]["exec"] or 0) for i in ids)
+
+
+def repeat_rows(results: list[dict], baseline: dict[str, dict]) -> list[dict]:
+    """Per k, where the gain comes from: the scored questions whose gold SQL is one of the k
+    pairs' (asked again in other words) and the others, each with the net questions gained over
+    all databases, means over the seeds. Results written before the split was recorded are left
+    out (none: no row)."""
+    rows = []
+    for k in sorted({r["k"] for r in results}):
+        at_k = [r for r in results if r["k"] == k and "scored_repeats" in r]
+        seeds = sorted({r["seed"] for r in at_k})
+        if not seeds:
+            continue
+        per_seed = []
+        for seed in seeds:
+            runs = [r for r in at_k if r["seed"] == seed]
+            repeats = [(r, set(r["scored_repeats"])) for r in runs]
+            per_seed.append({
+                "scored": sum(len(r["scored"]) for r in runs),
+                "repeats": sum(len(rep) for _, rep in repeats),
+                "net_repeats": sum(net_right(r["per_example"], baseline, sorted(rep)) for r, rep in repeats),
+                "net_others": sum(net_right(r["per_example"], baseline, [i for i in r["scored"] if i not in rep])
+                                  for r, rep in repeats)})
+        rows.append({"k": k, "seeds": len(seeds), "databases": len({r["db"] for r in at_k}),
+                     **{key: statistics.fmean(p[key] for p in per_seed) for key in per_seed[0]}})
+    return rows
+
+
 def gain(after: float | None, before: float | None) -> float | None:
     return None if after is None or before is None else after - before
 
@@ -378,8 +423,8 @@ def spread(seed_ex: dict) -> str:
     return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f} ({len(values)})"
 
 
-def markdown(rows: list[dict], plan_record: dict, settings_line: str) -> str:
-    """The curve as a Markdown table, with the databases skipped."""
+def markdown(rows: list[dict], plan_record: dict, settings_line: str, repeats: list[dict] = ()) -> str:
+    """The curve as a Markdown table, where its gain comes from, and the databases skipped."""
     lines = ["# Adaptation curve of `vantage adapt`", "", settings_line, "",
              "EX/EM: on each database's scored questions (the same for every k), mean over databases. "
              "Gain: EX minus the unadapted model's on the same questions. Forgetting: EX on the fixed sample of "
@@ -390,6 +435,14 @@ def markdown(rows: list[dict], plan_record: dict, settings_line: str) -> str:
         lines.append(f"| {r['k']} | {r['databases']} | {r['runs']} | {pct(r['ex'])} | {pct(r['em'])} | "
                      f"{pct(r['base_ex'])} | {pct(r['gain_ex'], True)} | {r['minutes']:.2f} | "
                      f"{pct(r['forget_before'])} | {pct(r['forget_after'])} | {spread(r['seed_ex'])} |")
+    if repeats:
+        lines += ["", "Where the gain comes from: the scored questions whose gold SQL is one of the k pairs' "
+                  "(the same query asked in other words) and the rest; questions right after adapting less "
+                  "those right before, summed over the databases, mean over the seeds.", "",
+                  "| k | databases | seeds | scored questions | of them, a pair's SQL | net gained there | "
+                  "net gained on the rest |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['k']} | {r['databases']} | {r['seeds']} | {r['scored']:.0f} | {r['repeats']:.0f} | "
+                  f"{r['net_repeats']:+.1f} | {r['net_others']:+.1f} |" for r in repeats]
     skipped, failed = plan_record.get("skipped") or {}, plan_record.get("failed") or {}
     if skipped:
         lines += ["", f"Databases skipped ({len(skipped)}):"] + [f"- {db}: {why}" for db, why in sorted(skipped.items())]
@@ -439,7 +492,7 @@ def write_report(out: Path, settings_line: str = "") -> Path:
     plan_record = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}
     rows = curve_rows(results, baseline)
     line = settings_line or f"model: {plan_record.get('model')}; {recorded_settings(results)}"
-    (out / "adapt_curve.md").write_text(markdown(rows, plan_record, line))
+    (out / "adapt_curve.md").write_text(markdown(rows, plan_record, line, repeat_rows(results, baseline)))
     plot(rows, out / "adapt_curve.png")
     return out / "adapt_curve.md"
 

@@ -82,8 +82,15 @@ def test_the_split_is_disjoint_the_same_for_every_k_and_results_are_reused(tiny_
     assert {k: adapt_curve.result_path(settings.out, "planets", k, 0).stat().st_mtime_ns for k in (0, 2)} == written
     report = adapt_curve.write_report(settings.out).read_text()
     assert "adapt --steps 2 --synthetic 10 --replay 0.2 --blend 0.5 (as recorded in the results)" in report
-    assert [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| 0 ") or line.startswith("| 2 ")] \
+    curve, sources = report.split("Where the gain comes from")
+    assert [line.split(" | ")[0] for line in curve.splitlines() if line.startswith("| 0 ") or line.startswith("| 2 ")] \
         == ["| 0", "| 2"]
+    # no question is asked again at k=0; at k=2, those whose SQL is one of the two pairs'
+    asked = {adapt_curve.sql_key(planets[i].sql) for i in pool[:2]}
+    repeats = [i for i in scored if adapt_curve.sql_key(planets[i].sql) in asked]
+    assert results[0]["scored_repeats"] == [] and results[2]["scored_repeats"] == repeats
+    assert [line.split(" | ")[4] for line in sources.splitlines() if line.startswith("| 0 ") or line.startswith("| 2 ")] \
+        == ["0", str(len(repeats))]
     assert (settings.out / "adapt_curve.png").stat().st_size > 0
 
 
@@ -105,3 +112,39 @@ def test_a_small_database_is_skipped_and_a_failing_point_is_listed(tiny_run, tmp
     (settings.out / "results").mkdir(exist_ok=True)
     with pytest.raises(SystemExit, match="no result yet"):
         adapt_curve.write_report(settings.out)
+
+
+def test_a_scored_question_asked_again_is_one_whose_sql_is_a_pairs_up_to_case_and_spacing():
+    """Only the first k pairs count, and the SQL is compared ignoring case, spacing and a final
+    semicolon, nothing else."""
+    from types import SimpleNamespace as Q
+
+    pool = [{"id": "p0", "sql": "SELECT count(*) FROM moons;"}, {"id": "p1", "sql": "SELECT name FROM planets"}]
+    scored = [Q(id="a", sql="select  COUNT(*)\nfrom moons"), Q(id="b", sql="SELECT name FROM planets"),
+              Q(id="c", sql="SELECT count(*) FROM moons WHERE 1")]
+    split = adapt_curve.DatabaseSplit("db", "db.sqlite", pool, scored)
+    assert adapt_curve.repeated_ids(split, 0) == []
+    assert adapt_curve.repeated_ids(split, 1) == ["a"]
+    assert adapt_curve.repeated_ids(split, 2) == ["a", "b"]
+
+
+def test_the_report_splits_the_net_gain_between_questions_asked_again_and_the_rest():
+    """Two databases, two seeds: per seed the questions gained and lost are summed over the
+    databases, on the repeats and on the rest apart, then averaged over the seeds; a result
+    without the split (written before it was recorded) is left out of that table."""
+    base = {i: {"exec": v} for i, v in {"a1": 0, "a2": 0, "a3": 1, "b1": 0, "b2": 1}.items()}
+
+    def result(db, seed, scored, repeats, right):
+        return {"db": db, "k": 10, "seed": seed, "scored": scored, "scored_repeats": repeats,
+                "per_example": {i: {"exec": int(i in right)} for i in scored}}
+
+    results = [result("a", 0, ["a1", "a2", "a3"], ["a1"], {"a1", "a2", "a3"}),  # repeats +1, rest +1 (a2 won)
+               result("b", 0, ["b1", "b2"], [], {"b1"}),  # rest 0: b1 won, b2 lost
+               result("a", 1, ["a1", "a2", "a3"], ["a1"], {"a1", "a3"}),  # repeats +1, rest 0
+               result("b", 1, ["b1", "b2"], [], {"b2"}),  # rest 0
+               {"db": "a", "k": 5, "seed": 0, "scored": ["a1"], "per_example": {"a1": {"exec": 1}}}]
+    rows = adapt_curve.repeat_rows(results, base)
+    assert rows == [{"k": 10, "seeds": 2, "databases": 2, "scored": 5, "repeats": 1, "net_repeats": 1.0,
+                     "net_others": 0.5}]
+    table = adapt_curve.markdown([], {}, "settings", rows)
+    assert "| 10 | 2 | 2 | 5 | 1 | +1.0 | +0.5 |" in table.splitlines()
