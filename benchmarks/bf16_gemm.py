@@ -1,5 +1,6 @@
 """The bf16 GEMM of mixed-precision training (``train.precision: bf16``) against float32 on the
-products of benchmarks/train_step.py's tiny config, forward and forward+backward of ``x @ W^T``.
+products of benchmarks/train_step.py's tiny config and one of a d-1024 model, forward and
+forward+backward of ``x @ W^T``.
 
     python benchmarks/bf16_gemm.py [--repeats 7]
 
@@ -23,6 +24,7 @@ SHAPES = {
     "expert in (gate|up)": (512, 256, 1024),
     "expert out": (512, 512, 256),
     "vocabulary head": (2048, 256, 8192),
+    "d-1024 projection": (4096, 1024, 1024),  # a larger model's product, for the GEMM's own rate
 }
 
 

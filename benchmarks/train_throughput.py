@@ -7,7 +7,7 @@ native CPU kernels (vantage_core/kernels) alone, with the kernels and the alloca
 Vantage's default; with ``--compare ranks``, the first and the last of those on one process and
 the last on 2 processes; with ``--compare packing``, the default setting with the padding skipped
 and not; with ``--compare buckets``, the default setting with the default length buckets and
-whole-epoch ones.
+whole-epoch ones; with ``--compare precision``, the default setting in fp32 and in bf16.
 
     python benchmarks/train_throughput.py [--config configs/quickstart.yaml] [--steps 40]
     python benchmarks/train_throughput.py --compare kernels --config configs/spider.yaml --steps 60
@@ -52,6 +52,8 @@ SETTINGS = {
     # whole epoch's (train.bucket_batches=0: less padding, other batches)
     "buckets": [(1, "native + allocator + packing, 32-batch buckets", {}, []),
                 (1, "native + allocator + packing, whole-epoch buckets", {}, ["train.bucket_batches=0"])],
+    # the default setting with float32 GEMMs and with bf16 ones (train.precision, docs/cpu.md)
+    "precision": [(1, "fp32", {}, ["train.precision=fp32"]), (1, "bf16", {}, ["train.precision=bf16"])],
 }
 
 
