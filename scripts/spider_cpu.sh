@@ -6,7 +6,8 @@
 # a time side by side (about 50 min a pair), the ensembles about 2 min each, the model ablations
 # about 50 min. SEEDS="0" trains one seed; PAIRS=0 skips the side-by-side runs and the ensembles;
 # SWEEP=0 skips the ablations; EMA=0 the moving-average seeds; DISTILL=0 the students distilled
-# from them (about 34 min a pair of students side by side, after the moving-average pair).
+# from them (about 34 min a pair of students side by side, after the moving-average pair);
+# LINKDROP=0 the moving-average seeds trained with hidden name matches and their student.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CFG=configs/spider.yaml
@@ -88,6 +89,27 @@ if [ "${DISTILL:-1}" = 1 ]; then
     vantage evaluate --checkpoint runs/$run --dataset outside --split test --out runs/$run/eval_outside
   done
 fi
+if [ "${LINKDROP:-1}" = 1 ]; then
+  # the moving-average recipe with each item's name matches hidden from 30% of the training
+  # examples (data.link_dropout), seeds 0 and 1 side by side; then seed 2 beside one student
+  # distilled from those two with the same option; each scored as the moving-average seeds are,
+  # and on the outside set with and without its schema notes
+  ld=(--set data.link_dropout=0.3 --set train.minutes=null)
+  alongside spider_ema_ld3_seed0 0 --set train.ema_decay=0.999 "${ld[@]}" & a=$!
+  alongside spider_ema_ld3_seed1 1 --set train.ema_decay=0.999 "${ld[@]}" & b=$!; wait $a; wait $b
+  alongside spider_ema_ld3_seed2 2 --set train.ema_decay=0.999 "${ld[@]}" & a=$!
+  alongside spider_distill_ld3_seed2 2 "${ld[@]}" \
+    --set "train.distill.teachers=[runs/spider_ema_ld3_seed0, runs/spider_ema_ld3_seed1]" & b=$!; wait $a; wait $b
+  for run in spider_ema_ld3_seed0 spider_ema_ld3_seed1 spider_ema_ld3_seed2 spider_distill_ld3_seed2; do
+    score $run
+    for p in synonyms values; do
+      vantage evaluate --checkpoint runs/$run --dataset spider --split validation --dataset-param perturb=$p \
+        --out runs/$run/eval_$p
+    done
+    vantage evaluate --checkpoint runs/$run --dataset outside --split test --dataset-param notes=false --out runs/$run/eval_outside
+    vantage evaluate --checkpoint runs/$run --dataset outside --split test --dataset-param notes=true --out runs/$run/eval_outside_notes
+  done
+fi
 # tables and figures: each run, each system's mean ± std, the paired runs, the ensembles, the
 # further evaluations and the error breakdown (docs/results/spider_cpu.md gives their figures)
 report() { # OUT TITLE RUN... (the runs that were evaluated)
@@ -100,3 +122,6 @@ report docs/results/spider_cpu_report "Spider on this 2-core CPU" runs/spider_se
 if [ "${SWEEP:-1}" = 1 ]; then report docs/results/spider_ablations_report "Spider model ablations" runs/sweeps/spider_ablations/*/; fi
 if [ "${DISTILL:-1}" = 1 ]; then report docs/results/spider_distill_report "Spider, one model distilled from two" runs/spider_distill_seed[0-9]*; fi
 if [ "${EMA:-1}" = 1 ]; then report docs/results/spider_robustness_report "Spider with a moving average of the weights" runs/spider_ema_seed[0-9]*; fi
+if [ "${LINKDROP:-1}" = 1 ]; then
+  report docs/results/spider_linkdrop_report "Spider, name matches hidden in training" runs/spider_ema_ld3_seed[0-9]* runs/spider_distill_ld3_seed[0-9]*
+fi
