@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         # an environment without one of Vantage's own dependencies (mlx, most often): say which
         package = (exc.name or str(exc)).split(".")[0]
         click.echo(f"error: the Python package '{package}' is not installed for {sys.executable}; "
-                   "`bash install.sh` in the Vantage folder (or `pip install .` there) installs what "
-                   "Vantage needs", err=True)
+                   "`bash install.sh` in the Vantage folder installs Vantage's own dependencies, and pip "
+                   "a plugin's optional one", err=True)
         sys.exit(2)
     except OSError as exc:
         # a file or folder the command could not read or write (an --out under a file, in a
