@@ -100,7 +100,12 @@ if [ "${LINKDROP:-1}" = 1 ]; then
   alongside spider_ema_ld3_seed2 2 --set train.ema_decay=0.999 "${ld[@]}" & a=$!
   alongside spider_distill_ld3_seed2 2 "${ld[@]}" \
     --set "train.distill.teachers=[runs/spider_ema_ld3_seed0, runs/spider_ema_ld3_seed1]" & b=$!; wait $a; wait $b
-  for run in spider_ema_ld3_seed0 spider_ema_ld3_seed1 spider_ema_ld3_seed2 spider_distill_ld3_seed2; do
+  # hiding more: 0.5, seeds 0 and 1 side by side
+  alongside spider_ema_ld5_seed0 0 --set train.ema_decay=0.999 --set data.link_dropout=0.5 --set train.minutes=null & a=$!
+  alongside spider_ema_ld5_seed1 1 --set train.ema_decay=0.999 --set data.link_dropout=0.5 --set train.minutes=null & b=$!
+  wait $a; wait $b
+  for run in spider_ema_ld3_seed0 spider_ema_ld3_seed1 spider_ema_ld3_seed2 spider_distill_ld3_seed2 spider_ema_ld5_seed0 \
+    spider_ema_ld5_seed1; do
     score $run
     for p in synonyms values; do
       vantage evaluate --checkpoint runs/$run --dataset spider --split validation --dataset-param perturb=$p \
@@ -123,5 +128,5 @@ if [ "${SWEEP:-1}" = 1 ]; then report docs/results/spider_ablations_report "Spid
 if [ "${DISTILL:-1}" = 1 ]; then report docs/results/spider_distill_report "Spider, one model distilled from two" runs/spider_distill_seed[0-9]*; fi
 if [ "${EMA:-1}" = 1 ]; then report docs/results/spider_robustness_report "Spider with a moving average of the weights" runs/spider_ema_seed[0-9]*; fi
 if [ "${LINKDROP:-1}" = 1 ]; then
-  report docs/results/spider_linkdrop_report "Spider, name matches hidden in training" runs/spider_ema_ld3_seed[0-9]* runs/spider_distill_ld3_seed[0-9]*
+  report docs/results/spider_linkdrop_report "Spider, name matches hidden in training" runs/spider_ema_ld3_seed[0-9]* runs/spider_distill_ld3_seed[0-9]* runs/spider_ema_ld5_seed[0-9]*
 fi
