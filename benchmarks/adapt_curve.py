@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 EX, EM = ("execution", "exec"), ("exact_match", "exact")  # (metric name, its per-example key)
 
@@ -376,7 +376,7 @@ def curve_rows(results: list[dict], baseline: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def net_right(after: dict[str, dict], before: dict[str, dict], ids: list[str]) -> int:
+def net_right(after: dict[str, dict], before: dict[str, dict], ids: Iterable[str]) -> int:
     """Questions of ``ids`` right after less those right before (EX; one unscored is neither)."""
     return sum((after[i]["exec"] or 0) - (before[i]["exec"] or 0) for i in ids)
 
@@ -399,7 +399,7 @@ def repeat_rows(results: list[dict], baseline: dict[str, dict]) -> list[dict]:
             per_seed.append({
                 "scored": sum(len(r["scored"]) for r in runs),
                 "repeats": sum(len(rep) for _, rep in repeats),
-                "net_repeats": sum(net_right(r["per_example"], baseline, sorted(rep)) for r, rep in repeats),
+                "net_repeats": sum(net_right(r["per_example"], baseline, rep) for r, rep in repeats),
                 "net_others": sum(net_right(r["per_example"], baseline, [i for i in r["scored"] if i not in rep])
                                   for r, rep in repeats)})
         rows.append({"k": k, "seeds": len(seeds), "databases": len({r["db"] for r in at_k}),

@@ -94,16 +94,13 @@ if [ "${LINKDROP:-1}" = 1 ]; then
   # examples (data.link_dropout), seeds 0 and 1 side by side; then seed 2 beside one student
   # distilled from those two with the same option; each scored as the moving-average seeds are,
   # and on the outside set with and without its schema notes
-  ld=(--set data.link_dropout=0.3 --set train.minutes=null)
-  alongside spider_ema_ld3_seed0 0 --set train.ema_decay=0.999 "${ld[@]}" & a=$!
-  alongside spider_ema_ld3_seed1 1 --set train.ema_decay=0.999 "${ld[@]}" & b=$!; wait $a; wait $b
-  alongside spider_ema_ld3_seed2 2 --set train.ema_decay=0.999 "${ld[@]}" & a=$!
-  alongside spider_distill_ld3_seed2 2 "${ld[@]}" \
+  ema_ld() { alongside "$1" "$2" --set train.ema_decay=0.999 --set data.link_dropout="$3" --set train.minutes=null; }  # NAME SEED P
+  ema_ld spider_ema_ld3_seed0 0 0.3 & a=$!; ema_ld spider_ema_ld3_seed1 1 0.3 & b=$!; wait $a; wait $b
+  ema_ld spider_ema_ld3_seed2 2 0.3 & a=$!
+  alongside spider_distill_ld3_seed2 2 --set data.link_dropout=0.3 --set train.minutes=null \
     --set "train.distill.teachers=[runs/spider_ema_ld3_seed0, runs/spider_ema_ld3_seed1]" & b=$!; wait $a; wait $b
   # hiding more: 0.5, seeds 0 and 1 side by side
-  alongside spider_ema_ld5_seed0 0 --set train.ema_decay=0.999 --set data.link_dropout=0.5 --set train.minutes=null & a=$!
-  alongside spider_ema_ld5_seed1 1 --set train.ema_decay=0.999 --set data.link_dropout=0.5 --set train.minutes=null & b=$!
-  wait $a; wait $b
+  ema_ld spider_ema_ld5_seed0 0 0.5 & a=$!; ema_ld spider_ema_ld5_seed1 1 0.5 & b=$!; wait $a; wait $b
   for run in spider_ema_ld3_seed0 spider_ema_ld3_seed1 spider_ema_ld3_seed2 spider_distill_ld3_seed2 spider_ema_ld5_seed0 \
     spider_ema_ld5_seed1; do
     score $run
